@@ -1,0 +1,125 @@
+"""Build the compiled kernels of cbn.
+
+OpenMP is probed by compiling, linking and running a tiny program with the
+user's CFLAGS/LDFLAGS; without it the kernels are built serially (with a
+warning) and ``cbn.openmp_enabled()`` reports False.
+
+Environment variables:
+  CBN_DISABLE_OPENMP=1   build the serial kernels even if OpenMP works
+  CBN_MARCH_NATIVE=1     add -march=native (the wheel then only runs on CPUs
+                         with the build machine's instruction set)
+"""
+import os
+import shlex
+import subprocess
+import tempfile
+import textwrap
+import warnings
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+KERNEL_MODULES = ["_forward", "_backward", "_runtime"]
+
+OPENMP_PROBE = textwrap.dedent(
+    """
+    #include <omp.h>
+    #include <stdio.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        printf("%d\\n", n > 0 && omp_get_max_threads() > 0);
+        return 0;
+    }
+    """
+)
+
+
+def _env_flags(name):
+    return shlex.split(os.environ.get(name, ""))
+
+
+def _openmp_flag(compiler):
+    return "/openmp" if compiler.compiler_type == "msvc" else "-fopenmp"
+
+
+def _probe_openmp(compiler):
+    """Return the OpenMP flag if a program using it compiles, links and runs."""
+    if os.environ.get("CBN_DISABLE_OPENMP", "") not in ("", "0"):
+        return None
+    flag = _openmp_flag(compiler)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "probe_openmp.c")
+        with open(source, "w") as f:
+            f.write(OPENMP_PROBE)
+        try:
+            objects = compiler.compile(
+                [source], output_dir=tmp, extra_postargs=[flag] + _env_flags("CFLAGS")
+            )
+            exe = os.path.join(tmp, "probe_openmp")
+            compiler.link_executable(
+                objects, exe, extra_postargs=[flag] + _env_flags("LDFLAGS")
+            )
+            out = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+        except Exception as exc:  # CompileError, LinkError, OSError, timeout
+            warnings.warn(f"OpenMP probe failed ({type(exc).__name__}: {exc})")
+            return None
+        if out.returncode != 0 or out.stdout.strip() != "1":
+            warnings.warn(f"OpenMP probe program misbehaved: rc={out.returncode} {out.stdout!r}")
+            return None
+    return flag
+
+
+def _c_string(value):
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class BuildExtWithOpenMP(build_ext):
+    def build_extensions(self):
+        openmp = _probe_openmp(self.compiler)
+        if openmp is None:
+            warnings.warn(
+                "cbn: building WITHOUT OpenMP - kernels run on one thread. "
+                "Install a compiler with OpenMP support (e.g. gcc) for parallel kernels."
+            )
+        compile_args = ["-O3"] if self.compiler.compiler_type != "msvc" else ["/O2"]
+        if os.environ.get("CBN_MARCH_NATIVE", "") not in ("", "0"):
+            compile_args.append("-march=native")
+        if openmp:
+            compile_args.append(openmp)
+        link_args = [openmp] if openmp else []
+        compiler_cmd = " ".join(getattr(self.compiler, "compiler_so", []) or [self.compiler.compiler_type])
+        build_info = f"{compiler_cmd} {' '.join(compile_args)}".strip()
+        for ext in self.extensions:
+            ext.extra_compile_args = compile_args + ext.extra_compile_args
+            ext.extra_link_args = link_args + ext.extra_link_args
+            ext.define_macros.append(("CBN_BUILD_FLAGS", _c_string(build_info)))
+        super().build_extensions()
+
+
+extensions = [
+    Extension(
+        f"cbn.{name}",
+        [f"src/{name}.pyx"],
+        include_dirs=["src"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+    for name in KERNEL_MODULES
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        include_path=["src"],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    ),
+    cmdclass={"build_ext": BuildExtWithOpenMP},
+)

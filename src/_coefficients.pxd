@@ -1,0 +1,53 @@
+# Per-channel coefficients of the affine maps in _elementwise.pxd, computed in
+# float64 and rounded once.
+from cython cimport floating
+from libc.math cimport sqrt
+
+
+cdef inline double param_or(const floating* p, Py_ssize_t c, double default) noexcept nogil:
+    return default if p == NULL else <double>p[c]
+
+
+cdef inline void normalize_coefficients(double mean, double invstd, double gamma, double beta,
+                                        floating* shift, floating* scale,
+                                        floating* offset) noexcept nogil:
+    """y = gamma * (x - mean) * invstd + beta as (x - shift) * scale + offset.
+
+    shift is the mean rounded to the input type, so x - shift is exact near the
+    mean; offset absorbs the rounding of the mean. A constant channel gives
+    exactly beta.
+    """
+    cdef double a = gamma * invstd
+    cdef floating m = <floating>mean
+    shift[0] = m
+    scale[0] = <floating>a
+    offset[0] = <floating>(beta + (<double>m - mean) * a)
+
+
+cdef inline double inverse_std(double var, double eps) noexcept nogil:
+    return 1.0 / sqrt(var + eps)
+
+
+cdef inline void grad_input_coefficients(double mean, double invstd, double gamma, double count,
+                                         double sum_dy, double sum_dy_xmu, bint batch_stats,
+                                         floating* shift, floating* k_dy, floating* k_x,
+                                         floating* k_0) noexcept nogil:
+    """dx = dy * k_dy + (x - shift) * k_x + k_0.
+
+    With batch statistics (training):
+      dx = gamma * invstd * (dy - sum_dy / M - (x - mean) * invstd^2 * sum_dy_xmu / M)
+    with fixed statistics (eval): dx = gamma * invstd * dy.
+    sum_dy_xmu is sum(dy * (x - mean)) with the exact (float64) mean.
+    """
+    cdef floating m = <floating>mean
+    cdef double g = gamma * invstd
+    cdef double c3
+    shift[0] = m
+    k_dy[0] = <floating>g
+    if batch_stats:
+        c3 = g * invstd * invstd * sum_dy_xmu / count
+        k_x[0] = <floating>(-c3)
+        k_0[0] = <floating>(-g * sum_dy / count + c3 * (mean - <double>m))
+    else:
+        k_x[0] = 0
+        k_0[0] = 0
