@@ -1,0 +1,20 @@
+"""cbn: batch normalization for NumPy arrays on the CPU.
+
+Cython/OpenMP kernels for float32 and float64, NCHW and NHWC layouts, with
+statistics that stay exact in float32 when |mean| >> std.
+"""
+from . import functional
+from ._threads import get_num_threads, openmp_enabled, set_num_threads
+from ._version import __version__
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "functional",
+    "get_num_threads",
+    "openmp_enabled",
+    "set_num_threads",
+    "__version__",
+]

@@ -1,0 +1,63 @@
+"""How many threads the kernels use.
+
+The count is decided here, in Python, and passed to every kernel: the value set
+with :func:`set_num_threads`, else the OpenMP default (``OMP_NUM_THREADS``, or
+what threadpoolctl set, or the CPUs available), capped so that each thread gets
+at least ``MIN_ELEMENTS_PER_THREAD`` values (small tensors run serially: a
+thread team costs more than it saves on them).
+"""
+import os
+import operator
+
+from . import _runtime
+
+MIN_ELEMENTS_PER_THREAD = 32768
+
+_requested = None
+
+
+def openmp_enabled():
+    """True when the kernels were compiled with OpenMP (else they run serially)."""
+    return _runtime.openmp_enabled()
+
+
+def set_num_threads(n):
+    """Use ``n`` threads in the kernels; ``None`` restores the OpenMP default."""
+    global _requested
+    if n is None:
+        _requested = None
+        return
+    if isinstance(n, bool):
+        raise TypeError(f"n: expected a positive int or None, got bool {n!r}")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n: expected a positive int or None, got {type(n).__name__} {n!r}") from None
+    if n < 1:
+        raise ValueError(f"n: expected a positive int or None, got {n}")
+    _requested = n
+
+
+def get_num_threads():
+    """Threads a large kernel call will use."""
+    if not _runtime.openmp_enabled():
+        return 1
+    if _requested is not None:
+        return _requested
+    return _runtime.omp_max_threads()
+
+
+def num_threads_source():
+    """Where :func:`get_num_threads` gets its value: a short description."""
+    if not _runtime.openmp_enabled():
+        return "serial build (no OpenMP)"
+    if _requested is not None:
+        return "cbn.set_num_threads"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return "OMP_NUM_THREADS"
+    return "OpenMP default"
+
+
+def threads_for(size):
+    """Threads for a kernel over ``size`` values."""
+    return max(1, min(get_num_threads(), size // MIN_ELEMENTS_PER_THREAD))

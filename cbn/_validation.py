@@ -1,0 +1,119 @@
+"""Argument checks shared by the layers and the functional API.
+
+Every error names the argument, what was expected and what came. Checks run
+before any state changes, so a rejected call leaves everything as it was.
+"""
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def describe(value):
+    """A short description of a value for error messages."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {value.shape}"
+    return f"{type(value).__name__} {value!r}"[:120]
+
+
+def check_dtype(dtype, name="dtype"):
+    """np.float32 or np.float64 as a np.dtype."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name}: expected float32 or float64, got {describe(dtype)}") from None
+    if dt not in FLOAT_DTYPES or not dt.isnative:
+        raise TypeError(f"{name}: expected float32 or float64, got {dt}")
+    return dt
+
+
+def check_num_features(n):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"num_features: expected a positive int, got {describe(n)}")
+    if n < 1:
+        raise ValueError(f"num_features: expected a positive int, got {n}")
+    return int(n)
+
+
+def check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {describe(value)}")
+    return bool(value)
+
+
+def check_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps: expected a finite float >= 0, got {describe(eps)}")
+    eps = float(eps)
+    if not (math.isfinite(eps) and eps >= 0.0):
+        raise ValueError(f"eps: expected a finite float >= 0, got {eps}")
+    return eps
+
+
+def check_momentum(momentum, allow_none=True):
+    expected = "a float in [0, 1]" + (" or None" if allow_none else "")
+    if momentum is None and allow_none:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"momentum: expected {expected}, got {describe(momentum)}")
+    momentum = float(momentum)
+    if not (0.0 <= momentum <= 1.0):  # also rejects nan
+        raise ValueError(f"momentum: expected {expected}, got {momentum}")
+    return momentum
+
+
+def check_array(x, name, dtype=None):
+    """x must be an ndarray of a supported float dtype (``dtype`` if given)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {describe(x)}")
+    if dtype is not None:
+        if x.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype}, got {x.dtype} (shape {x.shape}); "
+                            f"convert explicitly, cbn does not cast")
+    elif x.dtype not in FLOAT_DTYPES or not x.dtype.isnative:
+        raise TypeError(f"{name}: expected a float32 or float64 array, got {x.dtype} "
+                        f"(shape {x.shape})")
+    return x
+
+
+def check_input(x, name, dtype, ndims, num_features, axis_of, shape_names):
+    """Validate a layer input: type, dtype, ndim and channel count.
+
+    ndims: accepted ndim values; axis_of(ndim) gives the channel axis;
+    shape_names maps ndim to a readable shape such as "(N, C, H, W)".
+    """
+    check_array(x, name, dtype)
+    if x.ndim not in ndims:
+        expected = " or ".join(f"{d}-D {shape_names[d]}" for d in ndims)
+        raise ValueError(f"{name}: expected a {expected} array, got {x.ndim}-D shape {x.shape}")
+    axis = axis_of(x.ndim)
+    if num_features is not None and x.shape[axis] != num_features:
+        raise ValueError(f"{name}: expected {num_features} channels on axis {axis}, "
+                         f"got {x.shape[axis]} (shape {x.shape})")
+    return axis
+
+
+def check_batch_for_statistics(x, axis):
+    """Batch statistics need at least two values per channel (as PyTorch)."""
+    per_channel = x.size // x.shape[axis] if x.shape[axis] else 0
+    if per_channel < 2:
+        raise ValueError(f"x: expected more than 1 value per channel when using batch "
+                         f"statistics, got input of shape {x.shape} "
+                         f"({per_channel} value{'s' if per_channel != 1 else ''} per channel)")
+
+
+def check_channel_vector(v, name, dtype, C, writable=False):
+    """A (C,) array of ``dtype`` usable by the kernels (contiguous)."""
+    if not isinstance(v, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray of shape ({C},), got {describe(v)}")
+    if v.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {v.dtype}")
+    if v.shape != (C,):
+        raise ValueError(f"{name}: expected shape ({C},), got {v.shape}")
+    if not v.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a contiguous array, got strides {v.strides}")
+    if writable and not v.flags.writeable:
+        raise ValueError(f"{name}: expected a writable array (it is updated in place)")
+    return v
