@@ -1,7 +1,7 @@
 # Backward kernels: the reductions sum(dy), sum(dy * (x - mean)) and dx, alone
 # and fused. Same canonical views as _forward.pyx; x and dy may have different
 # strides, dx is written through its own.
-from cython cimport floating
+from cython cimport floating, view
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 
@@ -100,7 +100,8 @@ cdef void cf_grad_input(const floating* dy, Py_ssize_t dsn, Py_ssize_t dsc, cons
                        coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c])
 
 
-def grad_sums_channels_first(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
+def grad_sums_channels_first(const floating[::view.strided, ::view.strided, ::view.contiguous] dy,
+                             const floating[::view.strided, ::view.strided, ::view.contiguous] x,
                              const double[::1] mean, double[::1] sum_dy, double[::1] sum_dy_xmu,
                              int nthreads):
     """sum(dy) and sum(dy * (x - mean)) per channel."""
@@ -143,11 +144,12 @@ cdef void cf_backward_by_channel(const floating* dy, Py_ssize_t dsn, Py_ssize_t 
                            S, coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c])
 
 
-def backward_channels_first(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
+def backward_channels_first(const floating[::view.strided, ::view.strided, ::view.contiguous] dy,
+                            const floating[::view.strided, ::view.strided, ::view.contiguous] x,
                             const double[::1] mean, const double[::1] invstd,
                             const floating[::1] weight, bint batch_stats,
-                            floating[:, :, ::1] dx, floating[::1] grad_weight,
-                            floating[::1] grad_bias, int nthreads):
+                            floating[::view.strided, ::view.strided, ::view.contiguous] dx,
+                            floating[::1] grad_weight, floating[::1] grad_bias, int nthreads):
     """dx and, when given, grad_weight = sum(dy * xhat), grad_bias = sum(dy).
 
     batch_stats: mean/invstd are the batch's own (training); otherwise they are
@@ -220,7 +222,8 @@ cdef void cl_grad_input(const floating* dy, Py_ssize_t ds, const floating* x, Py
                        coef + 3 * C)
 
 
-def grad_sums_channels_last(const floating[:, ::1] dy, const floating[:, ::1] x,
+def grad_sums_channels_last(const floating[::view.strided, ::view.contiguous] dy,
+                            const floating[::view.strided, ::view.contiguous] x,
                             const double[::1] mean, double[::1] sum_dy, double[::1] sum_dy_xmu,
                             int nthreads):
     """sum(dy) and sum(dy * (x - mean)) per channel."""
@@ -238,9 +241,11 @@ def grad_sums_channels_last(const floating[:, ::1] dy, const floating[:, ::1] x,
         finish_sums(C, &mean[0], shift, &sum_dy[0], &sum_dy_xmu[0])
 
 
-def backward_channels_last(const floating[:, ::1] dy, const floating[:, ::1] x,
+def backward_channels_last(const floating[::view.strided, ::view.contiguous] dy,
+                           const floating[::view.strided, ::view.contiguous] x,
                            const double[::1] mean, const double[::1] invstd,
-                           const floating[::1] weight, bint batch_stats, floating[:, ::1] dx,
+                           const floating[::1] weight, bint batch_stats,
+                           floating[::view.strided, ::view.contiguous] dx,
                            floating[::1] grad_weight, floating[::1] grad_bias, int nthreads):
     """As backward_channels_first, for (M, C) arrays."""
     cdef Py_ssize_t M = x.shape[0], C = x.shape[1], c

@@ -4,7 +4,7 @@
 # of S values, and channels-last (M, C), each row a contiguous run of C
 # channels. Only the innermost dimension must be contiguous. The caller
 # validates shapes and dtypes and passes the thread count.
-from cython cimport floating
+from cython cimport floating, view
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
 
@@ -51,8 +51,8 @@ cdef void cf_merge_parts(const double* part, Py_ssize_t C, Py_ssize_t parts, dou
         m2[c] = acc.m2
 
 
-def moments_channels_first(const floating[:, :, ::1] x, double[::1] mean, double[::1] m2,
-                           int nthreads):
+def moments_channels_first(const floating[::view.strided, ::view.strided, ::view.contiguous] x,
+                           double[::1] mean, double[::1] m2, int nthreads):
     """Per-channel mean and M2 (sum of squared deviations) of x; returns the count."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t parts = channel_parts(N, C)
@@ -78,9 +78,11 @@ cdef void cf_affine(const floating* x, Py_ssize_t xsn, Py_ssize_t xsc, floating*
         affine_run(x + n * xsn + c * xsc, y + n * ysn + c * ysc, S, shift[c], scale[c], offset[c])
 
 
-def normalize_channels_first(const floating[:, :, ::1] x, const double[::1] mean,
-                             const double[::1] var, double eps, const floating[::1] weight,
-                             const floating[::1] bias, floating[:, :, ::1] y, int nthreads):
+def normalize_channels_first(const floating[::view.strided, ::view.strided, ::view.contiguous] x,
+                             const double[::1] mean, const double[::1] var, double eps,
+                             const floating[::1] weight, const floating[::1] bias,
+                             floating[::view.strided, ::view.strided, ::view.contiguous] y,
+                             int nthreads):
     """y = weight * (x - mean) / sqrt(var + eps) + bias, per channel."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c
     cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
@@ -137,10 +139,11 @@ cdef void cf_train_by_part(const floating* x, Py_ssize_t xsn, Py_ssize_t xsc, fl
     cf_affine(x, xsn, xsc, y, ysn, ysc, N, C, S, coef, coef + C, coef + 2 * C, nthreads)
 
 
-def train_forward_channels_first(const floating[:, :, ::1] x, const floating[::1] weight,
-                                 const floating[::1] bias, double eps, floating[:, :, ::1] y,
-                                 double[::1] mean, double[::1] var, double[::1] invstd,
-                                 int nthreads):
+def train_forward_channels_first(
+        const floating[::view.strided, ::view.strided, ::view.contiguous] x,
+        const floating[::1] weight, const floating[::1] bias, double eps,
+        floating[::view.strided, ::view.strided, ::view.contiguous] y,
+        double[::1] mean, double[::1] var, double[::1] invstd, int nthreads):
     """Training forward: batch statistics (mean, biased var, invstd) and y."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t parts = channel_parts(N, C)
@@ -208,7 +211,8 @@ cdef class _RowWork:
     cdef void* scratch
     cdef void* coef
 
-    def __cinit__(self, Py_ssize_t M, Py_ssize_t C, Py_ssize_t itemsize, Py_ssize_t scratch_per_part):
+    def __cinit__(self, Py_ssize_t M, Py_ssize_t C, Py_ssize_t itemsize,
+                  Py_ssize_t scratch_per_part):
         cdef Py_ssize_t i, n
         self.parts = row_parts(M)
         n = self.parts * (2 * C + 1)
@@ -226,8 +230,8 @@ cdef class _RowWork:
         free(self.coef)
 
 
-def moments_channels_last(const floating[:, ::1] x, double[::1] mean, double[::1] m2,
-                          int nthreads):
+def moments_channels_last(const floating[::view.strided, ::view.contiguous] x, double[::1] mean,
+                          double[::1] m2, int nthreads):
     """Per-channel mean and M2 of x; returns the count (rows)."""
     cdef Py_ssize_t M = x.shape[0], C = x.shape[1]
     cdef _RowWork work = _RowWork(M, C, sizeof(floating), 3)
@@ -238,9 +242,10 @@ def moments_channels_last(const floating[:, ::1] x, double[::1] mean, double[::1
     return M
 
 
-def normalize_channels_last(const floating[:, ::1] x, const double[::1] mean,
-                            const double[::1] var, double eps, const floating[::1] weight,
-                            const floating[::1] bias, floating[:, ::1] y, int nthreads):
+def normalize_channels_last(const floating[::view.strided, ::view.contiguous] x,
+                            const double[::1] mean, const double[::1] var, double eps,
+                            const floating[::1] weight, const floating[::1] bias,
+                            floating[::view.strided, ::view.contiguous] y, int nthreads):
     """y = weight * (x - mean) / sqrt(var + eps) + bias, per channel."""
     cdef Py_ssize_t M = x.shape[0], C = x.shape[1], c
     cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
@@ -257,10 +262,10 @@ def normalize_channels_last(const floating[:, ::1] x, const double[::1] mean,
     free(coef)
 
 
-def train_forward_channels_last(const floating[:, ::1] x, const floating[::1] weight,
-                                const floating[::1] bias, double eps, floating[:, ::1] y,
-                                double[::1] mean, double[::1] var, double[::1] invstd,
-                                int nthreads):
+def train_forward_channels_last(const floating[::view.strided, ::view.contiguous] x,
+                                const floating[::1] weight, const floating[::1] bias, double eps,
+                                floating[::view.strided, ::view.contiguous] y, double[::1] mean,
+                                double[::1] var, double[::1] invstd, int nthreads):
     """Training forward: batch statistics (mean, biased var, invstd) and y."""
     cdef Py_ssize_t M = x.shape[0], C = x.shape[1], c
     cdef _RowWork work = _RowWork(M, C, sizeof(floating), 3)

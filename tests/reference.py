@@ -1,0 +1,82 @@
+"""A float64 NumPy reference for batch normalization (the textbook formulas)."""
+import numpy as np
+
+
+def reduce_axes(ndim, axis):
+    return tuple(i for i in range(ndim) if i != axis)
+
+
+def expand(v, ndim, axis):
+    shape = [1] * ndim
+    shape[axis] = -1
+    return np.asarray(v, dtype=np.float64).reshape(shape)
+
+
+def batch_stats(x, axis):
+    """(mean, biased var, count) per channel, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    axes = reduce_axes(x.ndim, axis)
+    mean = x.mean(axis=axes)
+    var = ((x - expand(mean, x.ndim, axis)) ** 2).mean(axis=axes)
+    return mean, var, x.size // x.shape[axis]
+
+
+def normalize(x, axis, mean, var, weight, bias, eps):
+    x = np.asarray(x, dtype=np.float64)
+    C = x.shape[axis]
+    w = np.ones(C) if weight is None else weight
+    b = np.zeros(C) if bias is None else bias
+    nd = x.ndim
+    return (x - expand(mean, nd, axis)) / np.sqrt(expand(var, nd, axis) + eps) * expand(w, nd, axis) \
+        + expand(b, nd, axis)
+
+
+def train_forward(x, axis, weight=None, bias=None, eps=1e-5):
+    """(y, mean, biased var, count)."""
+    mean, var, count = batch_stats(x, axis)
+    return normalize(x, axis, mean, var, weight, bias, eps), mean, var, count
+
+
+def train_backward(dy, x, axis, weight=None, eps=1e-5):
+    """(dx, dweight, dbias) of training-mode batch norm, closed form."""
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    nd = x.ndim
+    axes = reduce_axes(nd, axis)
+    mean, var, M = batch_stats(x, axis)
+    invstd = 1.0 / np.sqrt(var + eps)
+    xhat = (x - expand(mean, nd, axis)) * expand(invstd, nd, axis)
+    dbias = dy.sum(axis=axes)
+    dweight = (dy * xhat).sum(axis=axes)
+    w = np.ones(x.shape[axis]) if weight is None else np.asarray(weight, np.float64)
+    dx = expand(w * invstd, nd, axis) * (dy - expand(dbias, nd, axis) / M
+                                         - xhat * expand(dweight, nd, axis) / M)
+    return dx, dweight, dbias
+
+
+def eval_backward(dy, x, axis, running_mean, running_var, weight=None, eps=1e-5):
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    nd = x.ndim
+    axes = reduce_axes(nd, axis)
+    invstd = 1.0 / np.sqrt(np.asarray(running_var, np.float64) + eps)
+    xhat = (x - expand(running_mean, nd, axis)) * expand(invstd, nd, axis)
+    w = np.ones(x.shape[axis]) if weight is None else np.asarray(weight, np.float64)
+    return dy * expand(w * invstd, nd, axis), (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
+
+
+class RunningStats:
+    """PyTorch's running-average bookkeeping, in float64."""
+
+    def __init__(self, C, momentum=0.1):
+        self.mean = np.zeros(C)
+        self.var = np.ones(C)
+        self.steps = 0
+        self.momentum = momentum
+
+    def update(self, x, axis):
+        mean, var, count = batch_stats(x, axis)
+        self.steps += 1
+        m = 1.0 / self.steps if self.momentum is None else self.momentum
+        self.mean = (1 - m) * self.mean + m * mean
+        self.var = (1 - m) * self.var + m * var * count / (count - 1)
