@@ -1,0 +1,21 @@
+"""What ``python -m cbn info`` prints."""
+import os
+import platform
+
+import numpy as np
+
+from . import _runtime
+from ._threads import get_num_threads, num_threads_source
+from ._version import __version__
+
+
+def report():
+    lines = [
+        f"cbn {__version__}",
+        f"python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}",
+        f"OpenMP: {'enabled' if _runtime.openmp_enabled() else 'disabled (serial build)'}",
+        f"threads: {get_num_threads()} (from {num_threads_source()}); CPUs available: "
+        f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}",
+        f"built with: {_runtime.build_flags()}",
+    ]
+    return "\n".join(lines)
