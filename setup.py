@@ -16,6 +16,7 @@ import tempfile
 import textwrap
 import warnings
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -103,7 +104,7 @@ extensions = [
     Extension(
         f"cbn.{name}",
         [f"src/{name}.pyx"],
-        include_dirs=["src"],
+        include_dirs=["src", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
     for name in KERNEL_MODULES

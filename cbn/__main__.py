@@ -1,17 +1,38 @@
-"""Command line: ``python -m cbn info``."""
+"""Command line: ``python -m cbn info | bench``."""
 import argparse
 import sys
 
-from . import _info
+from . import _bench, _info
+from ._bench import DTYPES, LAYOUTS, OPS
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cbn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, OpenMP, threads and build flags")
+    bench = sub.add_parser("bench", help="time cbn against the memory floor, NumPy and PyTorch")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="threads for cbn, the floor and PyTorch (default: cbn.get_num_threads())")
+    bench.add_argument("--shapes", nargs="+", default=None, metavar="NxCxHxW",
+                       help="NCHW-ordered shapes, e.g. 32x64x56x56 256x1024 (default: the suite)")
+    bench.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    bench.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
+    bench.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
+    bench.add_argument("--repeats", type=int, default=11, help="interleaved rounds per case")
+    bench.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    bench.add_argument("--json", metavar="FILE", help="also write every sample to FILE")
     args = parser.parse_args(argv)
     if args.command == "info":
         print(_info.report())
+    elif args.command == "bench":
+        if args.threads is not None and args.threads < 1:
+            parser.error("--threads: expected a positive integer")
+        if args.repeats < 1:
+            parser.error("--repeats: expected a positive integer")
+        shapes = None if args.shapes is None else [_bench.parse_shape(s) for s in args.shapes]
+        _bench.run(threads=args.threads, shapes=shapes, ops=args.ops, layouts=args.layouts,
+                   dtypes=args.dtypes, repeats=args.repeats, json_path=args.json,
+                   with_torch=not args.no_torch)
     return 0
 
 

@@ -16,6 +16,7 @@ def report():
         f"OpenMP: {'enabled' if _runtime.openmp_enabled() else 'disabled (serial build)'}",
         f"threads: {get_num_threads()} (from {num_threads_source()}); CPUs available: "
         f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}",
+        f"vector loops: {_runtime.loops_isa()}",
         f"built with: {_runtime.build_flags()}",
     ]
     return "\n".join(lines)

@@ -52,54 +52,9 @@ def _usable(view, itemsize):
     return (
         view is not None
         and view.flags.aligned
-        and view.strides[-1] == itemsize
+        and (view.shape[-1] <= 1 or view.strides[-1] == itemsize)
         and all(s % itemsize == 0 for s in view.strides)
     )
-
-
-class Canonical:
-    """An N-D array and the kernel view of it.
-
-    kind: CHANNELS_FIRST or CHANNELS_LAST; view: (N, C, S) or (M, C);
-    shape: the user's shape; axis: the channel axis in that shape.
-    """
-
-    __slots__ = ("kind", "view", "shape", "axis")
-
-    def __init__(self, kind, view, shape, axis):
-        self.kind = kind
-        self.view = view
-        self.shape = shape
-        self.axis = axis
-
-    @property
-    def count(self):
-        """Values per channel."""
-        v = self.view
-        return v.shape[0] * v.shape[2] if self.kind == CHANNELS_FIRST else v.shape[0]
-
-    def empty(self, dtype):
-        """A new array of the user's shape, laid out like this view: (user array, its view)."""
-        return self.wrap(np.empty(self.view.shape, dtype=dtype))
-
-    def wrap(self, view):
-        """The user-shaped array whose kernel view is ``view`` (same kind and shape)."""
-        shape, axis = self.shape, self.axis
-        if self.kind == CHANNELS_FIRST:
-            # stored (N, C, *spatial) in C order: move C to its place
-            ordered = (shape[0], shape[axis]) + tuple(
-                s for i, s in enumerate(shape) if i not in (0, axis)
-            )
-            full = view.reshape(ordered)
-            return np.moveaxis(full, 1, axis), view
-        # stored (..., C) in C order: move C from last to its place
-        ordered = tuple(s for i, s in enumerate(shape) if i != axis) + (shape[axis],)
-        full = view.reshape(ordered)
-        return np.moveaxis(full, -1, axis), view
-
-    def like(self, other):
-        """The kernel view of ``other`` (same shape as ours) of our kind, copying if needed."""
-        return _view_of_kind(other, self.axis, self.kind)
 
 
 def _channels_last_view(x, axis):
@@ -111,35 +66,114 @@ def _channels_last_view(x, axis):
 def _channels_first_view(x, axis):
     moved = np.moveaxis(x, axis, 1)
     N, C = moved.shape[0], moved.shape[1]
-    S = math.prod(moved.shape[2:])
-    return _reshape_view(moved, (N, C, S))
+    return _reshape_view(moved, (N, C, math.prod(moved.shape[2:])))
 
 
-def _view_of_kind(x, axis, kind):
+def _view_of_kind(x, axis, kind, copy=True):
+    """x's kernel view of the given kind; copied into that order if needed (and allowed)."""
     itemsize = x.dtype.itemsize
-    if kind == CHANNELS_LAST:
-        view = _channels_last_view(x, axis)
-        if not _usable(view, itemsize):
-            view = _channels_last_view(np.ascontiguousarray(np.moveaxis(x, axis, -1)), -1)
-    else:
-        view = _channels_first_view(x, axis)
-        if not _usable(view, itemsize):
-            view = _channels_first_view(np.ascontiguousarray(np.moveaxis(x, axis, 1)), 1)
-    return view
+    make = _channels_last_view if kind == CHANNELS_LAST else _channels_first_view
+    view = make(x, axis)
+    if _usable(view, itemsize):
+        return view
+    if not copy:
+        return None
+    target = -1 if kind == CHANNELS_LAST else 1
+    return make(np.require(np.moveaxis(x, axis, target), requirements=("C", "A")), target)
+
+
+class Canonical:
+    """An N-D array and the kernel view of it.
+
+    kind: CHANNELS_FIRST or CHANNELS_LAST; view: (N, C, S) or (M, C);
+    shape: the user's shape; axis: the channel axis in it; natural: a
+    C-contiguous array of the user's shape reshapes to a view of this kind.
+    """
+
+    __slots__ = ("kind", "view", "shape", "axis", "natural")
+
+    def __init__(self, kind, view, shape, axis, natural):
+        self.kind = kind
+        self.view = view
+        self.shape = shape
+        self.axis = axis
+        self.natural = natural
+
+    @property
+    def count(self):
+        """Values per channel."""
+        v = self.view
+        return v.shape[0] * v.shape[2] if v.ndim == 3 else v.shape[0]
+
+    def output(self, out=None, name="out"):
+        """(user-shaped array, its kernel view): new, or ``out`` checked and viewed."""
+        dtype = self.view.dtype
+        if out is None:
+            if self.natural:
+                y = np.empty(self.shape, dtype)
+                return y, y.reshape(self.view.shape)
+            return self._wrap(np.empty(self.view.shape, dtype))
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(out).__name__}")
+        if out.dtype != dtype or out.shape != self.shape:
+            raise ValueError(f"{name}: expected a {dtype} array of shape {self.shape}, "
+                             f"got {out.dtype} {out.shape}")
+        if not out.flags.writeable:
+            raise ValueError(f"{name}: expected a writable array")
+        view = self.like(out, copy=False)
+        if view is None:
+            order = "channels-first" if self.kind == CHANNELS_FIRST else "channels-last"
+            raise ValueError(f"{name}: expected the memory order of the input ({order}, "
+                             f"innermost axis contiguous), got strides {out.strides}")
+        return out, view
+
+    def _wrap(self, view):
+        """The user-shaped array whose kernel view is ``view`` (same kind and shape)."""
+        shape, axis = self.shape, self.axis
+        if self.kind == CHANNELS_FIRST:
+            # stored (N, C, *rest) in C order: move C to its place
+            ordered = (shape[0], shape[axis]) + tuple(s for i, s in enumerate(shape)
+                                                      if i not in (0, axis))
+            return np.moveaxis(view.reshape(ordered), 1, axis), view
+        # stored (..., C) in C order: move C from last to its place
+        ordered = tuple(s for i, s in enumerate(shape) if i != axis) + (shape[axis],)
+        return np.moveaxis(view.reshape(ordered), -1, axis), view
+
+    def like(self, other, copy=True):
+        """The kernel view of ``other`` (our shape) of our kind; a copy if needed and allowed."""
+        if self.natural and other.flags.c_contiguous and other.flags.aligned:
+            return other.reshape(self.view.shape)
+        return _view_of_kind(other, self.axis, self.kind, copy)
 
 
 def canonicalize(x, layout):
-    """The kernel view of x (ndim >= 2, channels on ``layout``'s axis)."""
-    axis = channel_axis(layout, x.ndim)
-    itemsize = x.dtype.itemsize
-    spatial = x.size // (x.shape[0] * x.shape[axis]) if x.size else 0
-    # rows of C channels when there is no spatial extent: one run per value
-    # would be the slowest possible channels-first view
-    prefer_last = layout == "NHWC" or spatial == 1
-    order = (CHANNELS_LAST, CHANNELS_FIRST) if prefer_last else (CHANNELS_FIRST, CHANNELS_LAST)
-    for kind in order:
-        view = _channels_last_view(x, axis) if kind == CHANNELS_LAST else _channels_first_view(x, axis)
-        if _usable(view, itemsize):
-            return Canonical(kind, view, x.shape, axis)
-    kind = order[0]
-    return Canonical(kind, _view_of_kind(x, axis, kind), x.shape, axis)
+    """The kernel view of x (ndim >= 2, non-empty channel axis on ``layout``'s axis)."""
+    ndim = x.ndim
+    shape = x.shape
+    axis = 1 if layout == "NCHW" else ndim - 1
+    N, C = shape[0], shape[axis]
+    spatial = x.size // (N * C) if N * C else 0
+    # channels-last rows when there is no spatial extent (one run per value would
+    # be the slowest possible channels-first view), channels-first runs for a single channel
+    natural_kind = CHANNELS_LAST if (layout == "NHWC" or spatial == 1) and C > 1 else CHANNELS_FIRST
+    if x.flags.c_contiguous and x.flags.aligned:
+        if natural_kind == CHANNELS_LAST:
+            return Canonical(CHANNELS_LAST, x.reshape(x.size // C, C), shape, axis, True)
+        if layout == "NCHW" or ndim == 2:
+            return Canonical(CHANNELS_FIRST, x.reshape(N, C, spatial), shape, axis, True)
+    other_kind = CHANNELS_FIRST if natural_kind == CHANNELS_LAST else CHANNELS_LAST
+    for kind in (natural_kind, other_kind):
+        view = _view_of_kind(x, axis, kind, copy=False)
+        if view is not None:
+            return Canonical(kind, view, shape, axis, _natural_ok(shape, axis, kind))
+    view = _view_of_kind(x, axis, natural_kind)
+    return Canonical(natural_kind, view, shape, axis, _natural_ok(shape, axis, natural_kind))
+
+
+def _natural_ok(shape, axis, kind):
+    """Whether a C-contiguous array of ``shape`` reshapes to a view of ``kind``."""
+    if shape[axis] == 1:
+        return True
+    if kind == CHANNELS_LAST:
+        return math.prod(shape[axis + 1:]) == 1
+    return math.prod(shape[1:axis]) == 1

@@ -68,6 +68,9 @@ def check_array(x, name, dtype=None):
     """x must be an ndarray of a supported float dtype (``dtype`` if given)."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {describe(x)}")
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got a masked array (its mask "
+                        f"would be ignored; pass x.filled(...) or the unmasked values)")
     if dtype is not None:
         if x.dtype != dtype:
             raise TypeError(f"{name}: expected dtype {dtype}, got {x.dtype} (shape {x.shape}); "
@@ -117,3 +120,19 @@ def check_channel_vector(v, name, dtype, C, writable=False):
     if writable and not v.flags.writeable:
         raise ValueError(f"{name}: expected a writable array (it is updated in place)")
     return v
+
+
+def check_out_overlap(out, source, source_name, allow_same=True):
+    """Whether ``out`` is ``source`` itself (in place); ValueError for any other overlap.
+
+    Elementwise kernels read each value before writing the same position, so
+    writing over the very same array is safe; a shifted overlap is not.
+    """
+    if out is None or not isinstance(out, np.ndarray) or not np.may_share_memory(out, source):
+        return False
+    same = (out.__array_interface__["data"][0] == source.__array_interface__["data"][0]
+            and out.strides == source.strides and out.shape == source.shape)
+    if same and allow_same:
+        return True
+    raise ValueError(f"out: must not overlap {source_name}"
+                     + (" (it may be exactly the same array)" if allow_same else ""))

@@ -5,6 +5,7 @@ from . import _ops
 from ._layout import canonicalize, channel_axis, check_layout
 from ._validation import (
     check_batch_for_statistics,
+    check_out_overlap,
     check_bool,
     check_channel_vector,
     check_dtype,
@@ -19,22 +20,29 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
 class _Saved:
-    """What backward needs from the last forward."""
+    """What backward needs from the last forward.
 
-    __slots__ = ("canon", "mean", "var", "invstd", "eps", "batch_stats")
+    stats: float64 (2, C) [mean, invstd] of a training forward; for an eval
+    forward, None and the running statistics as they were (running).
+    """
 
-    def __init__(self, canon, mean, var, invstd, eps, batch_stats):
+    __slots__ = ("canon", "stats", "running", "eps", "overwritten")
+
+    def __init__(self, canon, stats, running=None, eps=None, overwritten=False):
         self.canon = canon
-        self.mean = mean
-        self.var = var
-        self.invstd = invstd
+        self.stats = stats
+        self.running = running
         self.eps = eps
-        self.batch_stats = batch_stats
+        self.overwritten = overwritten
 
-    def inverse_std(self):
-        if self.invstd is None:  # eval: computed only when a backward asks
-            self.invstd = _ops.inverse_std(self.var, self.eps)
-        return self.invstd
+    @property
+    def batch_stats(self):
+        return self.stats is not None
+
+    def backward_stats(self):
+        if self.stats is not None:
+            return self.stats
+        return _ops.fixed_stats(self.running[0], self.running[1], self.eps)
 
 
 class _BatchNorm:
@@ -140,56 +148,73 @@ class _BatchNorm:
     # ------------------------------------------------------------ compute
 
     def _check_input(self, x, name="x"):
+        """The channel axis of a valid input; a detailed error otherwise."""
         ndims = self._SHAPES[self.layout]
+        if type(x) is np.ndarray and x.dtype == self._dtype and x.ndim in ndims:
+            axis = 1 if self.layout == "NCHW" else x.ndim - 1
+            if x.shape[axis] == self.num_features:
+                return axis
         return check_input(x, name, self._dtype, tuple(ndims), self.num_features,
                            lambda nd: channel_axis(self.layout, nd), ndims)
 
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, x, out=None):
+        return self.forward(x, out)
 
-    def forward(self, x):
-        """Normalise x; in training mode also update the running statistics."""
+    def forward(self, x, out=None):
+        """Normalise x; in training mode also update the running statistics.
+
+        out: an array of x's shape, dtype and memory order to write into
+        (x itself for in place; backward then has no input and refuses).
+        """
         axis = self._check_input(x)
         batch_stats = self.training or not self.track_running_stats
-        if batch_stats:
+        if batch_stats and x.size < 2 * self.num_features:
             check_batch_for_statistics(x, axis)
+        overwritten = check_out_overlap(out, x, "x")
         canon = canonicalize(x, self.layout)
-        if batch_stats:
-            y, mean, var, invstd = _ops.train_forward(canon, self._weight, self._bias, self._eps)
-            if self.training and self.track_running_stats:
-                self._update_running_stats(mean, var, canon.count)
-            self._saved = _Saved(canon, mean, var, invstd, self._eps, True)
+        if not batch_stats:
+            y = _ops.normalize(canon, self._running_mean, self._running_var, self._eps,
+                               self._weight, self._bias, out)
+            running = (self._running_mean.copy(), self._running_var.copy())
+            self._saved = _Saved(canon, None, running, self._eps, overwritten)
+            return y
+        if self.training and self.track_running_stats:
+            tracked = self.num_batches_tracked
+            momentum = self._momentum if self._momentum is not None else 1.0 / (int(tracked) + 1)
+            y, stats = _ops.train_forward(canon, self._weight, self._bias, self._eps,
+                                          self._running_mean, self._running_var, momentum, out)
+            tracked += 1
         else:
-            mean = self._running_mean.astype(np.float64)
-            var = self._running_var.astype(np.float64)
-            y = _ops.normalize(canon, mean, var, self._eps, self._weight, self._bias)
-            self._saved = _Saved(canon, mean, var, None, self._eps, False)
+            y, stats = _ops.train_forward(canon, self._weight, self._bias, self._eps, out=out)
+        self._saved = _Saved(canon, stats[:2], overwritten=overwritten)
         return y
 
-    def _update_running_stats(self, mean, var, count):
-        self.num_batches_tracked += 1
-        momentum = self._momentum
-        if momentum is None:  # cumulative moving average
-            momentum = 1.0 / float(self.num_batches_tracked)
-        _ops.update_running_stats(self._running_mean, self._running_var, mean, var, count, momentum)
-
-    def backward(self, dy):
+    def backward(self, dy, out=None):
         """Gradient of the input for output gradient dy, from the last forward.
 
         Sets ``grad_weight`` and ``grad_bias`` (when affine). After a training
         forward the batch statistics' dependence on x is included; after an
-        eval forward dx = dy * weight / sqrt(running_var + eps).
+        eval forward dx = dy * weight / sqrt(running_var + eps). out: an array
+        to write dx into (dy itself for in place).
         """
         saved = self._saved
         if saved is None:
             raise ValueError("dy: backward needs a forward first; no forward has run on this layer")
-        self._check_input(dy, "dy")
-        if dy.shape != saved.canon.shape:
-            raise ValueError(f"dy: expected shape {saved.canon.shape} (the last forward's input), "
-                             f"got {dy.shape}")
-        dx, gw, gb = _ops.backward(saved.canon, dy, saved.mean, saved.inverse_std(), self._weight,
-                                   saved.batch_stats, param_grads=self.affine)
-        self.grad_weight, self.grad_bias = gw, gb
+        if saved.overwritten:
+            raise ValueError("dy: the last forward wrote its output over its input (out=x), "
+                             "so there is no input to differentiate at")
+        if not (type(dy) is np.ndarray and dy.dtype == self._dtype
+                and dy.shape == saved.canon.shape):
+            self._check_input(dy, "dy")
+            if dy.shape != saved.canon.shape:
+                raise ValueError(f"dy: expected shape {saved.canon.shape} (the last forward's "
+                                 f"input), got {dy.shape}")
+        check_out_overlap(out, saved.canon.view, "x", allow_same=False)
+        check_out_overlap(out, dy, "dy")
+        dx, grads = _ops.backward(saved.canon, dy, saved.backward_stats(), self._weight,
+                                  saved.batch_stats, self.affine, out)
+        if grads is not None:
+            self.grad_weight, self.grad_bias = grads[0], grads[1]
         return dx
 
     # ------------------------------------------------------------ state

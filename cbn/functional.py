@@ -15,6 +15,7 @@ from ._validation import (
     check_channel_vector,
     check_eps,
     check_momentum,
+    check_out_overlap,
     describe,
 )
 
@@ -40,24 +41,24 @@ def _check_params(x, axis, weight, bias):
 
 
 def _check_stats(name, value, C):
-    """A (C,) float array of statistics, as float64 (a widening, exact conversion)."""
+    """A (C,) float array of statistics (converted to float64: widening, exact)."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray of shape ({C},), got {describe(value)}")
     if value.dtype.kind != "f":
         raise TypeError(f"{name}: expected a float array, got {value.dtype}")
     if value.shape != (C,):
         raise ValueError(f"{name}: expected shape ({C},), got {value.shape}")
-    return np.ascontiguousarray(value, dtype=np.float64)
+    return value
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-               eps=1e-5, layout="NCHW"):
+               eps=1e-5, layout="NCHW", out=None):
     """Batch normalization of x, as ``torch.nn.functional.batch_norm``.
 
     training=True: normalise with the batch statistics and, when running_mean
     and running_var are given, update them in place (momentum is the new
     batch's weight; the variance stored is unbiased). training=False: normalise
-    with running_mean and running_var.
+    with running_mean and running_var. out: an array to write y into.
     """
     axis = _check_x(x, layout)
     C = _check_params(x, axis, weight, bias)
@@ -69,45 +70,49 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     if running_mean is not None:
         check_channel_vector(running_mean, "running_mean", x.dtype, C, writable=training)
         check_channel_vector(running_var, "running_var", x.dtype, C, writable=training)
+    elif not training:
+        raise ValueError("running_mean: expected an array when training=False, got None")
     if training:
         check_batch_for_statistics(x, axis)
-        canon = canonicalize(x, layout)
-        y, mean, var, _ = _ops.train_forward(canon, weight, bias, eps)
-        if running_mean is not None:
-            _ops.update_running_stats(running_mean, running_var, mean, var, canon.count, momentum)
-        return y
-    if running_mean is None:
-        raise ValueError("running_mean: expected an array when training=False, got None")
+    check_out_overlap(out, x, "x")
     canon = canonicalize(x, layout)
-    return _ops.normalize(canon, running_mean.astype(np.float64), running_var.astype(np.float64),
-                          eps, weight, bias)
+    if training:
+        return _ops.train_forward(canon, weight, bias, eps, running_mean, running_var, momentum,
+                                  out)[0]
+    return _ops.normalize(canon, running_mean, running_var, eps, weight, bias, out)
 
 
-def batch_norm_forward(x, weight=None, bias=None, eps=1e-5, layout="NCHW"):
+def batch_norm_forward(x, weight=None, bias=None, eps=1e-5, layout="NCHW", out=None):
     """Training-mode normalization: (y, mean, invstd), statistics as float64 (C,) arrays.
 
-    invstd = 1 / sqrt(biased batch variance + eps).
+    invstd = 1 / sqrt(biased batch variance + eps). out: an array to write y into.
     """
     axis = _check_x(x, layout)
     _check_params(x, axis, weight, bias)
     eps = check_eps(eps)
     check_batch_for_statistics(x, axis)
-    y, mean, _, invstd = _ops.train_forward(canonicalize(x, layout), weight, bias, eps)
-    return y, mean, invstd
+    check_out_overlap(out, x, "x")
+    y, stats = _ops.train_forward(canonicalize(x, layout), weight, bias, eps, out=out)
+    return y, stats[0], stats[1]
 
 
-def batch_norm_backward(dy, x, mean, invstd, weight=None, layout="NCHW"):
+def batch_norm_backward(dy, x, mean, invstd, weight=None, layout="NCHW", out=None):
     """Gradients of training-mode batch norm: (dx, dweight, dbias).
 
     mean and invstd are the batch statistics batch_norm_forward returned (any
     float dtype; used as float64). dweight = sum(dy * (x - mean) * invstd) and
     dbias = sum(dy) per channel, also when weight is None (then weight = 1).
+    out: an array to write dx into (dy itself for in place).
     """
     axis = _check_x(x, layout)
     C = _check_params(x, axis, weight, None)
     check_array(dy, "dy", x.dtype)
     if dy.shape != x.shape:
         raise ValueError(f"dy: expected the shape of x {x.shape}, got {dy.shape}")
-    mean = _check_stats("mean", mean, C)
-    invstd = _check_stats("invstd", invstd, C)
-    return _ops.backward(canonicalize(x, layout), dy, mean, invstd, weight, True)
+    stats = np.empty((2, C))
+    stats[0] = _check_stats("mean", mean, C)
+    stats[1] = _check_stats("invstd", invstd, C)
+    check_out_overlap(out, x, "x", allow_same=False)
+    check_out_overlap(out, dy, "dy")
+    dx, grads = _ops.backward(canonicalize(x, layout), dy, stats, weight, True, out=out)
+    return dx, grads[0], grads[1]

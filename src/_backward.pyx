@@ -1,79 +1,47 @@
 # Backward kernels: the reductions sum(dy), sum(dy * (x - mean)) and dx, alone
-# and fused. Same canonical views as _forward.pyx; x and dy may have different
-# strides, dx is written through its own.
-from cython cimport floating, view
+# and fused. Same canonical views and conventions as _forward.pyx; dy, x and
+# dx may each have their own strides.
+cimport numpy as cnp
+from cython cimport floating
 from cython.parallel cimport prange
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free
 
+from _arrays cimport (Geometry, checked, run_bytes, checked_like, checked_table, checked_threads,
+                     checked_vector, data_or_null, geometry, input_typenum, scratch)
 from _coefficients cimport grad_input_coefficients, param_or
-from _elementwise cimport grad_input_row, grad_input_run
-from _gradsums cimport rows_grad_sums, strided_runs_grad_sums
-from _plan cimport channel_parts, part_start, row_parts
+from _loops cimport init_loops, rows_grad_input, runs_grad_input, runs_grad_sums
+from _gradsums cimport rows_grad_sums_f64
+from _moments cimport row_block
+from _plan cimport channel_parts, part_start, row_parts, streams
+
+cnp.import_array()
+init_loops()
 
 
-cdef inline const floating* opt_ptr(const floating[::1] a) noexcept:
-    return NULL if a is None else &a[0]
-
-
-cdef inline floating* opt_out_ptr(floating[::1] a) noexcept:
-    return NULL if a is None else &a[0]
-
-
-cdef inline void finish_sums(Py_ssize_t C, const double* mean, const floating* shift,
-                             double* s_dy, double* s_dyx) noexcept nogil:
-    """Turn sum(dy * (x - shift)) into sum(dy * (x - mean)): shift is mean rounded."""
-    cdef Py_ssize_t c
-    for c in range(C):
-        s_dyx[c] = s_dyx[c] - (mean[c] - <double>shift[c]) * s_dy[c]
-
-
-cdef inline void write_param_grads(Py_ssize_t C, const double* invstd, const double* s_dy,
-                                   const double* s_dyx, floating* grad_weight,
-                                   floating* grad_bias) noexcept nogil:
-    cdef Py_ssize_t c
-    for c in range(C):
-        if grad_weight != NULL:
-            grad_weight[c] = <floating>(s_dyx[c] * invstd[c])
-        if grad_bias != NULL:
-            grad_bias[c] = <floating>s_dy[c]
-
-
-cdef class _Work:
-    """Per-call scratch: float64 sums and input-typed coefficients/buffers."""
-    cdef double* sums
-    cdef void* typed
-    cdef Py_ssize_t nsums
-
-    def __cinit__(self, Py_ssize_t nsums, Py_ssize_t ntyped, Py_ssize_t itemsize):
-        cdef Py_ssize_t i
-        self.nsums = nsums
-        self.sums = <double*>malloc(max(1, nsums) * sizeof(double))
-        self.typed = malloc(max(1, ntyped) * itemsize)
-        if self.sums == NULL or self.typed == NULL:
-            raise MemoryError()
-        for i in range(nsums):
-            self.sums[i] = 0.0
-
-    def __dealloc__(self):
-        free(self.sums)
-        free(self.typed)
+cdef inline void set_coefficients(floating* coef, Py_ssize_t C, Py_ssize_t c, double mean,
+                                  double invstd, const floating* w, double count, double s_dy,
+                                  double s_dyx, bint batch_stats) noexcept nogil:
+    """coef holds shift, k_dy, k_x, k_0, each C long."""
+    grad_input_coefficients(mean, invstd, param_or(w, c, 1.0), count, s_dy, s_dyx, batch_stats,
+                            &coef[c], &coef[C + c], &coef[2 * C + c], &coef[3 * C + c])
 
 
 # ---------------------------------------------------------------- channels-first
 
-cdef void cf_partial_sums(const floating* dy, Py_ssize_t dsn, Py_ssize_t dsc, const floating* x,
-                          Py_ssize_t xsn, Py_ssize_t xsc, Py_ssize_t N, Py_ssize_t C,
-                          Py_ssize_t S, Py_ssize_t parts, const floating* shift, double* part,
+cdef void cf_partial_sums(const floating* dy, Geometry gd, const floating* x, Geometry gx,
+                          Py_ssize_t parts, const floating* shift, double* part,
                           int nthreads) noexcept nogil:
-    """part[2u], part[2u+1] = sums of unit u = c * parts + k; part zeroed by caller."""
+    """part[2u], part[2u+1] = sums of unit u = c * parts + k."""
     cdef Py_ssize_t u, c, k, n0, n1
-    for u in prange(C * parts, num_threads=nthreads, schedule="static"):
+    for u in prange(gx.C * parts, num_threads=nthreads, schedule="static"):
         c = u // parts
         k = u % parts
-        n0 = part_start(N, parts, k)
-        n1 = part_start(N, parts, k + 1)
-        strided_runs_grad_sums(dy + n0 * dsn + c * dsc, x + n0 * xsn + c * xsc, n1 - n0, dsn,
-                               xsn, S, shift[c], &part[2 * u], &part[2 * u + 1])
+        n0 = part_start(gx.N, parts, k)
+        n1 = part_start(gx.N, parts, k + 1)
+        part[2 * u] = 0.0
+        part[2 * u + 1] = 0.0
+        runs_grad_sums(dy + n0 * gd.sn + c * gd.sc, gd.sn, x + n0 * gx.sn + c * gx.sc, gx.sn,
+                       n1 - n0, gx.S, shift[c], &part[2 * u], &part[2 * u + 1])
 
 
 cdef void cf_sum_parts(const double* part, Py_ssize_t C, Py_ssize_t parts, double* s_dy,
@@ -87,118 +55,55 @@ cdef void cf_sum_parts(const double* part, Py_ssize_t C, Py_ssize_t parts, doubl
             s_dyx[c] += part[2 * (c * parts + k) + 1]
 
 
-cdef void cf_grad_input(const floating* dy, Py_ssize_t dsn, Py_ssize_t dsc, const floating* x,
-                        Py_ssize_t xsn, Py_ssize_t xsc, floating* dx, Py_ssize_t gsn,
-                        Py_ssize_t gsc, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                        const floating* coef, int nthreads) noexcept nogil:
-    """coef holds shift, k_dy, k_x, k_0, each C long."""
-    cdef Py_ssize_t i, n, c
-    for i in prange(N * C, num_threads=nthreads, schedule="static"):
-        n = i // C
-        c = i % C
-        grad_input_run(dy + n * dsn + c * dsc, x + n * xsn + c * xsc, dx + n * gsn + c * gsc, S,
-                       coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c])
+cdef void cf_grad_input(const floating* dy, Geometry gd, const floating* x, Geometry gx,
+                        floating* dx, Geometry gg, const floating* coef,
+                        int nthreads) noexcept nogil:
+    """Work units as for the sums: channel c, batch range k."""
+    cdef Py_ssize_t u, c, k, n0, n1, C = gx.C, parts = channel_parts(gx.N, gx.C, gx.S)
+    for u in prange(C * parts, num_threads=nthreads, schedule="static"):
+        c = u // parts
+        k = u % parts
+        n0 = part_start(gx.N, parts, k)
+        n1 = part_start(gx.N, parts, k + 1)
+        runs_grad_input(dy + n0 * gd.sn + c * gd.sc, gd.sn, x + n0 * gx.sn + c * gx.sc, gx.sn,
+                        dx + n0 * gg.sn + c * gg.sc, gg.sn, n1 - n0, gx.S, coef[c], coef[C + c],
+                        coef[2 * C + c], coef[3 * C + c], gg.stream)
 
 
-def grad_sums_channels_first(const floating[::view.strided, ::view.strided, ::view.contiguous] dy,
-                             const floating[::view.strided, ::view.strided, ::view.contiguous] x,
-                             const double[::1] mean, double[::1] sum_dy, double[::1] sum_dy_xmu,
-                             int nthreads):
-    """sum(dy) and sum(dy * (x - mean)) per channel."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c
-    cdef Py_ssize_t parts = channel_parts(N, C)
-    cdef _Work work = _Work(2 * C * parts, C, sizeof(floating))
-    cdef floating* shift = <floating*>work.typed
-    with nogil:
-        for c in range(C):
-            shift[c] = <floating>mean[c]
-        cf_partial_sums(&dy[0, 0, 0], dy.strides[0] // sizeof(floating),
-                        dy.strides[1] // sizeof(floating), &x[0, 0, 0],
-                        x.strides[0] // sizeof(floating), x.strides[1] // sizeof(floating),
-                        N, C, S, parts, shift, work.sums, nthreads)
-        cf_sum_parts(work.sums, C, parts, &sum_dy[0], &sum_dy_xmu[0])
-        finish_sums(C, &mean[0], shift, &sum_dy[0], &sum_dy_xmu[0])
-
-
-cdef void cf_backward_by_channel(const floating* dy, Py_ssize_t dsn, Py_ssize_t dsc,
-                                 const floating* x, Py_ssize_t xsn, Py_ssize_t xsc, floating* dx,
-                                 Py_ssize_t gsn, Py_ssize_t gsc, Py_ssize_t N, Py_ssize_t C,
-                                 Py_ssize_t S, const double* mean, const double* invstd,
+cdef void cf_backward_by_channel(const floating* dy, Geometry gd, const floating* x,
+                                 Geometry gx, floating* dx, Geometry gg, const double* stats,
                                  const floating* w, bint batch_stats, floating* coef,
-                                 double* s_dy, double* s_dyx, int nthreads) noexcept nogil:
+                                 double* sums, int nthreads) noexcept nogil:
     """Sums, then dx, one channel at a time while its values are in cache."""
-    cdef Py_ssize_t c, n
+    cdef Py_ssize_t c, C = gx.C
     cdef floating shift
+    cdef double count = <double>(gx.N * gx.S)
     for c in prange(C, num_threads=nthreads, schedule="static"):
-        shift = <floating>mean[c]
-        s_dy[c] = 0.0
-        s_dyx[c] = 0.0
-        strided_runs_grad_sums(dy + c * dsc, x + c * xsc, N, dsn, xsn, S, shift, &s_dy[c],
-                               &s_dyx[c])
-        s_dyx[c] = s_dyx[c] - (mean[c] - <double>shift) * s_dy[c]
-        grad_input_coefficients(mean[c], invstd[c], param_or(w, c, 1.0), <double>(N * S),
-                                s_dy[c], s_dyx[c], batch_stats, &coef[c], &coef[C + c],
-                                &coef[2 * C + c], &coef[3 * C + c])
-        for n in range(N):
-            grad_input_run(dy + n * dsn + c * dsc, x + n * xsn + c * xsc, dx + n * gsn + c * gsc,
-                           S, coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c])
-
-
-def backward_channels_first(const floating[::view.strided, ::view.strided, ::view.contiguous] dy,
-                            const floating[::view.strided, ::view.strided, ::view.contiguous] x,
-                            const double[::1] mean, const double[::1] invstd,
-                            const floating[::1] weight, bint batch_stats,
-                            floating[::view.strided, ::view.strided, ::view.contiguous] dx,
-                            floating[::1] grad_weight, floating[::1] grad_bias, int nthreads):
-    """dx and, when given, grad_weight = sum(dy * xhat), grad_bias = sum(dy).
-
-    batch_stats: mean/invstd are the batch's own (training); otherwise they are
-    fixed (eval) and dx = dy * weight * invstd.
-    """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c
-    cdef Py_ssize_t parts = channel_parts(N, C)
-    cdef _Work work = _Work(2 * C + 2 * C * parts, 4 * C, sizeof(floating))
-    cdef double* s_dy = work.sums
-    cdef double* s_dyx = work.sums + C
-    cdef double* part = work.sums + 2 * C
-    cdef floating* coef = <floating*>work.typed
-    cdef const floating* w = opt_ptr(weight)
-    cdef floating* gw = opt_out_ptr(grad_weight)
-    cdef floating* gb = opt_out_ptr(grad_bias)
-    cdef Py_ssize_t dsn = dy.strides[0] // sizeof(floating), dsc = dy.strides[1] // sizeof(floating)
-    cdef Py_ssize_t xsn = x.strides[0] // sizeof(floating), xsc = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t gsn = dx.strides[0] // sizeof(floating), gsc = dx.strides[1] // sizeof(floating)
-    with nogil:
-        if parts == 1:
-            cf_backward_by_channel(&dy[0, 0, 0], dsn, dsc, &x[0, 0, 0], xsn, xsc, &dx[0, 0, 0],
-                                   gsn, gsc, N, C, S, &mean[0], &invstd[0], w, batch_stats, coef,
-                                   s_dy, s_dyx, nthreads)
-        else:
-            for c in range(C):
-                coef[c] = <floating>mean[c]
-            cf_partial_sums(&dy[0, 0, 0], dsn, dsc, &x[0, 0, 0], xsn, xsc, N, C, S, parts, coef,
-                            part, nthreads)
-            cf_sum_parts(part, C, parts, s_dy, s_dyx)
-            finish_sums(C, &mean[0], coef, s_dy, s_dyx)
-            for c in range(C):
-                grad_input_coefficients(mean[c], invstd[c], param_or(w, c, 1.0), <double>(N * S),
-                                        s_dy[c], s_dyx[c], batch_stats, &coef[c], &coef[C + c],
-                                        &coef[2 * C + c], &coef[3 * C + c])
-            cf_grad_input(&dy[0, 0, 0], dsn, dsc, &x[0, 0, 0], xsn, xsc, &dx[0, 0, 0], gsn, gsc,
-                          N, C, S, coef, nthreads)
-        write_param_grads(C, &invstd[0], s_dy, s_dyx, gw, gb)
+        shift = <floating>stats[c]
+        sums[c] = 0.0
+        sums[C + c] = 0.0
+        runs_grad_sums(dy + c * gd.sc, gd.sn, x + c * gx.sc, gx.sn, gx.N, gx.S, shift, &sums[c],
+                       &sums[C + c])
+        sums[C + c] = sums[C + c] - (stats[c] - <double>shift) * sums[c]
+        set_coefficients(coef, C, c, stats[c], stats[C + c], w, count, sums[c], sums[C + c],
+                         batch_stats)
+        runs_grad_input(dy + c * gd.sc, gd.sn, x + c * gx.sc, gx.sn, dx + c * gg.sc, gg.sn, gx.N,
+                        gx.S, coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c], gg.stream)
 
 
 # ---------------------------------------------------------------- channels-last
 
-cdef void cl_partial_sums(const floating* dy, Py_ssize_t ds, const floating* x, Py_ssize_t xs,
-                          Py_ssize_t M, Py_ssize_t C, Py_ssize_t parts, const floating* shift,
-                          floating* scratch, double* part, int nthreads) noexcept nogil:
-    """part[k*2C :] = (sum_dy[C], sum_dyx[C]) of row range k; part zeroed by caller."""
-    cdef Py_ssize_t k
+cdef void cl_partial_sums(const floating* dy, Geometry gd, const floating* x, Geometry gx,
+                          Py_ssize_t parts, const floating* shift, floating* rows,
+                          double* part, int nthreads) noexcept nogil:
+    """part[k*2C :] = (sum_dy[C], sum_dyx[C]) of row range k; rows: 2C per range."""
+    cdef Py_ssize_t k, i, C = gx.C
     for k in prange(parts, num_threads=nthreads, schedule="static"):
-        rows_grad_sums(dy, ds, x, xs, part_start(M, parts, k), part_start(M, parts, k + 1), C,
-                       shift, scratch + k * 2 * C, part + k * 2 * C, part + k * 2 * C + C)
+        for i in range(2 * C):
+            part[k * 2 * C + i] = 0.0
+        rows_grad_sums_f64(dy, gd.sn, x, gx.sn, part_start(gx.N, parts, k),
+                           part_start(gx.N, parts, k + 1), C, shift, rows + k * 2 * C,
+                           part + k * 2 * C, part + k * 2 * C + C)
 
 
 cdef void cl_sum_parts(const double* part, Py_ssize_t C, Py_ssize_t parts, double* s_dy,
@@ -213,63 +118,149 @@ cdef void cl_sum_parts(const double* part, Py_ssize_t C, Py_ssize_t parts, doubl
             s_dyx[c] += part[k * 2 * C + C + c]
 
 
-cdef void cl_grad_input(const floating* dy, Py_ssize_t ds, const floating* x, Py_ssize_t xs,
-                        floating* dx, Py_ssize_t gs, Py_ssize_t M, Py_ssize_t C,
-                        const floating* coef, int nthreads) noexcept nogil:
-    cdef Py_ssize_t r
-    for r in prange(M, num_threads=nthreads, schedule="static"):
-        grad_input_row(dy + r * ds, x + r * xs, dx + r * gs, C, coef, coef + C, coef + 2 * C,
-                       coef + 3 * C)
+cdef void cl_grad_input(const floating* dy, Geometry gd, const floating* x, Geometry gx,
+                        floating* dx, Geometry gg, const floating* coef,
+                        int nthreads) noexcept nogil:
+    """Blocks of rows, last first (the most recently summed are likeliest cached)."""
+    cdef Py_ssize_t i, r0, C = gx.C, block = row_block(C, sizeof(floating))
+    cdef Py_ssize_t nblocks = (gx.N + block - 1) // block
+    for i in prange(nblocks, num_threads=nthreads, schedule="static"):
+        r0 = (nblocks - 1 - i) * block
+        rows_grad_input(dy + r0 * gd.sn, gd.sn, x + r0 * gx.sn, gx.sn, dx + r0 * gg.sn, gg.sn,
+                        min(block, gx.N - r0), C, coef, coef + C, coef + 2 * C, coef + 3 * C, gg.stream)
 
 
-def grad_sums_channels_last(const floating[::view.strided, ::view.contiguous] dy,
-                            const floating[::view.strided, ::view.contiguous] x,
-                            const double[::1] mean, double[::1] sum_dy, double[::1] sum_dy_xmu,
-                            int nthreads):
-    """sum(dy) and sum(dy * (x - mean)) per channel."""
-    cdef Py_ssize_t M = x.shape[0], C = x.shape[1], c
-    cdef Py_ssize_t parts = row_parts(M)
-    cdef _Work work = _Work(2 * C * parts, 3 * C * parts, sizeof(floating))
-    cdef floating* shift = <floating*>work.typed
-    with nogil:
+# ---------------------------------------------------------------- shared
+
+cdef Py_ssize_t scratch_doubles(Geometry g, bint channels_first) noexcept:
+    """2*C sums, then partial sums per unit or row range."""
+    return 2 * g.C + 2 * g.C * (channel_parts(g.N, g.C, g.S) if channels_first else row_parts(g.N))
+
+
+cdef Py_ssize_t scratch_typed(Geometry g, bint channels_first) noexcept:
+    """4*C coefficients (the first C, the shifts), then per-row-range buffers."""
+    return 4 * g.C + (0 if channels_first else 2 * g.C * row_parts(g.N))
+
+
+cdef void sums_kernel(const floating* dy, Geometry gd, const floating* x, Geometry gx,
+                      bint channels_first, const double* mean, floating* typed, double* part,
+                      double* s_dy, double* s_dyx, int nthreads) noexcept nogil:
+    """s_dy = sum(dy), s_dyx = sum(dy * (x - mean)); typed[:C] receives the shifts."""
+    cdef Py_ssize_t c, C = gx.C, parts
+    for c in range(C):
+        typed[c] = <floating>mean[c]
+    if channels_first:
+        parts = channel_parts(gx.N, C, gx.S)
+        cf_partial_sums(dy, gd, x, gx, parts, typed, part, nthreads)
+        cf_sum_parts(part, C, parts, s_dy, s_dyx)
+    else:
+        parts = row_parts(gx.N)
+        cl_partial_sums(dy, gd, x, gx, parts, typed, typed + 4 * C, part, nthreads)
+        cl_sum_parts(part, C, parts, s_dy, s_dyx)
+    for c in range(C):  # sum(dy * (x - shift)) -> sum(dy * (x - mean))
+        s_dyx[c] = s_dyx[c] - (mean[c] - <double>typed[c]) * s_dy[c]
+
+
+cdef void backward_kernel(const floating* dy, Geometry gd, const floating* x, Geometry gx,
+                          floating* dx, Geometry gg, bint channels_first, const double* stats,
+                          const floating* w, bint batch_stats, floating* typed, double* part,
+                          floating* grads, int nthreads) noexcept nogil:
+    cdef Py_ssize_t c, C = gx.C
+    cdef double count = <double>(gx.N * gx.S)
+    cdef double* sums = part
+    if channels_first and channel_parts(gx.N, C, gx.S) == 1:
+        cf_backward_by_channel(dy, gd, x, gx, dx, gg, stats, w, batch_stats, typed, sums, nthreads)
+    else:
+        sums_kernel(dy, gd, x, gx, channels_first, stats, typed, part + 2 * C, sums, sums + C,
+                    nthreads)
         for c in range(C):
-            shift[c] = <floating>mean[c]
-        cl_partial_sums(&dy[0, 0], dy.strides[0] // sizeof(floating), &x[0, 0],
-                        x.strides[0] // sizeof(floating), M, C, parts, shift, shift + C,
-                        work.sums, nthreads)
-        cl_sum_parts(work.sums, C, parts, &sum_dy[0], &sum_dy_xmu[0])
-        finish_sums(C, &mean[0], shift, &sum_dy[0], &sum_dy_xmu[0])
+            set_coefficients(typed, C, c, stats[c], stats[C + c], w, count, sums[c], sums[C + c],
+                             batch_stats)
+        if channels_first:
+            cf_grad_input(dy, gd, x, gx, dx, gg, typed, nthreads)
+        else:
+            cl_grad_input(dy, gd, x, gx, dx, gg, typed, nthreads)
+    if grads != NULL:
+        for c in range(C):
+            grads[c] = <floating>(sums[C + c] * stats[C + c])
+            grads[C + c] = <floating>sums[c]
 
 
-def backward_channels_last(const floating[::view.strided, ::view.contiguous] dy,
-                           const floating[::view.strided, ::view.contiguous] x,
-                           const double[::1] mean, const double[::1] invstd,
-                           const floating[::1] weight, bint batch_stats,
-                           floating[::view.strided, ::view.contiguous] dx,
-                           floating[::1] grad_weight, floating[::1] grad_bias, int nthreads):
-    """As backward_channels_first, for (M, C) arrays."""
-    cdef Py_ssize_t M = x.shape[0], C = x.shape[1], c
-    cdef Py_ssize_t parts = row_parts(M)
-    cdef _Work work = _Work(2 * C + 2 * C * parts, 4 * C + 2 * C * parts, sizeof(floating))
-    cdef double* s_dy = work.sums
-    cdef double* s_dyx = work.sums + C
-    cdef floating* coef = <floating*>work.typed
-    cdef const floating* w = opt_ptr(weight)
-    cdef floating* gw = opt_out_ptr(grad_weight)
-    cdef floating* gb = opt_out_ptr(grad_bias)
-    with nogil:
-        for c in range(C):
-            coef[c] = <floating>mean[c]
-        cl_partial_sums(&dy[0, 0], dy.strides[0] // sizeof(floating), &x[0, 0],
-                        x.strides[0] // sizeof(floating), M, C, parts, coef, coef + 4 * C,
-                        work.sums + 2 * C, nthreads)
-        cl_sum_parts(work.sums + 2 * C, C, parts, s_dy, s_dyx)
-        finish_sums(C, &mean[0], coef, s_dy, s_dyx)
-        for c in range(C):
-            grad_input_coefficients(mean[c], invstd[c], param_or(w, c, 1.0), <double>M, s_dy[c],
-                                    s_dyx[c], batch_stats, &coef[c], &coef[C + c],
-                                    &coef[2 * C + c], &coef[3 * C + c])
-        cl_grad_input(&dy[0, 0], dy.strides[0] // sizeof(floating), &x[0, 0],
-                      x.strides[0] // sizeof(floating), &dx[0, 0],
-                      dx.strides[0] // sizeof(floating), M, C, coef, nthreads)
-        write_param_grads(C, &invstd[0], s_dy, s_dyx, gw, gb)
+# ---------------------------------------------------------------- entry points
+
+def grad_sums(dy, x, mean, out, int nthreads):
+    """out[0] = sum(dy), out[1] = sum(dy * (x - mean)) per channel; float64."""
+    cdef int typenum = input_typenum(x, "x")
+    cdef cnp.ndarray xa = checked(x, "x", cnp.PyArray_NDIM(x), typenum, False)
+    cdef cnp.ndarray da = checked_like(dy, "dy", xa, False)
+    cdef Geometry gx = geometry(xa), gd = geometry(da)
+    cdef cnp.ndarray ma = checked_vector(mean, "mean", gx.C, cnp.NPY_FLOAT64, False) \
+        if mean is not None else checked(mean, "mean", 1, cnp.NPY_FLOAT64, False)
+    cdef cnp.ndarray oa = checked_table(out, "out", 2, gx.C, cnp.NPY_FLOAT64, True)
+    cdef bint cf = cnp.PyArray_NDIM(xa) == 3
+    cdef Py_ssize_t nd = scratch_doubles(gx, cf)
+    cdef void* xp = cnp.PyArray_DATA(xa)
+    cdef void* dp = cnp.PyArray_DATA(da)
+    cdef const double* m = <const double*>cnp.PyArray_DATA(ma)
+    cdef double* o = <double*>cnp.PyArray_DATA(oa)
+    cdef double* part
+    cdef void* typed
+    checked_threads(nthreads)
+    part = <double*>scratch(nd * sizeof(double) + scratch_typed(gx, cf) * cnp.PyArray_ITEMSIZE(xa))
+    typed = part + nd
+    try:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                sums_kernel(<const float*>dp, gd, <const float*>xp, gx, cf, m, <float*>typed,
+                            part, o, o + gx.C, nthreads)
+            else:
+                sums_kernel(<const double*>dp, gd, <const double*>xp, gx, cf, m, <double*>typed,
+                            part, o, o + gx.C, nthreads)
+    finally:
+        free(part)
+
+
+def backward(dy, x, stats, weight, bint batch_stats, dx, grads, int nthreads):
+    """dx, and when grads is given, grads[0] = sum(dy * xhat), grads[1] = sum(dy).
+
+    stats = [mean, invstd], float64 (2, C). batch_stats: they are the batch's own
+    (training); otherwise they are fixed (eval) and dx = dy * weight * invstd.
+    """
+    cdef int typenum = input_typenum(x, "x")
+    cdef cnp.ndarray xa = checked(x, "x", cnp.PyArray_NDIM(x), typenum, False)
+    cdef cnp.ndarray da = checked_like(dy, "dy", xa, False)
+    cdef cnp.ndarray ga = checked_like(dx, "dx", xa, True)
+    cdef Geometry gx = geometry(xa), gd = geometry(da), gg = geometry(ga)
+    gg.stream = streams(cnp.PyArray_NBYTES(ga), run_bytes(gg, cnp.PyArray_ITEMSIZE(ga)))
+    cdef cnp.ndarray sa = checked_table(stats, "stats", 2, gx.C, cnp.NPY_FLOAT64, False)
+    cdef cnp.ndarray wa = checked_vector(weight, "weight", gx.C, typenum, False)
+    cdef cnp.ndarray gra = None
+    cdef bint cf = cnp.PyArray_NDIM(xa) == 3
+    cdef Py_ssize_t nd = scratch_doubles(gx, cf)
+    cdef void* xp = cnp.PyArray_DATA(xa)
+    cdef void* dp = cnp.PyArray_DATA(da)
+    cdef void* gp = cnp.PyArray_DATA(ga)
+    cdef void* wp = data_or_null(wa)
+    cdef void* grp = NULL
+    cdef const double* s = <const double*>cnp.PyArray_DATA(sa)
+    cdef double* part
+    cdef void* typed
+    if grads is not None:
+        gra = checked_table(grads, "grads", 2, gx.C, typenum, True)
+        grp = cnp.PyArray_DATA(gra)
+    checked_threads(nthreads)
+    part = <double*>scratch(nd * sizeof(double) + scratch_typed(gx, cf) * cnp.PyArray_ITEMSIZE(xa))
+    typed = part + nd
+    try:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                backward_kernel(<const float*>dp, gd, <const float*>xp, gx, <float*>gp, gg, cf, s,
+                                <const float*>wp, batch_stats, <float*>typed, part, <float*>grp,
+                                nthreads)
+            else:
+                backward_kernel(<const double*>dp, gd, <const double*>xp, gx, <double*>gp, gg, cf,
+                                s, <const double*>wp, batch_stats, <double*>typed, part,
+                                <double*>grp, nthreads)
+    finally:
+        free(part)
+

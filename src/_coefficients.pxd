@@ -51,3 +51,11 @@ cdef inline void grad_input_coefficients(double mean, double invstd, double gamm
     else:
         k_x[0] = 0
         k_0[0] = 0
+
+
+cdef inline void update_running(floating* running_mean, floating* running_var, double mean,
+                                double var, double count, double momentum) noexcept nogil:
+    """PyTorch's update: r <- (1 - m) r + m * batch, with the unbiased variance."""
+    running_mean[0] = <floating>((1.0 - momentum) * running_mean[0] + momentum * mean)
+    running_var[0] = <floating>((1.0 - momentum) * running_var[0]
+                                + momentum * var * (count / (count - 1.0)))

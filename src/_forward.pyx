@@ -2,38 +2,52 @@
 #
 # Two canonical views: channels-first (N, C, S), each (n, c) a contiguous run
 # of S values, and channels-last (M, C), each row a contiguous run of C
-# channels. Only the innermost dimension must be contiguous. The caller
-# validates shapes and dtypes and passes the thread count.
-from cython cimport floating, view
-from cython.parallel cimport parallel, prange
-from libc.stdlib cimport free, malloc
+# channels; 3-D arrays are the first, 2-D the second. Only the innermost axis
+# must be contiguous. Entry points check their arguments (cheaply, through the
+# NumPy C API) and take the thread count from the caller.
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdlib cimport free
 
-from _coefficients cimport inverse_std, normalize_coefficients, param_or
-from _elementwise cimport affine_row, affine_run
-from _moments cimport (Moments, merge_partials, moments_zero, rows_moments,
+from _arrays cimport (Geometry, checked, run_bytes, checked_like, checked_table, checked_threads,
+                     checked_vector, data_or_null, geometry, input_typenum, scratch)
+from _coefficients cimport inverse_std, normalize_coefficients, param_or, update_running
+from _loops cimport init_loops, rows_affine, runs_affine
+from _moments cimport (Moments, merge_partials, moments_zero, row_block, rows_moments,
                       strided_runs_moments)
-from _plan cimport channel_parts, part_start, row_parts
+from _plan cimport channel_parts, part_start, row_parts, streams
+
+cnp.import_array()
+init_loops()
 
 
-cdef inline const floating* opt_ptr(const floating[::1] a) noexcept:
-    return NULL if a is None else &a[0]
+cdef inline double read_double(const void* p, bint f32, Py_ssize_t c) noexcept nogil:
+    return <double>(<const float*>p)[c] if f32 else (<const double*>p)[c]
+
+
+cdef inline void set_coefficients(floating* coef, Py_ssize_t C, Py_ssize_t c, double mean,
+                                  double invstd, const floating* w,
+                                  const floating* b) noexcept nogil:
+    """coef holds shift, scale, offset, each C long."""
+    normalize_coefficients(mean, invstd, param_or(w, c, 1.0), param_or(b, c, 0.0),
+                           &coef[c], &coef[C + c], &coef[2 * C + c])
 
 
 # ---------------------------------------------------------------- channels-first
 
-cdef void cf_partial_moments(const floating* x, Py_ssize_t xsn, Py_ssize_t xsc, Py_ssize_t N,
-                             Py_ssize_t C, Py_ssize_t S, Py_ssize_t parts, double* part,
+cdef void cf_partial_moments(const floating* x, Geometry g, Py_ssize_t parts, double* part,
                              int nthreads) noexcept nogil:
-    """part[3*u : 3*u+3] = (count, mean, m2) of unit u = c * parts + k."""
+    """part[3u : 3u+3] = (count, mean, m2) of unit u = c * parts + k."""
     cdef Py_ssize_t u, c, k, n0, n1
     cdef Moments acc
-    for u in prange(C * parts, num_threads=nthreads, schedule="static"):
+    for u in prange(g.C * parts, num_threads=nthreads, schedule="static"):
         c = u // parts
         k = u % parts
-        n0 = part_start(N, parts, k)
-        n1 = part_start(N, parts, k + 1)
+        n0 = part_start(g.N, parts, k)
+        n1 = part_start(g.N, parts, k + 1)
         acc = moments_zero()
-        strided_runs_moments(x + n0 * xsn + c * xsc, n1 - n0, xsn, S, &acc)
+        strided_runs_moments(x + n0 * g.sn + c * g.sc, n1 - n0, g.sn, g.S, &acc)
         part[3 * u] = acc.count
         part[3 * u + 1] = acc.mean
         part[3 * u + 2] = acc.m2
@@ -51,137 +65,56 @@ cdef void cf_merge_parts(const double* part, Py_ssize_t C, Py_ssize_t parts, dou
         m2[c] = acc.m2
 
 
-def moments_channels_first(const floating[::view.strided, ::view.strided, ::view.contiguous] x,
-                           double[::1] mean, double[::1] m2, int nthreads):
-    """Per-channel mean and M2 (sum of squared deviations) of x; returns the count."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t parts = channel_parts(N, C)
-    cdef double* part = <double*>malloc(3 * C * parts * sizeof(double))
-    if part == NULL:
-        raise MemoryError()
-    with nogil:
-        cf_partial_moments(&x[0, 0, 0], x.strides[0] // sizeof(floating),
-                           x.strides[1] // sizeof(floating), N, C, S, parts, part, nthreads)
-        cf_merge_parts(part, C, parts, &mean[0], &m2[0])
-    free(part)
-    return N * S
+cdef void cf_affine(const floating* x, Geometry gx, floating* y, Geometry gy,
+                    const floating* coef, int nthreads) noexcept nogil:
+    """Work units as for the statistics: channel c, batch range k."""
+    cdef Py_ssize_t u, c, k, n0, n1, C = gx.C, parts = channel_parts(gx.N, gx.C, gx.S)
+    for u in prange(C * parts, num_threads=nthreads, schedule="static"):
+        c = u // parts
+        k = u % parts
+        n0 = part_start(gx.N, parts, k)
+        n1 = part_start(gx.N, parts, k + 1)
+        runs_affine(x + n0 * gx.sn + c * gx.sc, gx.sn, y + n0 * gy.sn + c * gy.sc, gy.sn, n1 - n0,
+                    gx.S, coef[c], coef[C + c], coef[2 * C + c], gy.stream)
 
 
-cdef void cf_affine(const floating* x, Py_ssize_t xsn, Py_ssize_t xsc, floating* y,
-                    Py_ssize_t ysn, Py_ssize_t ysc, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                    const floating* shift, const floating* scale, const floating* offset,
-                    int nthreads) noexcept nogil:
-    cdef Py_ssize_t i, n, c
-    for i in prange(N * C, num_threads=nthreads, schedule="static"):
-        n = i // C
-        c = i % C
-        affine_run(x + n * xsn + c * xsc, y + n * ysn + c * ysc, S, shift[c], scale[c], offset[c])
-
-
-def normalize_channels_first(const floating[::view.strided, ::view.strided, ::view.contiguous] x,
-                             const double[::1] mean, const double[::1] var, double eps,
-                             const floating[::1] weight, const floating[::1] bias,
-                             floating[::view.strided, ::view.strided, ::view.contiguous] y,
-                             int nthreads):
-    """y = weight * (x - mean) / sqrt(var + eps) + bias, per channel."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c
-    cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
-    cdef const floating* w = opt_ptr(weight)
-    cdef const floating* b = opt_ptr(bias)
-    if coef == NULL:
-        raise MemoryError()
-    with nogil:
-        for c in range(C):
-            normalize_coefficients(mean[c], inverse_std(var[c], eps), param_or(w, c, 1.0),
-                                   param_or(b, c, 0.0), &coef[c], &coef[C + c], &coef[2 * C + c])
-        cf_affine(&x[0, 0, 0], x.strides[0] // sizeof(floating), x.strides[1] // sizeof(floating),
-                  &y[0, 0, 0], y.strides[0] // sizeof(floating), y.strides[1] // sizeof(floating),
-                  N, C, S, coef, coef + C, coef + 2 * C, nthreads)
-    free(coef)
-
-
-cdef void cf_train_by_channel(const floating* x, Py_ssize_t xsn, Py_ssize_t xsc, floating* y,
-                              Py_ssize_t ysn, Py_ssize_t ysc, Py_ssize_t N, Py_ssize_t C,
-                              Py_ssize_t S, const floating* w, const floating* b, double eps,
-                              floating* coef, double* mean, double* var, double* invstd,
-                              int nthreads) noexcept nogil:
+cdef void cf_train_by_channel(const floating* x, Geometry gx, floating* y, Geometry gy,
+                              const floating* w, const floating* b, double eps, floating* coef,
+                              double* stats, int nthreads) noexcept nogil:
     """Statistics, then normalisation, one channel at a time: the channel's
     N*S values are still in cache when they are normalised."""
-    cdef Py_ssize_t c, n
+    cdef Py_ssize_t c, C = gx.C
     cdef Moments acc
     for c in prange(C, num_threads=nthreads, schedule="static"):
         acc = moments_zero()
-        strided_runs_moments(x + c * xsc, N, xsn, S, &acc)
-        mean[c] = acc.mean
-        var[c] = acc.m2 / acc.count
-        invstd[c] = inverse_std(var[c], eps)
-        normalize_coefficients(acc.mean, invstd[c], param_or(w, c, 1.0), param_or(b, c, 0.0),
-                               &coef[c], &coef[C + c], &coef[2 * C + c])
-        for n in range(N):
-            affine_run(x + n * xsn + c * xsc, y + n * ysn + c * ysc, S,
-                       coef[c], coef[C + c], coef[2 * C + c])
+        strided_runs_moments(x + c * gx.sc, gx.N, gx.sn, gx.S, &acc)
+        stats[c] = acc.mean
+        stats[2 * C + c] = acc.m2 / acc.count
+        stats[C + c] = inverse_std(stats[2 * C + c], eps)
+        set_coefficients(coef, C, c, acc.mean, stats[C + c], w, b)
+        runs_affine(x + c * gx.sc, gx.sn, y + c * gy.sc, gy.sn, gx.N, gx.S, coef[c], coef[C + c],
+                    coef[2 * C + c], gy.stream)
 
 
-cdef void cf_train_by_part(const floating* x, Py_ssize_t xsn, Py_ssize_t xsc, floating* y,
-                           Py_ssize_t ysn, Py_ssize_t ysc, Py_ssize_t N, Py_ssize_t C,
-                           Py_ssize_t S, Py_ssize_t parts, const floating* w, const floating* b,
-                           double eps, floating* coef, double* part, double* mean, double* var,
-                           double* invstd, int nthreads) noexcept nogil:
-    """Few channels: each is split over N, partial statistics merged, then normalised."""
-    cdef Py_ssize_t c
-    cf_partial_moments(x, xsn, xsc, N, C, S, parts, part, nthreads)
-    cf_merge_parts(part, C, parts, mean, var)
-    for c in range(C):
-        var[c] = var[c] / <double>(N * S)
-        invstd[c] = inverse_std(var[c], eps)
-        normalize_coefficients(mean[c], invstd[c], param_or(w, c, 1.0), param_or(b, c, 0.0),
-                               &coef[c], &coef[C + c], &coef[2 * C + c])
-    cf_affine(x, xsn, xsc, y, ysn, ysc, N, C, S, coef, coef + C, coef + 2 * C, nthreads)
-
-
-def train_forward_channels_first(
-        const floating[::view.strided, ::view.strided, ::view.contiguous] x,
-        const floating[::1] weight, const floating[::1] bias, double eps,
-        floating[::view.strided, ::view.strided, ::view.contiguous] y,
-        double[::1] mean, double[::1] var, double[::1] invstd, int nthreads):
-    """Training forward: batch statistics (mean, biased var, invstd) and y."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t parts = channel_parts(N, C)
-    cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
-    cdef double* part = <double*>malloc(3 * C * parts * sizeof(double))
-    cdef const floating* w = opt_ptr(weight)
-    cdef const floating* b = opt_ptr(bias)
-    if coef == NULL or part == NULL:
-        free(coef)
-        free(part)
-        raise MemoryError()
-    with nogil:
-        if parts == 1:
-            cf_train_by_channel(&x[0, 0, 0], x.strides[0] // sizeof(floating),
-                                x.strides[1] // sizeof(floating), &y[0, 0, 0],
-                                y.strides[0] // sizeof(floating), y.strides[1] // sizeof(floating),
-                                N, C, S, w, b, eps, coef, &mean[0], &var[0], &invstd[0], nthreads)
-        else:
-            cf_train_by_part(&x[0, 0, 0], x.strides[0] // sizeof(floating),
-                             x.strides[1] // sizeof(floating), &y[0, 0, 0],
-                             y.strides[0] // sizeof(floating), y.strides[1] // sizeof(floating),
-                             N, C, S, parts, w, b, eps, coef, part, &mean[0], &var[0], &invstd[0],
-                             nthreads)
-    free(coef)
-    free(part)
+cdef void cf_moments(const floating* x, Geometry g, double* part, double* mean, double* m2,
+                     int nthreads) noexcept nogil:
+    cdef Py_ssize_t parts = channel_parts(g.N, g.C, g.S)
+    cf_partial_moments(x, g, parts, part, nthreads)
+    cf_merge_parts(part, g.C, parts, mean, m2)
 
 
 # ---------------------------------------------------------------- channels-last
 
-cdef void cl_partial_moments(const floating* x, Py_ssize_t xs, Py_ssize_t M, Py_ssize_t C,
-                             Py_ssize_t parts, floating* scratch, double* part,
-                             int nthreads) noexcept nogil:
-    """part[k*(2C+1) :] = (count, mean[C], m2[C]) of row range k; part zeroed by caller."""
-    cdef Py_ssize_t k
+cdef void cl_partial_moments(const floating* x, Geometry g, Py_ssize_t parts, floating* scratch,
+                             double* part, int nthreads) noexcept nogil:
+    """part[k*(2C+1) :] = (count, mean[C], m2[C]) of row range k."""
+    cdef Py_ssize_t k, C = g.C, i
     cdef double* p
     for k in prange(parts, num_threads=nthreads, schedule="static"):
         p = part + k * (2 * C + 1)
-        rows_moments(x, xs, part_start(M, parts, k), part_start(M, parts, k + 1), C,
+        for i in range(2 * C + 1):
+            p[i] = 0.0
+        rows_moments(x, g.sn, part_start(g.N, parts, k), part_start(g.N, parts, k + 1), C,
                      scratch + k * 3 * C, p, p + 1, p + 1 + C)
 
 
@@ -196,105 +129,214 @@ cdef void cl_merge_parts(const double* part, Py_ssize_t C, Py_ssize_t parts, dou
         m2[c] = acc.m2
 
 
-cdef void cl_affine(const floating* x, Py_ssize_t xs, floating* y, Py_ssize_t ys, Py_ssize_t M,
-                    Py_ssize_t C, const floating* shift, const floating* scale,
-                    const floating* offset, int nthreads) noexcept nogil:
-    cdef Py_ssize_t r
-    for r in prange(M, num_threads=nthreads, schedule="static"):
-        affine_row(x + r * xs, y + r * ys, C, shift, scale, offset)
+cdef void cl_affine(const floating* x, Geometry gx, floating* y, Geometry gy,
+                    const floating* coef, int nthreads) noexcept nogil:
+    """Blocks of rows, last block first: after a statistics pass the most
+    recently read rows are the likeliest to be still in cache."""
+    cdef Py_ssize_t i, r0, C = gx.C, block = row_block(C, sizeof(floating))
+    cdef Py_ssize_t nblocks = (gx.N + block - 1) // block
+    for i in prange(nblocks, num_threads=nthreads, schedule="static"):
+        r0 = (nblocks - 1 - i) * block
+        rows_affine(x + r0 * gx.sn, gx.sn, y + r0 * gy.sn, gy.sn, min(block, gx.N - r0), C, coef,
+                    coef + C, coef + 2 * C, gy.stream)
 
 
-cdef class _RowWork:
-    """Scratch for channels-last reductions: partial results and per-part buffers."""
-    cdef Py_ssize_t parts
+cdef void cl_moments(const floating* x, Geometry g, floating* scratch, double* part,
+                     double* mean, double* m2, int nthreads) noexcept nogil:
+    cdef Py_ssize_t parts = row_parts(g.N)
+    cl_partial_moments(x, g, parts, scratch, part, nthreads)
+    cl_merge_parts(part, g.C, parts, mean, m2)
+
+
+# ---------------------------------------------------------------- shared
+
+cdef Py_ssize_t scratch_doubles(Geometry g, bint channels_first) noexcept:
+    """Partial statistics: per unit (channels-first) or per row range (channels-last)."""
+    if channels_first:
+        return 3 * g.C * channel_parts(g.N, g.C, g.S)
+    return row_parts(g.N) * (2 * g.C + 1)
+
+
+cdef Py_ssize_t scratch_typed(Geometry g, bint channels_first) noexcept:
+    """3*C coefficients, after per-row-range buffers (channels-last)."""
+    return 3 * g.C * (1 if channels_first else row_parts(g.N) + 1)
+
+
+cdef void moments_kernel(const floating* x, Geometry g, bint channels_first, double* part,
+                         floating* typed, double* mean, double* m2, int nthreads) noexcept nogil:
+    if channels_first:
+        cf_moments(x, g, part, mean, m2, nthreads)
+    else:
+        cl_moments(x, g, typed, part, mean, m2, nthreads)
+
+
+cdef void affine_kernel(const floating* x, Geometry gx, floating* y, Geometry gy,
+                        bint channels_first, const floating* coef, int nthreads) noexcept nogil:
+    if channels_first:
+        cf_affine(x, gx, y, gy, coef, nthreads)
+    else:
+        cl_affine(x, gx, y, gy, coef, nthreads)
+
+
+cdef void train_kernel(const floating* x, Geometry gx, floating* y, Geometry gy,
+                       bint channels_first, const floating* w, const floating* b, double eps,
+                       double* part, floating* typed, double* stats, floating* running_mean,
+                       floating* running_var, double momentum, int nthreads) noexcept nogil:
+    """typed: channels-first, 3*C coefficients; channels-last, row buffers then those."""
+    cdef Py_ssize_t c, C = gx.C
+    cdef double count = <double>(gx.N * gx.S)
+    cdef floating* coef = typed
+    if channels_first and channel_parts(gx.N, C, gx.S) == 1:
+        cf_train_by_channel(x, gx, y, gy, w, b, eps, coef, stats, nthreads)
+    else:
+        if channels_first:
+            cf_moments(x, gx, part, stats, stats + 2 * C, nthreads)
+        else:
+            coef = typed + 3 * C * row_parts(gx.N)
+            cl_moments(x, gx, typed, part, stats, stats + 2 * C, nthreads)
+        for c in range(C):
+            stats[2 * C + c] = stats[2 * C + c] / count
+            stats[C + c] = inverse_std(stats[2 * C + c], eps)
+            set_coefficients(coef, C, c, stats[c], stats[C + c], w, b)
+        affine_kernel(x, gx, y, gy, channels_first, coef, nthreads)
+    if running_mean != NULL:
+        for c in range(C):
+            update_running(&running_mean[c], &running_var[c], stats[c], stats[2 * C + c], count,
+                           momentum)
+
+
+# ---------------------------------------------------------------- entry points
+
+def moments(x, out, int nthreads):
+    """out[0] = per-channel mean, out[1] = M2 (sum of squared deviations), float64;
+    returns the count of values per channel."""
+    cdef int typenum = input_typenum(x, "x")
+    cdef cnp.ndarray xa = checked(x, "x", cnp.PyArray_NDIM(x), typenum, False)
+    cdef Geometry g = geometry(xa)
+    cdef cnp.ndarray oa = checked_table(out, "out", 2, g.C, cnp.NPY_FLOAT64, True)
+    cdef double* o = <double*>cnp.PyArray_DATA(oa)
+    cdef bint cf = cnp.PyArray_NDIM(xa) == 3
+    cdef void* xp = cnp.PyArray_DATA(xa)
+    cdef Py_ssize_t nd = scratch_doubles(g, cf)
     cdef double* part
-    cdef void* scratch
+    cdef void* typed
+    checked_threads(nthreads)
+    part = <double*>scratch(nd * sizeof(double) + scratch_typed(g, cf) * cnp.PyArray_ITEMSIZE(xa))
+    typed = part + nd
+    try:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                moments_kernel(<const float*>xp, g, cf, part, <float*>typed, o, o + g.C, nthreads)
+            else:
+                moments_kernel(<const double*>xp, g, cf, part, <double*>typed, o, o + g.C,
+                               nthreads)
+    finally:
+        free(part)
+    return g.N * g.S
+
+
+cdef void normalize_kernel(const floating* x, Geometry gx, floating* y, Geometry gy,
+                           bint channels_first, const void* mean, const void* var,
+                           bint stats_f32, double eps, const floating* w, const floating* b,
+                           floating* coef, int nthreads) noexcept nogil:
+    cdef Py_ssize_t c, C = gx.C
+    for c in range(C):
+        set_coefficients(coef, C, c, read_double(mean, stats_f32, c),
+                         inverse_std(read_double(var, stats_f32, c), eps), w, b)
+    affine_kernel(x, gx, y, gy, channels_first, coef, nthreads)
+
+
+def normalize(x, mean, var, double eps, weight, bias, y, int nthreads):
+    """y = weight * (x - mean) / sqrt(var + eps) + bias.
+
+    mean, var: (C,) float32 or float64 (the same), e.g. running statistics.
+    """
+    cdef int typenum = input_typenum(x, "x")
+    cdef cnp.ndarray xa = checked(x, "x", cnp.PyArray_NDIM(x), typenum, False)
+    cdef cnp.ndarray ya = checked_like(y, "y", xa, True)
+    cdef Geometry gx = geometry(xa), gy = geometry(ya)
+    gy.stream = streams(cnp.PyArray_NBYTES(ya), run_bytes(gy, cnp.PyArray_ITEMSIZE(ya)))
+    cdef int stats_type = (cnp.PyArray_TYPE(<cnp.ndarray>mean) if cnp.PyArray_Check(mean)
+                           else cnp.NPY_FLOAT64)
+    cdef cnp.ndarray ma = checked(mean, "mean", 1, stats_type, False)
+    cdef cnp.ndarray va = checked(var, "var", 1, stats_type, False)
+    cdef cnp.ndarray wa = checked_vector(weight, "weight", gx.C, typenum, False)
+    cdef cnp.ndarray ba = checked_vector(bias, "bias", gx.C, typenum, False)
+    cdef bint cf = cnp.PyArray_NDIM(xa) == 3
+    cdef bint f32 = stats_type == cnp.NPY_FLOAT32
+    cdef const void* mp
+    cdef const void* vp
+    cdef void* xp = cnp.PyArray_DATA(xa)
+    cdef void* yp = cnp.PyArray_DATA(ya)
+    cdef void* wp = data_or_null(wa)
+    cdef void* bp = data_or_null(ba)
     cdef void* coef
-
-    def __cinit__(self, Py_ssize_t M, Py_ssize_t C, Py_ssize_t itemsize,
-                  Py_ssize_t scratch_per_part):
-        cdef Py_ssize_t i, n
-        self.parts = row_parts(M)
-        n = self.parts * (2 * C + 1)
-        self.part = <double*>malloc(n * sizeof(double))
-        self.scratch = malloc(self.parts * scratch_per_part * C * itemsize)
-        self.coef = malloc(4 * C * itemsize)
-        if self.part == NULL or self.scratch == NULL or self.coef == NULL:
-            raise MemoryError()
-        for i in range(n):
-            self.part[i] = 0.0
-
-    def __dealloc__(self):
-        free(self.part)
-        free(self.scratch)
-        free(self.coef)
-
-
-def moments_channels_last(const floating[::view.strided, ::view.contiguous] x, double[::1] mean,
-                          double[::1] m2, int nthreads):
-    """Per-channel mean and M2 of x; returns the count (rows)."""
-    cdef Py_ssize_t M = x.shape[0], C = x.shape[1]
-    cdef _RowWork work = _RowWork(M, C, sizeof(floating), 3)
-    with nogil:
-        cl_partial_moments(&x[0, 0], x.strides[0] // sizeof(floating), M, C, work.parts,
-                           <floating*>work.scratch, work.part, nthreads)
-        cl_merge_parts(work.part, C, work.parts, &mean[0], &m2[0])
-    return M
+    checked_threads(nthreads)
+    if stats_type != cnp.NPY_FLOAT32 and stats_type != cnp.NPY_FLOAT64:
+        raise TypeError("mean, var: expected float32 or float64 arrays")
+    if cnp.PyArray_DIMS(ma)[0] != gx.C or cnp.PyArray_DIMS(va)[0] != gx.C:
+        raise ValueError(f"mean, var: expected shape ({gx.C},), got {mean.shape} and {var.shape}")
+    mp = cnp.PyArray_DATA(ma)
+    vp = cnp.PyArray_DATA(va)
+    coef = scratch(3 * gx.C * cnp.PyArray_ITEMSIZE(xa))
+    try:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                normalize_kernel(<const float*>xp, gx, <float*>yp, gy, cf, mp, vp, f32, eps,
+                                 <const float*>wp, <const float*>bp, <float*>coef, nthreads)
+            else:
+                normalize_kernel(<const double*>xp, gx, <double*>yp, gy, cf, mp, vp, f32, eps,
+                                 <const double*>wp, <const double*>bp, <double*>coef, nthreads)
+    finally:
+        free(coef)
 
 
-def normalize_channels_last(const floating[::view.strided, ::view.contiguous] x,
-                            const double[::1] mean, const double[::1] var, double eps,
-                            const floating[::1] weight, const floating[::1] bias,
-                            floating[::view.strided, ::view.contiguous] y, int nthreads):
-    """y = weight * (x - mean) / sqrt(var + eps) + bias, per channel."""
-    cdef Py_ssize_t M = x.shape[0], C = x.shape[1], c
-    cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
-    cdef const floating* w = opt_ptr(weight)
-    cdef const floating* b = opt_ptr(bias)
-    if coef == NULL:
-        raise MemoryError()
-    with nogil:
-        for c in range(C):
-            normalize_coefficients(mean[c], inverse_std(var[c], eps), param_or(w, c, 1.0),
-                                   param_or(b, c, 0.0), &coef[c], &coef[C + c], &coef[2 * C + c])
-        cl_affine(&x[0, 0], x.strides[0] // sizeof(floating), &y[0, 0],
-                  y.strides[0] // sizeof(floating), M, C, coef, coef + C, coef + 2 * C, nthreads)
-    free(coef)
+def train_forward(x, weight, bias, double eps, y, stats, running_mean, running_var,
+                  double momentum, int nthreads):
+    """Training forward: y, and stats = [mean, invstd, biased var] (float64 (3, C)).
 
+    When running_mean and running_var are given they are updated in place:
+    r <- (1 - momentum) * r + momentum * batch, with the unbiased variance.
+    """
+    cdef int typenum = input_typenum(x, "x")
+    cdef cnp.ndarray xa = checked(x, "x", cnp.PyArray_NDIM(x), typenum, False)
+    cdef cnp.ndarray ya = checked_like(y, "y", xa, True)
+    cdef Geometry gx = geometry(xa), gy = geometry(ya)
+    gy.stream = streams(cnp.PyArray_NBYTES(ya), run_bytes(gy, cnp.PyArray_ITEMSIZE(ya)))
+    cdef Py_ssize_t C = gx.C
+    cdef cnp.ndarray sa = checked_table(stats, "stats", 3, C, cnp.NPY_FLOAT64, True)
+    cdef cnp.ndarray wa = checked_vector(weight, "weight", C, typenum, False)
+    cdef cnp.ndarray ba = checked_vector(bias, "bias", C, typenum, False)
+    cdef cnp.ndarray rma = checked_vector(running_mean, "running_mean", C, typenum, True)
+    cdef cnp.ndarray rva = checked_vector(running_var, "running_var", C, typenum, True)
+    cdef bint cf = cnp.PyArray_NDIM(xa) == 3
+    cdef double* s = <double*>cnp.PyArray_DATA(sa)
+    cdef void* xp = cnp.PyArray_DATA(xa)
+    cdef void* yp = cnp.PyArray_DATA(ya)
+    cdef void* wp = data_or_null(wa)
+    cdef void* bp = data_or_null(ba)
+    cdef void* rmp = data_or_null(rma)
+    cdef void* rvp = data_or_null(rva)
+    cdef Py_ssize_t nd = scratch_doubles(gx, cf)
+    cdef double* part
+    cdef void* typed
+    checked_threads(nthreads)
+    if (rma is None) != (rva is None):
+        raise ValueError("running_mean, running_var: expected both or neither")
+    if gx.N * gx.S < 2:
+        raise ValueError("x: expected more than 1 value per channel")
+    part = <double*>scratch(nd * sizeof(double) + scratch_typed(gx, cf) * cnp.PyArray_ITEMSIZE(xa))
+    typed = part + nd
+    try:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                train_kernel(<const float*>xp, gx, <float*>yp, gy, cf, <const float*>wp,
+                             <const float*>bp, eps, part, <float*>typed, s, <float*>rmp,
+                             <float*>rvp, momentum, nthreads)
+            else:
+                train_kernel(<const double*>xp, gx, <double*>yp, gy, cf, <const double*>wp,
+                             <const double*>bp, eps, part, <double*>typed, s, <double*>rmp,
+                             <double*>rvp, momentum, nthreads)
+    finally:
+        free(part)
 
-def train_forward_channels_last(const floating[::view.strided, ::view.contiguous] x,
-                                const floating[::1] weight, const floating[::1] bias, double eps,
-                                floating[::view.strided, ::view.contiguous] y, double[::1] mean,
-                                double[::1] var, double[::1] invstd, int nthreads):
-    """Training forward: batch statistics (mean, biased var, invstd) and y."""
-    cdef Py_ssize_t M = x.shape[0], C = x.shape[1], c
-    cdef _RowWork work = _RowWork(M, C, sizeof(floating), 3)
-    cdef floating* coef = <floating*>work.coef
-    cdef const floating* w = opt_ptr(weight)
-    cdef const floating* b = opt_ptr(bias)
-    with nogil:
-        cl_partial_moments(&x[0, 0], x.strides[0] // sizeof(floating), M, C, work.parts,
-                           <floating*>work.scratch, work.part, nthreads)
-        cl_merge_parts(work.part, C, work.parts, &mean[0], &var[0])
-        for c in range(C):
-            var[c] = var[c] / <double>M
-            invstd[c] = inverse_std(var[c], eps)
-            normalize_coefficients(mean[c], invstd[c], param_or(w, c, 1.0), param_or(b, c, 0.0),
-                                   &coef[c], &coef[C + c], &coef[2 * C + c])
-        cl_affine(&x[0, 0], x.strides[0] // sizeof(floating), &y[0, 0],
-                  y.strides[0] // sizeof(floating), M, C, coef, coef + C, coef + 2 * C, nthreads)
-
-
-# ---------------------------------------------------------------- running statistics
-
-def update_running_stats(floating[::1] running_mean, floating[::1] running_var,
-                         const double[::1] mean, const double[::1] var, double count,
-                         double momentum):
-    """PyTorch's update: r <- (1 - m) r + m * batch, with the unbiased variance."""
-    cdef Py_ssize_t c, C = running_mean.shape[0]
-    cdef double unbias = count / (count - 1.0)
-    with nogil:
-        for c in range(C):
-            running_mean[c] = <floating>((1.0 - momentum) * running_mean[c] + momentum * mean[c])
-            running_var[c] = <floating>((1.0 - momentum) * running_var[c]
-                                        + momentum * var[c] * unbias)

@@ -1,16 +1,18 @@
 # Per-channel statistics as (count, mean, M2), exact in float32 when |mean| >> std.
 #
-# Each block (a few KiB of one channel, so it stays in L1) is reduced in two
-# passes: its mean m in vector lanes of the input type, then sum(x - m) and
-# sum((x - m)^2) likewise. Centering on the block's own mean leaves nothing
-# to cancel.
-# Blocks, runs and threads are merged in float64 with Chan's formula.
+# Each block (about BLOCK_BYTES of one channel, so it stays in cache) is
+# reduced in two passes: its mean m in vector lanes of the input type, then
+# sum(x - m) and sum((x - m)^2). Centering on the block's own mean leaves
+# nothing to cancel. Blocks, runs and threads are merged in float64 with
+# Chan's formula.
 from cython cimport floating
 
-from _runs cimport run_centered_sums, run_sum
+from _loops cimport rows_centered, rows_sum, runs_centered, runs_sum
 
 cdef enum:
-    BLOCK_BYTES = 16384  # a block is re-read from L1 by the second pass
+    BLOCK_BYTES = 16384       # channels-first: re-read from L1 by the second pass
+    ROW_BLOCK_BYTES = 65536   # channels-last: re-read from L2
+    MAX_ROW_BLOCK = 256       # rows summed in the input type before a float64 merge
 
 cdef struct Moments:
     double count
@@ -42,14 +44,9 @@ cdef inline void moments_merge(Moments* acc, double nb, double mean_b, double m2
 cdef inline void block_moments(const floating* p, Py_ssize_t nruns, Py_ssize_t run_stride,
                                Py_ssize_t n, Moments* acc) noexcept nogil:
     """Fold nruns runs of n contiguous values, run_stride apart, into acc."""
-    cdef double total = 0.0, s1 = 0.0, s2 = 0.0, nb = <double>(nruns * n), m2_b
-    cdef floating m
-    cdef Py_ssize_t r
-    for r in range(nruns):
-        total += run_sum(p + r * run_stride, n)
-    m = <floating>(total / nb)
-    for r in range(nruns):
-        run_centered_sums(p + r * run_stride, n, m, &s1, &s2)
+    cdef double s1 = 0.0, s2 = 0.0, nb = <double>(nruns * n), m2_b
+    cdef floating m = <floating>(runs_sum(p, run_stride, nruns, n) / nb)
+    runs_centered(p, run_stride, nruns, n, m, &s1, &s2)
     m2_b = s2 - s1 * s1 / nb
     if m2_b < 0.0:
         m2_b = 0.0
@@ -75,22 +72,23 @@ cdef inline void strided_runs_moments(const floating* p, Py_ssize_t nruns, Py_ss
             r += per_block
 
 
+cdef inline Py_ssize_t row_block(Py_ssize_t C, Py_ssize_t itemsize) noexcept nogil:
+    return max(1, min(<Py_ssize_t>MAX_ROW_BLOCK, ROW_BLOCK_BYTES // (C * itemsize)))
+
+
 cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize_t r0,
                               Py_ssize_t r1, Py_ssize_t C, floating* scratch,
                               double* count, double* mean, double* m2) noexcept nogil:
     """Fold rows r0..r1 of a channels-last (M, C) array into per-channel mean/m2.
 
-    scratch holds 3*C values of the input type; blocks of rows are sized so the
-    second pass re-reads them from L1/L2.
+    scratch holds 3*C values of the input type.
     """
     cdef floating* bmean = scratch
     cdef floating* s1 = scratch + C
     cdef floating* s2 = scratch + 2 * C
-    cdef const floating* row
-    cdef Py_ssize_t block = max(1, min(256, BLOCK_BYTES // (C * <Py_ssize_t>sizeof(floating))))
-    cdef Py_ssize_t b0, nb, r, c
+    cdef Py_ssize_t block = row_block(C, sizeof(floating))
+    cdef Py_ssize_t b0, nb, c
     cdef double total, w, v, mb, m2b, delta, fnb
-    cdef floating d
     b0 = r0
     while b0 < r1:
         nb = min(block, r1 - b0)
@@ -99,18 +97,10 @@ cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize
             bmean[c] = 0
             s1[c] = 0
             s2[c] = 0
-        for r in range(b0, b0 + nb):
-            row = x + r * row_stride
-            for c in range(C):
-                bmean[c] += row[c]
+        rows_sum(bmean, x + b0 * row_stride, row_stride, nb, C)
         for c in range(C):
             bmean[c] = <floating>(bmean[c] / fnb)
-        for r in range(b0, b0 + nb):
-            row = x + r * row_stride
-            for c in range(C):
-                d = row[c] - bmean[c]
-                s1[c] += d
-                s2[c] += d * d
+        rows_centered(s1, s2, x + b0 * row_stride, row_stride, nb, C, bmean)
         total = count[0] + fnb
         w = fnb / total
         v = count[0] * fnb / total

@@ -1,5 +1,11 @@
 # Facts about the build and the OpenMP runtime, and the memory-floor reference.
+from cython.parallel cimport prange
+from libc.string cimport memcpy
+
+from _loops cimport cbn_loops_isa, init_loops
 from _openmp_helpers cimport CBN_OPENMP_ENABLED, omp_get_max_threads
+
+init_loops()
 
 cdef extern from *:
     """
@@ -20,6 +26,35 @@ def omp_max_threads():
     return omp_get_max_threads()
 
 
+def loops_isa():
+    """The instruction set the vectorised loops use in this process."""
+    return cbn_loops_isa().decode()
+
+
 def build_flags():
     """Compiler command and flags the kernels were built with."""
     return CBN_BUILD_FLAGS.decode("utf-8", "replace")
+
+
+cdef enum:
+    MAX_COPY_CHUNK = 1 << 20
+
+
+def parallel_copy(const unsigned char[::1] src, unsigned char[::1] dst, int nthreads):
+    """dst[:] = src[:] with nthreads threads: the memory floor of a kernel that
+    reads its input once and writes its output once."""
+    cdef Py_ssize_t n = src.shape[0], chunk, chunks, k, start
+    if dst.shape[0] != n:
+        raise ValueError(f"dst: expected {n} bytes, got {dst.shape[0]}")
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
+    if n == 0:
+        return
+    # an equal share per thread, in chunks of at most 1 MiB, cache-line multiples
+    chunk = min(<Py_ssize_t>MAX_COPY_CHUNK, (n + nthreads - 1) // nthreads)
+    chunk = max(64, (chunk + 63) // 64 * 64)
+    chunks = (n + chunk - 1) // chunk
+    with nogil:
+        for k in prange(chunks, num_threads=nthreads, schedule="static"):
+            start = k * chunk
+            memcpy(&dst[start], &src[start], min(chunk, n - start))

@@ -1,0 +1,279 @@
+"""Benchmarks: cbn against the memory floor, plain NumPy and PyTorch.
+
+The floor is a parallel copy of the same bytes at the same thread count (read
+x once, write y once), measured in the same process. Every implementation of
+a case is timed in interleaved rounds (the order rotating each round) and the
+median is reported, so a noisy neighbour affects all of them alike.
+"""
+import json
+import math
+import os
+import platform
+import time
+
+import numpy as np
+
+from . import _runtime
+from ._threads import get_num_threads, set_num_threads
+from ._version import __version__
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+SHAPES = [(32, 64, 56, 56), (64, 256, 14, 14), (16, 512, 28, 28), (8, 32, 32, 32), (256, 1024),
+          (16, 16, 8, 8)]
+OPS = ("train", "train+bwd", "eval")
+LAYOUTS = ("NCHW", "NHWC")
+DTYPES = ("float32", "float64")
+SAMPLE_SECONDS = 2e-3  # each timed sample repeats a call until it lasts about this long
+
+_LAYERS = {2: BatchNorm1d, 3: BatchNorm1d, 4: BatchNorm2d, 5: BatchNorm3d}
+
+
+def parse_shape(text):
+    return tuple(int(s) for s in text.lower().split("x"))
+
+
+def shape_name(shape):
+    return "x".join(map(str, shape))
+
+
+class Case:
+    """One benchmark: op on an input of NCHW-ordered ``shape`` in ``layout``."""
+
+    def __init__(self, op, shape, layout="NCHW", dtype="float32"):
+        if op not in OPS:
+            raise ValueError(f"op: expected one of {OPS}, got {op!r}")
+        if len(shape) == 2 and layout != "NCHW":
+            raise ValueError("(N, C) inputs have one layout; use NCHW")
+        self.op, self.shape, self.layout, self.dtype = op, tuple(shape), layout, np.dtype(dtype)
+
+    @property
+    def name(self):
+        layout = "" if len(self.shape) == 2 else f" {self.layout}"
+        return f"{self.op} {shape_name(self.shape)}{layout} {self.dtype.name}"
+
+    @property
+    def array_shape(self):
+        s = self.shape
+        return s if self.layout == "NCHW" else (s[0],) + s[2:] + (s[1],)
+
+    @property
+    def axes(self):
+        """Axes reduced over (all but the channel axis)."""
+        nd = len(self.shape)
+        c = 1 if self.layout == "NCHW" else nd - 1
+        return tuple(i for i in range(nd) if i != c)
+
+    def arrays(self, seed=0):
+        rng = np.random.default_rng(seed)
+        x = (rng.standard_normal(self.array_shape) * 2 + 0.5).astype(self.dtype)
+        dy = rng.standard_normal(self.array_shape).astype(self.dtype)
+        return x, dy
+
+
+def cbn_call(case, x, dy, out=True):
+    """A callable running case.op with cbn (writing into preallocated outputs if out)."""
+    C = case.shape[1]
+    bn = _LAYERS[len(case.shape)](C, dtype=case.dtype, layout=case.layout)
+    y = np.empty_like(x) if out else None
+    dx = np.empty_like(x) if out else None
+    if case.op == "eval":
+        bn.eval()
+        return lambda: bn(x, out=y)
+    if case.op == "train":
+        return lambda: bn(x, out=y)
+
+    def train_bwd():
+        bn(x, out=y)
+        bn.backward(dy, out=dx)
+    return train_bwd
+
+
+def floor_call(case, x, threads):
+    """Parallel copy of x's bytes into a preallocated buffer."""
+    src = x.reshape(-1).view(np.uint8)
+    dst = np.empty_like(src)
+    return lambda: _runtime.parallel_copy(src, dst, threads)
+
+
+def numpy_call(case, x, dy):
+    """Batch norm as NumPy array expressions (what a hand-written model does)."""
+    axes = case.axes
+    shape = [1] * x.ndim
+    shape[[i for i in range(x.ndim) if i not in axes][0]] = -1
+    w = np.ones(case.shape[1], case.dtype).reshape(shape)
+    b = np.zeros(case.shape[1], case.dtype).reshape(shape)
+    eps = case.dtype.type(1e-5)
+    rm = np.zeros_like(w)
+    rv = np.ones_like(w)
+
+    def forward():
+        mean = x.mean(axis=axes, keepdims=True)
+        var = x.var(axis=axes, keepdims=True)
+        inv = 1 / np.sqrt(var + eps)
+        return (x - mean) * inv * w + b, mean, inv
+
+    if case.op == "eval":
+        return lambda: (x - rm) / np.sqrt(rv + eps) * w + b
+    if case.op == "train":
+        return forward
+
+    def train_bwd():
+        _, mean, inv = forward()
+        xhat = (x - mean) * inv
+        g = dy * w
+        return inv * (g - g.mean(axis=axes, keepdims=True)
+                      - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+    return train_bwd
+
+
+def torch_call(case, x, dy, threads):
+    """The same op with torch.nn.BatchNorm*d, or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    nd = len(case.shape)
+    layer = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d,
+             5: torch.nn.BatchNorm3d}[nd](case.shape[1], dtype=getattr(torch, case.dtype.name))
+    xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1) if case.layout == "NHWC" else x))
+    dyt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(dy, -1, 1) if case.layout == "NHWC" else dy))
+    if case.layout == "NHWC" and nd in (4, 5):
+        fmt = torch.channels_last if nd == 4 else torch.channels_last_3d
+        xt, dyt = xt.contiguous(memory_format=fmt), dyt.contiguous(memory_format=fmt)
+    if case.op == "eval":
+        layer.eval()
+
+        def run():
+            with torch.no_grad():
+                return layer(xt)
+        return run
+    if case.op == "train":
+        def run():
+            with torch.no_grad():
+                return layer(xt)
+        return run
+    xg = xt.detach().requires_grad_(True)
+
+    def run():
+        xg.grad = None
+        layer(xg).backward(dyt)
+    return run
+
+
+def _calibrate(fn):
+    """Calls per timed sample so that a sample lasts about SAMPLE_SECONDS."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    single = time.perf_counter() - t0
+    return max(1, min(10000, int(SAMPLE_SECONDS / max(single, 1e-9))))
+
+
+def time_interleaved(fns, repeats):
+    """Median seconds per call of each callable in ``fns`` (name -> fn), interleaved."""
+    calls = {name: _calibrate(fn) for name, fn in fns.items()}
+    samples = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, k = fns[name], calls[name]
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / k)
+    return {name: float(np.median(s)) for name, s in samples.items()}, samples
+
+
+def measure(case, threads=None, repeats=11, with_numpy=True, with_torch=True, seed=0):
+    """Median seconds per call: {"cbn", "cbn_alloc", "floor", "numpy", "torch"} (absent ones omitted)."""
+    threads = get_num_threads() if threads is None else threads
+    previous = get_num_threads()
+    set_num_threads(threads)
+    try:
+        x, dy = case.arrays(seed)
+        fns = {"cbn": cbn_call(case, x, dy), "cbn_alloc": cbn_call(case, x, dy, out=False),
+               "floor": floor_call(case, x, threads)}
+        if with_numpy:
+            fns["numpy"] = numpy_call(case, x, dy)
+        if with_torch:
+            t = torch_call(case, x, dy, threads)
+            if t is not None:
+                fns["torch"] = t
+        medians, samples = time_interleaved(fns, repeats)
+    finally:
+        set_num_threads(previous)
+    return medians, samples
+
+
+def machine():
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpus": cpus, "cpu": model, "python": platform.python_version(),
+            "numpy": np.__version__, "cbn": __version__, "isa": _runtime.loops_isa(),
+            "openmp": _runtime.openmp_enabled()}
+
+
+def cases(shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES):
+    for shape in shapes or SHAPES:
+        for dtype in dtypes:
+            for layout in layouts:
+                if len(shape) == 2 and layout != "NCHW":
+                    continue
+                for op in ops:
+                    yield Case(op, shape, layout, dtype)
+
+
+def _fmt(seconds):
+    return "-" if seconds is None else (f"{seconds * 1e6:9.1f}" if seconds < 1 else f"{seconds:9.3f}s")
+
+
+def run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES, repeats=11,
+        json_path=None, with_torch=True, out=print):
+    """Print a table per case; return (and optionally save) all results."""
+    threads = get_num_threads() if threads is None else threads
+    info = machine()
+    try:
+        import torch
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    out(f"cbn {info['cbn']} bench: {threads} thread(s) on {info['cpus']} CPU(s) ({info['cpu']}); "
+        f"loops: {info['isa']}; times are medians of {repeats} interleaved runs, in microseconds")
+    if with_torch and info["torch"] is None:
+        out("PyTorch is not installed: its column is skipped (pip install torch to compare).")
+    out("floor = parallel copy of the same bytes at the same thread count; cbn writes into "
+        "preallocated outputs (out=), cbn+alloc does not")
+    header = (f"{'case':34s} {'cbn':>9s} {'floor':>9s} {'cbn/floor':>9s} {'cbn+alloc':>9s} "
+              f"{'numpy':>9s} {'torch':>9s} {'torch/cbn':>9s}")
+    out(header)
+    results = []
+    for case in cases(shapes, ops, layouts, dtypes):
+        medians, samples = measure(case, threads, repeats, with_torch=with_torch)
+        ratio = medians["cbn"] / medians["floor"]
+        torch_t = medians.get("torch")
+        speedup = torch_t / medians["cbn_alloc"] if torch_t else None
+        out(f"{case.name:34s} {_fmt(medians['cbn'])} {_fmt(medians['floor'])} {ratio:9.2f} "
+            f"{_fmt(medians['cbn_alloc'])} {_fmt(medians.get('numpy'))} {_fmt(torch_t)} "
+            f"{'-' if speedup is None else f'{speedup:9.2f}':>9s}")
+        results.append({"op": case.op, "shape": list(case.shape), "layout": case.layout,
+                        "dtype": case.dtype.name, "threads": threads, "median_s": medians,
+                        "samples_s": samples, "ratio_to_floor": ratio, "torch_over_cbn": speedup})
+    speedups = [r["torch_over_cbn"] for r in results if r["torch_over_cbn"]]
+    if speedups:
+        out(f"PyTorch time / cbn time: geometric mean {math.exp(np.mean(np.log(speedups))):.2f}, "
+            f"min {min(speedups):.2f} over {len(speedups)} cases")
+    report = {"machine": info, "threads": threads, "repeats": repeats, "results": results}
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=1)
+        out(f"wrote {json_path}")
+    return report
