@@ -156,7 +156,8 @@ def canonicalize(x, layout):
     # channels-last rows when there is no spatial extent (one run per value would
     # be the slowest possible channels-first view), channels-first runs for a single channel
     natural_kind = CHANNELS_LAST if (layout == "NHWC" or spatial == 1) and C > 1 else CHANNELS_FIRST
-    if x.flags.c_contiguous and x.flags.aligned:
+    flags = x.flags
+    if flags.c_contiguous and flags.aligned:
         if natural_kind == CHANNELS_LAST:
             return Canonical(CHANNELS_LAST, x.reshape(x.size // C, C), shape, axis, True)
         if layout == "NCHW" or ndim == 2:

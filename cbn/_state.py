@@ -16,18 +16,29 @@ def layer_state(layer):
     return {key: np.array(getattr(layer, key), copy=True) for key in expected_keys(layer)}
 
 
-def _as_array(key, value):
+def checked_count(value, name):
+    """A non-negative integer count (e.g. num_batches_tracked) as an int."""
+    arr = _as_array(name, value)
+    if arr.size != 1 or arr.ndim > 1:
+        raise ValueError(f"{name}: expected a scalar, got shape {arr.shape}")
+    count = arr.reshape(())[()]
+    if not (np.isfinite(count) and count >= 0 and count == np.floor(count)):
+        raise ValueError(f"{name}: expected a non-negative integer, got {count}")
+    return int(count)
+
+
+def _as_array(name, value):
     try:
         arr = np.asarray(value)
     except Exception as exc:  # e.g. ragged sequences
-        raise TypeError(f"state_dict[{key!r}]: expected an array, got {describe(value)} ({exc})") from None
+        raise TypeError(f"{name}: expected an array, got {describe(value)} ({exc})") from None
     if arr.dtype.kind not in "fiu":
-        raise TypeError(f"state_dict[{key!r}]: expected a real numeric array, got dtype {arr.dtype}")
+        raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
     return arr
 
 
 def _checked_vector(layer, key, value):
-    arr = _as_array(key, value)
+    arr = _as_array(f"state_dict[{key!r}]", value)
     C = layer.num_features
     if arr.shape != (C,):
         raise ValueError(f"state_dict[{key!r}]: expected shape ({C},), got {arr.shape}")
@@ -37,16 +48,6 @@ def _checked_vector(layer, key, value):
     if key == "running_var" and np.any(arr < 0):
         raise ValueError(f"state_dict['running_var']: expected values >= 0, got min {arr.min()}")
     return arr
-
-
-def _checked_count(value):
-    arr = _as_array("num_batches_tracked", value)
-    if arr.size != 1 or arr.ndim > 1:
-        raise ValueError(f"state_dict['num_batches_tracked']: expected a scalar, got shape {arr.shape}")
-    count = arr.reshape(())[()]
-    if not (np.isfinite(count) and count >= 0 and count == np.floor(count)):
-        raise ValueError(f"state_dict['num_batches_tracked']: expected a non-negative integer, got {count}")
-    return np.int64(count)
 
 
 def load_layer_state(layer, state_dict, strict=True):
@@ -65,8 +66,11 @@ def load_layer_state(layer, state_dict, strict=True):
         if key not in given:
             continue
         if key == "num_batches_tracked":
-            new[key] = _checked_count(state_dict[key])
+            new[key] = checked_count(state_dict[key], "state_dict['num_batches_tracked']")
         else:
             new[key] = _checked_vector(layer, key, state_dict[key])
     for key, value in new.items():
-        getattr(layer, key)[...] = value
+        if key == "num_batches_tracked":
+            layer.num_batches_tracked = value
+        else:
+            getattr(layer, key)[...] = value

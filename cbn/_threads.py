@@ -60,4 +60,6 @@ def num_threads_source():
 
 def threads_for(size):
     """Threads for a kernel over ``size`` values."""
+    if size < 2 * MIN_ELEMENTS_PER_THREAD:
+        return 1
     return max(1, min(get_num_threads(), size // MIN_ELEMENTS_PER_THREAD))

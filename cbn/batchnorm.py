@@ -14,35 +14,17 @@ from ._validation import (
     check_momentum,
     check_num_features,
 )
-from ._state import load_layer_state, layer_state
+from ._state import checked_count, load_layer_state, layer_state
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
-class _Saved:
-    """What backward needs from the last forward.
-
-    stats: float64 (2, C) [mean, invstd] of a training forward; for an eval
-    forward, None and the running statistics as they were (running).
-    """
-
-    __slots__ = ("canon", "stats", "running", "eps", "overwritten")
-
-    def __init__(self, canon, stats, running=None, eps=None, overwritten=False):
-        self.canon = canon
-        self.stats = stats
-        self.running = running
-        self.eps = eps
-        self.overwritten = overwritten
-
-    @property
-    def batch_stats(self):
-        return self.stats is not None
-
-    def backward_stats(self):
-        if self.stats is not None:
-            return self.stats
-        return _ops.fixed_stats(self.running[0], self.running[1], self.eps)
+def _backward_stats(saved):
+    """[mean, invstd] (float64 (2, C)) for the backward of a saved forward."""
+    _, stats, running, eps, _ = saved
+    if running is None:
+        return stats[:2]
+    return _ops.fixed_stats(running[0], running[1], eps)
 
 
 class _BatchNorm:
@@ -69,12 +51,15 @@ class _BatchNorm:
         if self.track_running_stats:
             self._running_mean = np.zeros(C, dt)
             self._running_var = np.ones(C, dt)
-            self.num_batches_tracked = np.zeros((), np.int64)
+            self._num_batches_tracked = 0
         else:
-            self._running_mean = self._running_var = self.num_batches_tracked = None
+            self._running_mean = self._running_var = self._num_batches_tracked = None
         self.grad_weight = None
         self.grad_bias = None
         self.training = True
+        # what backward needs from the last forward: (canonical input, training
+        # statistics [mean, invstd, var] or None, eval-mode running statistics
+        # (mean, var) or None, eps, whether out= overwrote the input)
         self._saved = None
 
     # ------------------------------------------------------------ attributes
@@ -116,6 +101,19 @@ class _BatchNorm:
 
         return property(get, set_, doc=f"{name}: (num_features,) array, or None")
 
+    @property
+    def num_batches_tracked(self):
+        """Training batches seen (a 0-d int64 array, as PyTorch's buffer), or None."""
+        n = self._num_batches_tracked
+        return None if n is None else np.array(n, dtype=np.int64)
+
+    @num_batches_tracked.setter
+    def num_batches_tracked(self, value):
+        if self._num_batches_tracked is None:
+            raise AttributeError("num_batches_tracked: the layer was built with "
+                                 "track_running_stats=False")
+        self._num_batches_tracked = checked_count(value, "num_batches_tracked")
+
     weight = _vector("weight")
     bias = _vector("bias")
     running_mean = _vector("running_mean")
@@ -137,7 +135,7 @@ class _BatchNorm:
         if self.track_running_stats:
             self._running_mean[...] = 0
             self._running_var[...] = 1
-            self.num_batches_tracked[...] = 0
+            self._num_batches_tracked = 0
 
     def reset_parameters(self):
         self.reset_running_stats()
@@ -170,23 +168,23 @@ class _BatchNorm:
         batch_stats = self.training or not self.track_running_stats
         if batch_stats and x.size < 2 * self.num_features:
             check_batch_for_statistics(x, axis)
-        overwritten = check_out_overlap(out, x, "x")
+        overwritten = out is not None and check_out_overlap(out, x, "x")
         canon = canonicalize(x, self.layout)
         if not batch_stats:
             y = _ops.normalize(canon, self._running_mean, self._running_var, self._eps,
                                self._weight, self._bias, out)
             running = (self._running_mean.copy(), self._running_var.copy())
-            self._saved = _Saved(canon, None, running, self._eps, overwritten)
+            self._saved = (canon, None, running, self._eps, overwritten)
             return y
         if self.training and self.track_running_stats:
-            tracked = self.num_batches_tracked
-            momentum = self._momentum if self._momentum is not None else 1.0 / (int(tracked) + 1)
+            tracked = self._num_batches_tracked + 1
+            momentum = self._momentum if self._momentum is not None else 1.0 / tracked
             y, stats = _ops.train_forward(canon, self._weight, self._bias, self._eps,
                                           self._running_mean, self._running_var, momentum, out)
-            tracked += 1
+            self._num_batches_tracked = tracked
         else:
             y, stats = _ops.train_forward(canon, self._weight, self._bias, self._eps, out=out)
-        self._saved = _Saved(canon, stats[:2], overwritten=overwritten)
+        self._saved = (canon, stats, None, None, overwritten)
         return y
 
     def backward(self, dy, out=None):
@@ -200,19 +198,20 @@ class _BatchNorm:
         saved = self._saved
         if saved is None:
             raise ValueError("dy: backward needs a forward first; no forward has run on this layer")
-        if saved.overwritten:
+        canon = saved[0]
+        if saved[4]:
             raise ValueError("dy: the last forward wrote its output over its input (out=x), "
                              "so there is no input to differentiate at")
-        if not (type(dy) is np.ndarray and dy.dtype == self._dtype
-                and dy.shape == saved.canon.shape):
+        if not (type(dy) is np.ndarray and dy.dtype == self._dtype and dy.shape == canon.shape):
             self._check_input(dy, "dy")
-            if dy.shape != saved.canon.shape:
-                raise ValueError(f"dy: expected shape {saved.canon.shape} (the last forward's "
+            if dy.shape != canon.shape:
+                raise ValueError(f"dy: expected shape {canon.shape} (the last forward's "
                                  f"input), got {dy.shape}")
-        check_out_overlap(out, saved.canon.view, "x", allow_same=False)
-        check_out_overlap(out, dy, "dy")
-        dx, grads = _ops.backward(saved.canon, dy, saved.backward_stats(), self._weight,
-                                  saved.batch_stats, self.affine, out)
+        if out is not None:
+            check_out_overlap(out, canon.view, "x", allow_same=False)
+            check_out_overlap(out, dy, "dy")
+        dx, grads = _ops.backward(canon, dy, _backward_stats(saved), self._weight,
+                                  saved[2] is None, self.affine, out)
         if grads is not None:
             self.grad_weight, self.grad_bias = grads[0], grads[1]
         return dx

@@ -1,18 +1,18 @@
 # Backward kernels: the reductions sum(dy), sum(dy * (x - mean)) and dx, alone
-# and fused. Same canonical views and conventions as _forward.pyx; dy, x and
-# dx may each have their own strides.
+# and fused. Same canonical views and conventions as _forward.pyx (including
+# serial loops for one thread); dy, x and dx may each have their own strides.
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport free
 
-from _arrays cimport (Geometry, checked, run_bytes, checked_like, checked_table, checked_threads,
-                     checked_vector, data_or_null, geometry, input_typenum, scratch)
+from _arrays cimport (Geometry, checked, checked_like, checked_table, checked_threads,
+                     checked_vector, data_or_null, geometry, input_typenum, run_bytes, scratch)
 from _coefficients cimport grad_input_coefficients, param_or
 from _loops cimport init_loops, rows_grad_input, runs_grad_input, runs_grad_sums
 from _gradsums cimport rows_grad_sums_f64
 from _moments cimport row_block
-from _plan cimport channel_parts, part_start, row_parts, streams
+from _plan cimport channel_parts, fuse_by_channel, part_start, row_parts, streams
 
 cnp.import_array()
 init_loops()
@@ -28,26 +28,32 @@ cdef inline void set_coefficients(floating* coef, Py_ssize_t C, Py_ssize_t c, do
 
 # ---------------------------------------------------------------- channels-first
 
+cdef inline void cf_unit_sums(const floating* dy, Geometry gd, const floating* x, Geometry gx,
+                              Py_ssize_t parts, const floating* shift, double* part,
+                              Py_ssize_t u) noexcept nogil:
+    """part[2u], part[2u+1] = sums of unit u = c * parts + k (channel c, batch range k)."""
+    cdef Py_ssize_t c = u // parts, k = u % parts
+    cdef Py_ssize_t n0 = part_start(gx.N, parts, k), n1 = part_start(gx.N, parts, k + 1)
+    part[2 * u] = 0.0
+    part[2 * u + 1] = 0.0
+    runs_grad_sums(dy + n0 * gd.sn + c * gd.sc, gd.sn, x + n0 * gx.sn + c * gx.sc, gx.sn,
+                   n1 - n0, gx.S, shift[c], &part[2 * u], &part[2 * u + 1])
+
+
 cdef void cf_partial_sums(const floating* dy, Geometry gd, const floating* x, Geometry gx,
-                          Py_ssize_t parts, const floating* shift, double* part,
-                          int nthreads) noexcept nogil:
-    """part[2u], part[2u+1] = sums of unit u = c * parts + k."""
-    cdef Py_ssize_t u, c, k, n0, n1
-    for u in prange(gx.C * parts, num_threads=nthreads, schedule="static"):
-        c = u // parts
-        k = u % parts
-        n0 = part_start(gx.N, parts, k)
-        n1 = part_start(gx.N, parts, k + 1)
-        part[2 * u] = 0.0
-        part[2 * u + 1] = 0.0
-        runs_grad_sums(dy + n0 * gd.sn + c * gd.sc, gd.sn, x + n0 * gx.sn + c * gx.sc, gx.sn,
-                       n1 - n0, gx.S, shift[c], &part[2 * u], &part[2 * u + 1])
+                          const floating* shift, double* part, int nthreads) noexcept nogil:
+    cdef Py_ssize_t u, parts = channel_parts(gx.N, gx.C, gx.S)
+    if nthreads == 1:
+        for u in range(gx.C * parts):
+            cf_unit_sums(dy, gd, x, gx, parts, shift, part, u)
+    else:
+        for u in prange(gx.C * parts, num_threads=nthreads, schedule="static"):
+            cf_unit_sums(dy, gd, x, gx, parts, shift, part, u)
 
 
-cdef void cf_sum_parts(const double* part, Py_ssize_t C, Py_ssize_t parts, double* s_dy,
-                       double* s_dyx) noexcept nogil:
-    cdef Py_ssize_t c, k
-    for c in range(C):
+cdef void cf_sum_parts(const double* part, Geometry g, double* s_dy, double* s_dyx) noexcept nogil:
+    cdef Py_ssize_t c, k, parts = channel_parts(g.N, g.C, g.S)
+    for c in range(g.C):
         s_dy[c] = 0.0
         s_dyx[c] = 0.0
         for k in range(parts):
@@ -55,79 +61,118 @@ cdef void cf_sum_parts(const double* part, Py_ssize_t C, Py_ssize_t parts, doubl
             s_dyx[c] += part[2 * (c * parts + k) + 1]
 
 
+cdef inline void cf_run_grad_input(const floating* dy, Geometry gd, const floating* x,
+                                   Geometry gx, floating* dx, Geometry gg, const floating* coef,
+                                   Py_ssize_t i) noexcept nogil:
+    """Run i = n * C + c: memory order, sequential for contiguous data."""
+    cdef Py_ssize_t C = gx.C, n = i // C, c = i % C
+    runs_grad_input(dy + n * gd.sn + c * gd.sc, 0, x + n * gx.sn + c * gx.sc, 0,
+                    dx + n * gg.sn + c * gg.sc, 0, 1, gx.S, coef[c], coef[C + c], coef[2 * C + c],
+                    coef[3 * C + c], gg.stream)
+
+
 cdef void cf_grad_input(const floating* dy, Geometry gd, const floating* x, Geometry gx,
                         floating* dx, Geometry gg, const floating* coef,
                         int nthreads) noexcept nogil:
-    """Work units as for the sums: channel c, batch range k."""
-    cdef Py_ssize_t u, c, k, n0, n1, C = gx.C, parts = channel_parts(gx.N, gx.C, gx.S)
-    for u in prange(C * parts, num_threads=nthreads, schedule="static"):
-        c = u // parts
-        k = u % parts
-        n0 = part_start(gx.N, parts, k)
-        n1 = part_start(gx.N, parts, k + 1)
-        runs_grad_input(dy + n0 * gd.sn + c * gd.sc, gd.sn, x + n0 * gx.sn + c * gx.sc, gx.sn,
-                        dx + n0 * gg.sn + c * gg.sc, gg.sn, n1 - n0, gx.S, coef[c], coef[C + c],
-                        coef[2 * C + c], coef[3 * C + c], gg.stream)
+    cdef Py_ssize_t i
+    if nthreads == 1:
+        for i in range(gx.N * gx.C):
+            cf_run_grad_input(dy, gd, x, gx, dx, gg, coef, i)
+    else:
+        for i in prange(gx.N * gx.C, num_threads=nthreads, schedule="static"):
+            cf_run_grad_input(dy, gd, x, gx, dx, gg, coef, i)
+
+
+cdef inline void cf_channel_backward(const floating* dy, Geometry gd, const floating* x,
+                                     Geometry gx, floating* dx, Geometry gg, const double* stats,
+                                     const floating* w, bint batch_stats, floating* coef,
+                                     double* sums, Py_ssize_t c) noexcept nogil:
+    """Sums, then dx, of channel c while its values are in cache."""
+    cdef Py_ssize_t C = gx.C
+    cdef floating shift = <floating>stats[c]
+    sums[c] = 0.0
+    sums[C + c] = 0.0
+    runs_grad_sums(dy + c * gd.sc, gd.sn, x + c * gx.sc, gx.sn, gx.N, gx.S, shift, &sums[c],
+                   &sums[C + c])
+    sums[C + c] = sums[C + c] - (stats[c] - <double>shift) * sums[c]
+    set_coefficients(coef, C, c, stats[c], stats[C + c], w, <double>(gx.N * gx.S), sums[c],
+                     sums[C + c], batch_stats)
+    runs_grad_input(dy + c * gd.sc, gd.sn, x + c * gx.sc, gx.sn, dx + c * gg.sc, gg.sn, gx.N, gx.S,
+                    coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c], gg.stream)
 
 
 cdef void cf_backward_by_channel(const floating* dy, Geometry gd, const floating* x,
                                  Geometry gx, floating* dx, Geometry gg, const double* stats,
                                  const floating* w, bint batch_stats, floating* coef,
                                  double* sums, int nthreads) noexcept nogil:
-    """Sums, then dx, one channel at a time while its values are in cache."""
-    cdef Py_ssize_t c, C = gx.C
-    cdef floating shift
-    cdef double count = <double>(gx.N * gx.S)
-    for c in prange(C, num_threads=nthreads, schedule="static"):
-        shift = <floating>stats[c]
-        sums[c] = 0.0
-        sums[C + c] = 0.0
-        runs_grad_sums(dy + c * gd.sc, gd.sn, x + c * gx.sc, gx.sn, gx.N, gx.S, shift, &sums[c],
-                       &sums[C + c])
-        sums[C + c] = sums[C + c] - (stats[c] - <double>shift) * sums[c]
-        set_coefficients(coef, C, c, stats[c], stats[C + c], w, count, sums[c], sums[C + c],
-                         batch_stats)
-        runs_grad_input(dy + c * gd.sc, gd.sn, x + c * gx.sc, gx.sn, dx + c * gg.sc, gg.sn, gx.N,
-                        gx.S, coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c], gg.stream)
+    cdef Py_ssize_t c
+    if nthreads == 1:
+        for c in range(gx.C):
+            cf_channel_backward(dy, gd, x, gx, dx, gg, stats, w, batch_stats, coef, sums, c)
+    else:
+        for c in prange(gx.C, num_threads=nthreads, schedule="static"):
+            cf_channel_backward(dy, gd, x, gx, dx, gg, stats, w, batch_stats, coef, sums, c)
 
 
 # ---------------------------------------------------------------- channels-last
 
-cdef void cl_partial_sums(const floating* dy, Geometry gd, const floating* x, Geometry gx,
-                          Py_ssize_t parts, const floating* shift, floating* rows,
-                          double* part, int nthreads) noexcept nogil:
+cdef inline void cl_part_sums(const floating* dy, Geometry gd, const floating* x, Geometry gx,
+                              Py_ssize_t parts, const floating* shift, floating* rows,
+                              double* part, Py_ssize_t k) noexcept nogil:
     """part[k*2C :] = (sum_dy[C], sum_dyx[C]) of row range k; rows: 2C per range."""
-    cdef Py_ssize_t k, i, C = gx.C
-    for k in prange(parts, num_threads=nthreads, schedule="static"):
-        for i in range(2 * C):
-            part[k * 2 * C + i] = 0.0
-        rows_grad_sums_f64(dy, gd.sn, x, gx.sn, part_start(gx.N, parts, k),
-                           part_start(gx.N, parts, k + 1), C, shift, rows + k * 2 * C,
-                           part + k * 2 * C, part + k * 2 * C + C)
+    cdef Py_ssize_t i, C = gx.C
+    for i in range(2 * C):
+        part[k * 2 * C + i] = 0.0
+    rows_grad_sums_f64(dy, gd.sn, x, gx.sn, part_start(gx.N, parts, k),
+                       part_start(gx.N, parts, k + 1), C, shift, rows + k * 2 * C,
+                       part + k * 2 * C, part + k * 2 * C + C)
 
 
-cdef void cl_sum_parts(const double* part, Py_ssize_t C, Py_ssize_t parts, double* s_dy,
-                       double* s_dyx) noexcept nogil:
-    cdef Py_ssize_t c, k
+cdef void cl_partial_sums(const floating* dy, Geometry gd, const floating* x, Geometry gx,
+                          const floating* shift, floating* rows, double* part,
+                          int nthreads) noexcept nogil:
+    cdef Py_ssize_t k, parts = row_parts(gx.N)
+    if nthreads == 1:
+        for k in range(parts):
+            cl_part_sums(dy, gd, x, gx, parts, shift, rows, part, k)
+    else:
+        for k in prange(parts, num_threads=nthreads, schedule="static"):
+            cl_part_sums(dy, gd, x, gx, parts, shift, rows, part, k)
+
+
+cdef void cl_sum_parts(const double* part, Geometry g, double* s_dy, double* s_dyx) noexcept nogil:
+    cdef Py_ssize_t c, k, C = g.C
     for c in range(C):
         s_dy[c] = 0.0
         s_dyx[c] = 0.0
-    for k in range(parts):
+    for k in range(row_parts(g.N)):
         for c in range(C):
             s_dy[c] += part[k * 2 * C + c]
             s_dyx[c] += part[k * 2 * C + C + c]
 
 
+cdef inline void cl_block_grad_input(const floating* dy, Geometry gd, const floating* x,
+                                     Geometry gx, floating* dx, Geometry gg, const floating* coef,
+                                     Py_ssize_t nblocks, Py_ssize_t i) noexcept nogil:
+    """Row blocks last first (the most recently summed are likeliest cached)."""
+    cdef Py_ssize_t C = gx.C, block = row_block(C, sizeof(floating))
+    cdef Py_ssize_t r0 = (nblocks - 1 - i) * block
+    rows_grad_input(dy + r0 * gd.sn, gd.sn, x + r0 * gx.sn, gx.sn, dx + r0 * gg.sn, gg.sn,
+                    min(block, gx.N - r0), C, coef, coef + C, coef + 2 * C, coef + 3 * C,
+                    gg.stream)
+
+
 cdef void cl_grad_input(const floating* dy, Geometry gd, const floating* x, Geometry gx,
                         floating* dx, Geometry gg, const floating* coef,
                         int nthreads) noexcept nogil:
-    """Blocks of rows, last first (the most recently summed are likeliest cached)."""
-    cdef Py_ssize_t i, r0, C = gx.C, block = row_block(C, sizeof(floating))
+    cdef Py_ssize_t i, block = row_block(gx.C, sizeof(floating))
     cdef Py_ssize_t nblocks = (gx.N + block - 1) // block
-    for i in prange(nblocks, num_threads=nthreads, schedule="static"):
-        r0 = (nblocks - 1 - i) * block
-        rows_grad_input(dy + r0 * gd.sn, gd.sn, x + r0 * gx.sn, gx.sn, dx + r0 * gg.sn, gg.sn,
-                        min(block, gx.N - r0), C, coef, coef + C, coef + 2 * C, coef + 3 * C, gg.stream)
+    if nthreads == 1:
+        for i in range(nblocks):
+            cl_block_grad_input(dy, gd, x, gx, dx, gg, coef, nblocks, i)
+    else:
+        for i in prange(nblocks, num_threads=nthreads, schedule="static"):
+            cl_block_grad_input(dy, gd, x, gx, dx, gg, coef, nblocks, i)
 
 
 # ---------------------------------------------------------------- shared
@@ -146,17 +191,15 @@ cdef void sums_kernel(const floating* dy, Geometry gd, const floating* x, Geomet
                       bint channels_first, const double* mean, floating* typed, double* part,
                       double* s_dy, double* s_dyx, int nthreads) noexcept nogil:
     """s_dy = sum(dy), s_dyx = sum(dy * (x - mean)); typed[:C] receives the shifts."""
-    cdef Py_ssize_t c, C = gx.C, parts
+    cdef Py_ssize_t c, C = gx.C
     for c in range(C):
         typed[c] = <floating>mean[c]
     if channels_first:
-        parts = channel_parts(gx.N, C, gx.S)
-        cf_partial_sums(dy, gd, x, gx, parts, typed, part, nthreads)
-        cf_sum_parts(part, C, parts, s_dy, s_dyx)
+        cf_partial_sums(dy, gd, x, gx, typed, part, nthreads)
+        cf_sum_parts(part, gx, s_dy, s_dyx)
     else:
-        parts = row_parts(gx.N)
-        cl_partial_sums(dy, gd, x, gx, parts, typed, typed + 4 * C, part, nthreads)
-        cl_sum_parts(part, C, parts, s_dy, s_dyx)
+        cl_partial_sums(dy, gd, x, gx, typed, typed + 4 * C, part, nthreads)
+        cl_sum_parts(part, gx, s_dy, s_dyx)
     for c in range(C):  # sum(dy * (x - shift)) -> sum(dy * (x - mean))
         s_dyx[c] = s_dyx[c] - (mean[c] - <double>typed[c]) * s_dy[c]
 
@@ -168,7 +211,7 @@ cdef void backward_kernel(const floating* dy, Geometry gd, const floating* x, Ge
     cdef Py_ssize_t c, C = gx.C
     cdef double count = <double>(gx.N * gx.S)
     cdef double* sums = part
-    if channels_first and channel_parts(gx.N, C, gx.S) == 1:
+    if channels_first and fuse_by_channel(gx, 2 * sizeof(floating)):
         cf_backward_by_channel(dy, gd, x, gx, dx, gg, stats, w, batch_stats, typed, sums, nthreads)
     else:
         sums_kernel(dy, gd, x, gx, channels_first, stats, typed, part + 2 * C, sums, sums + C,

@@ -5,18 +5,23 @@
 # channels; 3-D arrays are the first, 2-D the second. Only the innermost axis
 # must be contiguous. Entry points check their arguments (cheaply, through the
 # NumPy C API) and take the thread count from the caller.
+#
+# Every parallel loop runs an inline body per index, from prange or, for one
+# thread, from a plain loop: an OpenMP region costs ~0.7 us even with one
+# thread, more than a small tensor's arithmetic.
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport free
 
-from _arrays cimport (Geometry, checked, run_bytes, checked_like, checked_table, checked_threads,
-                     checked_vector, data_or_null, geometry, input_typenum, scratch)
+from _arrays cimport (Geometry, checked, checked_like, checked_table, checked_threads,
+                     checked_vector, data_or_null, geometry, input_typenum, run_bytes, scratch)
 from _coefficients cimport inverse_std, normalize_coefficients, param_or, update_running
 from _loops cimport init_loops, rows_affine, runs_affine
 from _moments cimport (Moments, merge_partials, moments_zero, row_block, rows_moments,
                       strided_runs_moments)
-from _plan cimport channel_parts, part_start, row_parts, streams
+from _plan cimport (PARALLEL_CHANNELS, channel_parts, fuse_by_channel, part_start, row_parts,
+                   streams)
 
 cnp.import_array()
 init_loops()
@@ -34,118 +39,127 @@ cdef inline void set_coefficients(floating* coef, Py_ssize_t C, Py_ssize_t c, do
                            &coef[c], &coef[C + c], &coef[2 * C + c])
 
 
+cdef inline int channel_threads(Py_ssize_t C, int nthreads) noexcept nogil:
+    """Threads for per-channel finishing work (merges, square roots): only many channels pay."""
+    return nthreads if C >= PARALLEL_CHANNELS else 1
+
+
 # ---------------------------------------------------------------- channels-first
 
-cdef void cf_partial_moments(const floating* x, Geometry g, Py_ssize_t parts, double* part,
+cdef inline void cf_unit_moments(const floating* x, Geometry g, Py_ssize_t parts, double* part,
+                                 Py_ssize_t u) noexcept nogil:
+    """part[3u : 3u+3] = (count, mean, m2) of unit u = c * parts + k (channel c, batch range k)."""
+    cdef Py_ssize_t c = u // parts, k = u % parts
+    cdef Py_ssize_t n0 = part_start(g.N, parts, k), n1 = part_start(g.N, parts, k + 1)
+    cdef Moments acc = moments_zero()
+    strided_runs_moments(x + n0 * g.sn + c * g.sc, n1 - n0, g.sn, g.S, &acc)
+    part[3 * u] = acc.count
+    part[3 * u + 1] = acc.mean
+    part[3 * u + 2] = acc.m2
+
+
+cdef void cf_partial_moments(const floating* x, Geometry g, double* part,
                              int nthreads) noexcept nogil:
-    """part[3u : 3u+3] = (count, mean, m2) of unit u = c * parts + k."""
-    cdef Py_ssize_t u, c, k, n0, n1
-    cdef Moments acc
-    for u in prange(g.C * parts, num_threads=nthreads, schedule="static"):
-        c = u // parts
-        k = u % parts
-        n0 = part_start(g.N, parts, k)
-        n1 = part_start(g.N, parts, k + 1)
-        acc = moments_zero()
-        strided_runs_moments(x + n0 * g.sn + c * g.sc, n1 - n0, g.sn, g.S, &acc)
-        part[3 * u] = acc.count
-        part[3 * u + 1] = acc.mean
-        part[3 * u + 2] = acc.m2
+    cdef Py_ssize_t u, parts = channel_parts(g.N, g.C, g.S)
+    if nthreads == 1:
+        for u in range(g.C * parts):
+            cf_unit_moments(x, g, parts, part, u)
+    else:
+        for u in prange(g.C * parts, num_threads=nthreads, schedule="static"):
+            cf_unit_moments(x, g, parts, part, u)
 
 
-cdef void cf_merge_parts(const double* part, Py_ssize_t C, Py_ssize_t parts, double* mean,
-                         double* m2) noexcept nogil:
-    cdef Py_ssize_t c
-    cdef Moments acc
-    for c in range(C):
-        acc = moments_zero()
-        merge_partials(part + 3 * c * parts, part + 3 * c * parts + 1, part + 3 * c * parts + 2,
-                       parts, 3, &acc)
-        mean[c] = acc.mean
-        m2[c] = acc.m2
+cdef inline void cf_run_affine(const floating* x, Geometry gx, floating* y, Geometry gy,
+                               const floating* coef, Py_ssize_t i) noexcept nogil:
+    """Run i = n * C + c: memory order, sequential for contiguous data."""
+    cdef Py_ssize_t C = gx.C, n = i // C, c = i % C
+    runs_affine(x + n * gx.sn + c * gx.sc, 0, y + n * gy.sn + c * gy.sc, 0, 1, gx.S, coef[c],
+                coef[C + c], coef[2 * C + c], gy.stream)
 
 
 cdef void cf_affine(const floating* x, Geometry gx, floating* y, Geometry gy,
                     const floating* coef, int nthreads) noexcept nogil:
-    """Work units as for the statistics: channel c, batch range k."""
-    cdef Py_ssize_t u, c, k, n0, n1, C = gx.C, parts = channel_parts(gx.N, gx.C, gx.S)
-    for u in prange(C * parts, num_threads=nthreads, schedule="static"):
-        c = u // parts
-        k = u % parts
-        n0 = part_start(gx.N, parts, k)
-        n1 = part_start(gx.N, parts, k + 1)
-        runs_affine(x + n0 * gx.sn + c * gx.sc, gx.sn, y + n0 * gy.sn + c * gy.sc, gy.sn, n1 - n0,
-                    gx.S, coef[c], coef[C + c], coef[2 * C + c], gy.stream)
+    cdef Py_ssize_t i
+    if nthreads == 1:
+        for i in range(gx.N * gx.C):
+            cf_run_affine(x, gx, y, gy, coef, i)
+    else:
+        for i in prange(gx.N * gx.C, num_threads=nthreads, schedule="static"):
+            cf_run_affine(x, gx, y, gy, coef, i)
+
+
+cdef inline void cf_channel_train(const floating* x, Geometry gx, floating* y, Geometry gy,
+                                  const floating* w, const floating* b, double eps,
+                                  floating* coef, double* stats, Py_ssize_t c) noexcept nogil:
+    """Statistics, then normalisation, of channel c while its values are in cache."""
+    cdef Py_ssize_t C = gx.C
+    cdef Moments acc = moments_zero()
+    strided_runs_moments(x + c * gx.sc, gx.N, gx.sn, gx.S, &acc)
+    stats[c] = acc.mean
+    stats[2 * C + c] = acc.m2 / acc.count
+    stats[C + c] = inverse_std(stats[2 * C + c], eps)
+    set_coefficients(coef, C, c, acc.mean, stats[C + c], w, b)
+    runs_affine(x + c * gx.sc, gx.sn, y + c * gy.sc, gy.sn, gx.N, gx.S, coef[c], coef[C + c],
+                coef[2 * C + c], gy.stream)
 
 
 cdef void cf_train_by_channel(const floating* x, Geometry gx, floating* y, Geometry gy,
                               const floating* w, const floating* b, double eps, floating* coef,
                               double* stats, int nthreads) noexcept nogil:
-    """Statistics, then normalisation, one channel at a time: the channel's
-    N*S values are still in cache when they are normalised."""
-    cdef Py_ssize_t c, C = gx.C
-    cdef Moments acc
-    for c in prange(C, num_threads=nthreads, schedule="static"):
-        acc = moments_zero()
-        strided_runs_moments(x + c * gx.sc, gx.N, gx.sn, gx.S, &acc)
-        stats[c] = acc.mean
-        stats[2 * C + c] = acc.m2 / acc.count
-        stats[C + c] = inverse_std(stats[2 * C + c], eps)
-        set_coefficients(coef, C, c, acc.mean, stats[C + c], w, b)
-        runs_affine(x + c * gx.sc, gx.sn, y + c * gy.sc, gy.sn, gx.N, gx.S, coef[c], coef[C + c],
-                    coef[2 * C + c], gy.stream)
-
-
-cdef void cf_moments(const floating* x, Geometry g, double* part, double* mean, double* m2,
-                     int nthreads) noexcept nogil:
-    cdef Py_ssize_t parts = channel_parts(g.N, g.C, g.S)
-    cf_partial_moments(x, g, parts, part, nthreads)
-    cf_merge_parts(part, g.C, parts, mean, m2)
+    cdef Py_ssize_t c
+    if nthreads == 1:
+        for c in range(gx.C):
+            cf_channel_train(x, gx, y, gy, w, b, eps, coef, stats, c)
+    else:
+        for c in prange(gx.C, num_threads=nthreads, schedule="static"):
+            cf_channel_train(x, gx, y, gy, w, b, eps, coef, stats, c)
 
 
 # ---------------------------------------------------------------- channels-last
 
-cdef void cl_partial_moments(const floating* x, Geometry g, Py_ssize_t parts, floating* scratch,
-                             double* part, int nthreads) noexcept nogil:
-    """part[k*(2C+1) :] = (count, mean[C], m2[C]) of row range k."""
-    cdef Py_ssize_t k, C = g.C, i
-    cdef double* p
-    for k in prange(parts, num_threads=nthreads, schedule="static"):
-        p = part + k * (2 * C + 1)
-        for i in range(2 * C + 1):
-            p[i] = 0.0
-        rows_moments(x, g.sn, part_start(g.N, parts, k), part_start(g.N, parts, k + 1), C,
-                     scratch + k * 3 * C, p, p + 1, p + 1 + C)
+cdef inline void cl_part_moments(const floating* x, Geometry g, Py_ssize_t parts,
+                                 floating* rows, double* part, Py_ssize_t k) noexcept nogil:
+    """part[k*(2C+1) :] = (count, mean[C], m2[C]) of row range k; rows: 3C per range."""
+    cdef Py_ssize_t C = g.C, i
+    cdef double* p = part + k * (2 * C + 1)
+    for i in range(2 * C + 1):
+        p[i] = 0.0
+    rows_moments(x, g.sn, part_start(g.N, parts, k), part_start(g.N, parts, k + 1), C,
+                 rows + k * 3 * C, p, p + 1, p + 1 + C)
 
 
-cdef void cl_merge_parts(const double* part, Py_ssize_t C, Py_ssize_t parts, double* mean,
-                         double* m2) noexcept nogil:
-    cdef Py_ssize_t c
-    cdef Moments acc
-    for c in range(C):
-        acc = moments_zero()
-        merge_partials(part, part + 1 + c, part + 1 + C + c, parts, 2 * C + 1, &acc)
-        mean[c] = acc.mean
-        m2[c] = acc.m2
+cdef void cl_partial_moments(const floating* x, Geometry g, floating* rows, double* part,
+                             int nthreads) noexcept nogil:
+    cdef Py_ssize_t k, parts = row_parts(g.N)
+    if nthreads == 1:
+        for k in range(parts):
+            cl_part_moments(x, g, parts, rows, part, k)
+    else:
+        for k in prange(parts, num_threads=nthreads, schedule="static"):
+            cl_part_moments(x, g, parts, rows, part, k)
+
+
+cdef inline void cl_block_affine(const floating* x, Geometry gx, floating* y, Geometry gy,
+                                 const floating* coef, Py_ssize_t nblocks,
+                                 Py_ssize_t i) noexcept nogil:
+    """Row blocks last first: after a statistics pass the most recently read
+    rows are the likeliest to be still in cache."""
+    cdef Py_ssize_t C = gx.C, block = row_block(C, sizeof(floating))
+    cdef Py_ssize_t r0 = (nblocks - 1 - i) * block
+    rows_affine(x + r0 * gx.sn, gx.sn, y + r0 * gy.sn, gy.sn, min(block, gx.N - r0), C, coef,
+                coef + C, coef + 2 * C, gy.stream)
 
 
 cdef void cl_affine(const floating* x, Geometry gx, floating* y, Geometry gy,
                     const floating* coef, int nthreads) noexcept nogil:
-    """Blocks of rows, last block first: after a statistics pass the most
-    recently read rows are the likeliest to be still in cache."""
-    cdef Py_ssize_t i, r0, C = gx.C, block = row_block(C, sizeof(floating))
+    cdef Py_ssize_t i, block = row_block(gx.C, sizeof(floating))
     cdef Py_ssize_t nblocks = (gx.N + block - 1) // block
-    for i in prange(nblocks, num_threads=nthreads, schedule="static"):
-        r0 = (nblocks - 1 - i) * block
-        rows_affine(x + r0 * gx.sn, gx.sn, y + r0 * gy.sn, gy.sn, min(block, gx.N - r0), C, coef,
-                    coef + C, coef + 2 * C, gy.stream)
-
-
-cdef void cl_moments(const floating* x, Geometry g, floating* scratch, double* part,
-                     double* mean, double* m2, int nthreads) noexcept nogil:
-    cdef Py_ssize_t parts = row_parts(g.N)
-    cl_partial_moments(x, g, parts, scratch, part, nthreads)
-    cl_merge_parts(part, g.C, parts, mean, m2)
+    if nthreads == 1:
+        for i in range(nblocks):
+            cl_block_affine(x, gx, y, gy, coef, nblocks, i)
+    else:
+        for i in prange(nblocks, num_threads=nthreads, schedule="static"):
+            cl_block_affine(x, gx, y, gy, coef, nblocks, i)
 
 
 # ---------------------------------------------------------------- shared
@@ -158,16 +172,73 @@ cdef Py_ssize_t scratch_doubles(Geometry g, bint channels_first) noexcept:
 
 
 cdef Py_ssize_t scratch_typed(Geometry g, bint channels_first) noexcept:
-    """3*C coefficients, after per-row-range buffers (channels-last)."""
+    """3*C coefficients, then (channels-last) 3*C per row range."""
     return 3 * g.C * (1 if channels_first else row_parts(g.N) + 1)
 
 
-cdef void moments_kernel(const floating* x, Geometry g, bint channels_first, double* part,
-                         floating* typed, double* mean, double* m2, int nthreads) noexcept nogil:
+cdef void partial_moments(const floating* x, Geometry g, bint channels_first, double* part,
+                          floating* rows, int nthreads) noexcept nogil:
+    """Per-unit (channels-first) or per-row-range (channels-last) statistics into part."""
     if channels_first:
-        cf_moments(x, g, part, mean, m2, nthreads)
+        cf_partial_moments(x, g, part, nthreads)
     else:
-        cl_moments(x, g, typed, part, mean, m2, nthreads)
+        cl_partial_moments(x, g, rows, part, nthreads)
+
+
+cdef inline Moments merged(const double* part, Geometry g, bint channels_first,
+                           Py_ssize_t c) noexcept nogil:
+    """Channel c's statistics, its partial results merged in a fixed order."""
+    cdef Moments acc = moments_zero()
+    cdef Py_ssize_t parts, C = g.C
+    if channels_first:
+        parts = channel_parts(g.N, C, g.S)
+        merge_partials(part + 3 * c * parts, part + 3 * c * parts + 1, part + 3 * c * parts + 2,
+                       parts, 3, &acc)
+    else:
+        merge_partials(part, part + 1 + c, part + 1 + C + c, row_parts(g.N), 2 * C + 1, &acc)
+    return acc
+
+
+cdef inline void channel_moments(const double* part, Geometry g, bint channels_first,
+                                 double* mean, double* m2, Py_ssize_t c) noexcept nogil:
+    cdef Moments acc = merged(part, g, channels_first, c)
+    mean[c] = acc.mean
+    m2[c] = acc.m2
+
+
+cdef void finish_moments(const double* part, Geometry g, bint channels_first, double* mean,
+                         double* m2, int nthreads) noexcept nogil:
+    cdef Py_ssize_t c
+    if channel_threads(g.C, nthreads) == 1:
+        for c in range(g.C):
+            channel_moments(part, g, channels_first, mean, m2, c)
+    else:
+        for c in prange(g.C, num_threads=nthreads, schedule="static"):
+            channel_moments(part, g, channels_first, mean, m2, c)
+
+
+cdef inline void channel_training(const double* part, Geometry g, bint channels_first,
+                                  const floating* w, const floating* b, double eps,
+                                  floating* coef, double* stats, Py_ssize_t c) noexcept nogil:
+    """Channel c's merged statistics [mean, invstd, var] and coefficients."""
+    cdef Py_ssize_t C = g.C
+    cdef Moments acc = merged(part, g, channels_first, c)
+    stats[c] = acc.mean
+    stats[2 * C + c] = acc.m2 / acc.count
+    stats[C + c] = inverse_std(stats[2 * C + c], eps)
+    set_coefficients(coef, C, c, stats[c], stats[C + c], w, b)
+
+
+cdef void finish_training(const double* part, Geometry g, bint channels_first, const floating* w,
+                          const floating* b, double eps, floating* coef, double* stats,
+                          int nthreads) noexcept nogil:
+    cdef Py_ssize_t c
+    if channel_threads(g.C, nthreads) == 1:
+        for c in range(g.C):
+            channel_training(part, g, channels_first, w, b, eps, coef, stats, c)
+    else:
+        for c in prange(g.C, num_threads=nthreads, schedule="static"):
+            channel_training(part, g, channels_first, w, b, eps, coef, stats, c)
 
 
 cdef void affine_kernel(const floating* x, Geometry gx, floating* y, Geometry gy,
@@ -182,23 +253,15 @@ cdef void train_kernel(const floating* x, Geometry gx, floating* y, Geometry gy,
                        bint channels_first, const floating* w, const floating* b, double eps,
                        double* part, floating* typed, double* stats, floating* running_mean,
                        floating* running_var, double momentum, int nthreads) noexcept nogil:
-    """typed: channels-first, 3*C coefficients; channels-last, row buffers then those."""
+    """typed: 3*C coefficients, then (channels-last) per-row-range buffers."""
     cdef Py_ssize_t c, C = gx.C
     cdef double count = <double>(gx.N * gx.S)
-    cdef floating* coef = typed
-    if channels_first and channel_parts(gx.N, C, gx.S) == 1:
-        cf_train_by_channel(x, gx, y, gy, w, b, eps, coef, stats, nthreads)
+    if channels_first and fuse_by_channel(gx, sizeof(floating)):
+        cf_train_by_channel(x, gx, y, gy, w, b, eps, typed, stats, nthreads)
     else:
-        if channels_first:
-            cf_moments(x, gx, part, stats, stats + 2 * C, nthreads)
-        else:
-            coef = typed + 3 * C * row_parts(gx.N)
-            cl_moments(x, gx, typed, part, stats, stats + 2 * C, nthreads)
-        for c in range(C):
-            stats[2 * C + c] = stats[2 * C + c] / count
-            stats[C + c] = inverse_std(stats[2 * C + c], eps)
-            set_coefficients(coef, C, c, stats[c], stats[C + c], w, b)
-        affine_kernel(x, gx, y, gy, channels_first, coef, nthreads)
+        partial_moments(x, gx, channels_first, part, typed + 3 * C, nthreads)
+        finish_training(part, gx, channels_first, w, b, eps, typed, stats, nthreads)
+        affine_kernel(x, gx, y, gy, channels_first, typed, nthreads)
     if running_mean != NULL:
         for c in range(C):
             update_running(&running_mean[c], &running_var[c], stats[c], stats[2 * C + c], count,
@@ -226,10 +289,10 @@ def moments(x, out, int nthreads):
     try:
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
-                moments_kernel(<const float*>xp, g, cf, part, <float*>typed, o, o + g.C, nthreads)
+                partial_moments(<const float*>xp, g, cf, part, <float*>typed, nthreads)
             else:
-                moments_kernel(<const double*>xp, g, cf, part, <double*>typed, o, o + g.C,
-                               nthreads)
+                partial_moments(<const double*>xp, g, cf, part, <double*>typed, nthreads)
+            finish_moments(part, g, cf, o, o + g.C, nthreads)
     finally:
         free(part)
     return g.N * g.S

@@ -1,18 +1,25 @@
 # Per-channel statistics as (count, mean, M2), exact in float32 when |mean| >> std.
 #
-# Each block (about BLOCK_BYTES of one channel, so it stays in cache) is
-# reduced in two passes: its mean m in vector lanes of the input type, then
-# sum(x - m) and sum((x - m)^2). Centering on the block's own mean leaves
-# nothing to cancel. Blocks, runs and threads are merged in float64 with
-# Chan's formula.
+# Values are summed as d = x - K for a shift K near the mean, so that
+# sum(d^2) - sum(d)^2 / n cancels nothing. Blocks (about BLOCK_BYTES of one
+# channel, so they stay in cache) are reduced in one of two ways:
+# - in one pass, K being the running mean of the blocks before (for the
+#   first block of a unit, its first value);
+# - if K turns out far from the block's values (sum(d^2) > AMPLIFICATION *
+#   M2: rounding amplified by that factor, i.e. K more than ~4 standard
+#   deviations off), the block, still in cache, is redone in two passes: its
+#   own mean K in vector lanes, then sum(d) and sum(d^2).
+# Blocks, runs and threads are merged in float64 with Chan's formula.
 from cython cimport floating
 
 from _loops cimport rows_centered, rows_sum, runs_centered, runs_sum
 
 cdef enum:
-    BLOCK_BYTES = 16384       # channels-first: re-read from L1 by the second pass
-    ROW_BLOCK_BYTES = 65536   # channels-last: re-read from L2
-    MAX_ROW_BLOCK = 256       # rows summed in the input type before a float64 merge
+    AMPLIFICATION = 16        # largest sum(d^2) / M2 accepted from a one-pass block
+    BLOCK_BYTES = 16384       # channels-first: re-read from L1 by a second pass
+    ROW_BLOCK_BYTES = 262144  # channels-last: within L2 if a block must be re-read
+    MAX_ROW_BLOCK = 64        # rows summed in the input type before a float64 merge
+                              # (16 additions per lane, 4 rows at a time: see cbn_loops.h)
 
 cdef struct Moments:
     double count
@@ -41,16 +48,26 @@ cdef inline void moments_merge(Moments* acc, double nb, double mean_b, double m2
     acc.count = total
 
 
+cdef inline bint well_centred(double s1, double s2, double nb) noexcept nogil:
+    """sum(d^2) <= AMPLIFICATION * M2 (NaN compares False: redone, stays NaN)."""
+    return s2 <= AMPLIFICATION * (s2 - s1 * s1 / nb)
+
+
 cdef inline void block_moments(const floating* p, Py_ssize_t nruns, Py_ssize_t run_stride,
                                Py_ssize_t n, Moments* acc) noexcept nogil:
     """Fold nruns runs of n contiguous values, run_stride apart, into acc."""
     cdef double s1 = 0.0, s2 = 0.0, nb = <double>(nruns * n), m2_b
-    cdef floating m = <floating>(runs_sum(p, run_stride, nruns, n) / nb)
-    runs_centered(p, run_stride, nruns, n, m, &s1, &s2)
+    cdef floating k = <floating>acc.mean if acc.count > 0.0 else p[0]
+    runs_centered(p, run_stride, nruns, n, k, &s1, &s2)
+    if not (s2 == 0.0 or well_centred(s1, s2, nb)):
+        s1 = 0.0
+        s2 = 0.0
+        k = <floating>(runs_sum(p, run_stride, nruns, n) / nb)
+        runs_centered(p, run_stride, nruns, n, k, &s1, &s2)
     m2_b = s2 - s1 * s1 / nb
     if m2_b < 0.0:
         m2_b = 0.0
-    moments_merge(acc, nb, m + s1 / nb, m2_b)
+    moments_merge(acc, nb, k + s1 / nb, m2_b)
 
 
 cdef inline void strided_runs_moments(const floating* p, Py_ssize_t nruns, Py_ssize_t run_stride,
@@ -81,31 +98,44 @@ cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize
                               double* count, double* mean, double* m2) noexcept nogil:
     """Fold rows r0..r1 of a channels-last (M, C) array into per-channel mean/m2.
 
-    scratch holds 3*C values of the input type.
+    scratch holds 3*C values of the input type; blocks are centred as
+    described at the top of this file.
     """
-    cdef floating* bmean = scratch
+    cdef floating* shift = scratch
     cdef floating* s1 = scratch + C
     cdef floating* s2 = scratch + 2 * C
     cdef Py_ssize_t block = row_block(C, sizeof(floating))
     cdef Py_ssize_t b0, nb, c
     cdef double total, w, v, mb, m2b, delta, fnb
+    cdef bint redo
     b0 = r0
     while b0 < r1:
         nb = min(block, r1 - b0)
         fnb = <double>nb
+        redo = False
         for c in range(C):
-            bmean[c] = 0
+            shift[c] = <floating>mean[c] if count[0] > 0.0 else x[b0 * row_stride + c]
             s1[c] = 0
             s2[c] = 0
-        rows_sum(bmean, x + b0 * row_stride, row_stride, nb, C)
+        rows_centered(s1, s2, x + b0 * row_stride, row_stride, nb, C, shift)
         for c in range(C):
-            bmean[c] = <floating>(bmean[c] / fnb)
-        rows_centered(s1, s2, x + b0 * row_stride, row_stride, nb, C, bmean)
+            if not (s2[c] == 0 or well_centred(s1[c], s2[c], fnb)):
+                redo = True
+                break
+        if redo:
+            for c in range(C):
+                shift[c] = 0
+                s1[c] = 0
+                s2[c] = 0
+            rows_sum(shift, x + b0 * row_stride, row_stride, nb, C)
+            for c in range(C):
+                shift[c] = <floating>(shift[c] / fnb)
+            rows_centered(s1, s2, x + b0 * row_stride, row_stride, nb, C, shift)
         total = count[0] + fnb
         w = fnb / total
         v = count[0] * fnb / total
         for c in range(C):
-            mb = bmean[c] + s1[c] / fnb
+            mb = shift[c] + s1[c] / fnb
             m2b = s2[c] - (<double>s1[c]) * s1[c] / fnb
             if m2b < 0.0:
                 m2b = 0.0

@@ -3,12 +3,16 @@
 # are merged in a fixed order: results are bitwise identical for any number of
 # threads.
 
+from _arrays cimport Geometry
+
 cdef enum:
     MIN_CHANNEL_UNITS = 32       # channels-first: split channels over N below this many ...
     MIN_SPLIT_VALUES = 65536     # ... unless the tensor is too small to run on two threads
     MAX_ROW_PARTS = 16           # channels-last: at most this many row ranges ...
     MIN_ROWS_PER_PART = 64       # ... of at least this many rows
     MIN_STREAM_RUN_BYTES = 256   # shorter runs/rows are mostly partial cache lines
+    PARALLEL_CHANNELS = 256      # per-channel finishing work (merges, sqrt) in parallel from here
+    FUSE_MIN_BYTES = 262144      # below this the whole input stays in L2 between passes
 
 
 cdef extern from "cbn_loops.h" nogil:
@@ -22,6 +26,16 @@ cdef inline Py_ssize_t channel_parts(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) n
         return 1
     parts = (MIN_CHANNEL_UNITS + C - 1) // C
     return max(1, min(parts, N))
+
+
+cdef inline bint fuse_by_channel(Geometry g, Py_ssize_t bytes_per_value) noexcept nogil:
+    """Channels-first: statistics and output of one channel at a time (its values
+    still in cache for the second pass) rather than separate passes, the output
+    pass in memory order. Fusing saves a DRAM read once the input outgrows L2;
+    below that memory order is faster (no L1 set conflicts between runs 4 KiB
+    apart). Needs unsplit channels; depends on the shape only."""
+    return (channel_parts(g.N, g.C, g.S) == 1
+            and g.N * g.C * g.S * bytes_per_value > FUSE_MIN_BYTES)
 
 
 cdef inline Py_ssize_t row_parts(Py_ssize_t M) noexcept nogil:

@@ -77,6 +77,11 @@ ATTR static inline cbn_vec_##S cbn_load_##S(const T *p)                         
     return v;                                                                               \
 }                                                                                           \
                                                                                             \
+ATTR static inline void cbn_store_##S(T *p, cbn_vec_##S v)                                   \
+{                                                                                           \
+    memcpy(p, &v, sizeof(v));                                                               \
+}                                                                                           \
+                                                                                            \
 ATTR static inline cbn_vec_##S cbn_splat_##S(T value)                                       \
 {                                                                                           \
     cbn_vec_##S v;                                                                          \
@@ -235,17 +240,23 @@ ATTR static void cbn_runs_grad_sums_##S(const T *dy, ptrdiff_t dstride, const T 
 ATTR static inline void cbn_affine_run_##S(const T *restrict q, T *restrict o, ptrdiff_t n, \
                                            T shift, T scale, T offset, int stream)          \
 {                                                                                           \
+    const ptrdiff_t W = VB / sizeof(T);                                                     \
+    const cbn_vec_##S sv = cbn_splat_##S(shift), av = cbn_splat_##S(scale);                 \
+    const cbn_vec_##S bv = cbn_splat_##S(offset);                                           \
     ptrdiff_t i = 0;                                                                        \
     if (stream) {                                                                           \
-        const ptrdiff_t W = VB / sizeof(T);                                                 \
-        const cbn_vec_##S sv = cbn_splat_##S(shift), av = cbn_splat_##S(scale);             \
-        const cbn_vec_##S bv = cbn_splat_##S(offset);                                       \
         CBN_LINE_SPAN(o, i, n, T, head, body_end)                                           \
         for (; i < head; i++) o[i] = (q[i] - shift) * scale + offset;                       \
         for (; i < body_end; i += W) {                                                      \
             cbn_vec_##S v = (cbn_load_##S(q + i) - sv) * av + bv;                           \
             CBN_STREAM_##S(o + i, v);                                                       \
         }                                                                                   \
+    }                                                                                       \
+    for (; i + 2 * W <= n; i += 2 * W) {                                                    \
+        cbn_vec_##S u = (cbn_load_##S(q + i) - sv) * av + bv;                               \
+        cbn_vec_##S v = (cbn_load_##S(q + i + W) - sv) * av + bv;                           \
+        cbn_store_##S(o + i, u);                                                            \
+        cbn_store_##S(o + i + W, v);                                                        \
     }                                                                                       \
     for (; i < n; i++) o[i] = (q[i] - shift) * scale + offset;                              \
 }                                                                                           \
@@ -263,17 +274,24 @@ ATTR static inline void cbn_grad_input_run_##S(const T *restrict g, const T *res
                                                T *restrict o, ptrdiff_t n, T shift, T k_dy, \
                                                T k_x, T k_0, int stream)                    \
 {                                                                                           \
+    const ptrdiff_t W = VB / sizeof(T);                                                     \
+    const cbn_vec_##S sv = cbn_splat_##S(shift), dv = cbn_splat_##S(k_dy);                  \
+    const cbn_vec_##S xv = cbn_splat_##S(k_x), zv = cbn_splat_##S(k_0);                     \
     ptrdiff_t i = 0;                                                                        \
     if (stream) {                                                                           \
-        const ptrdiff_t W = VB / sizeof(T);                                                 \
-        const cbn_vec_##S sv = cbn_splat_##S(shift), dv = cbn_splat_##S(k_dy);              \
-        const cbn_vec_##S xv = cbn_splat_##S(k_x), zv = cbn_splat_##S(k_0);                 \
         CBN_LINE_SPAN(o, i, n, T, head, body_end)                                           \
         for (; i < head; i++) o[i] = g[i] * k_dy + (q[i] - shift) * k_x + k_0;              \
         for (; i < body_end; i += W) {                                                      \
             cbn_vec_##S v = cbn_load_##S(g + i) * dv + (cbn_load_##S(q + i) - sv) * xv + zv; \
             CBN_STREAM_##S(o + i, v);                                                       \
         }                                                                                   \
+    }                                                                                       \
+    for (; i + 2 * W <= n; i += 2 * W) {                                                    \
+        cbn_vec_##S u = cbn_load_##S(g + i) * dv + (cbn_load_##S(q + i) - sv) * xv + zv;   \
+        cbn_vec_##S v = cbn_load_##S(g + i + W) * dv + (cbn_load_##S(q + i + W) - sv) * xv  \
+                        + zv;                                                               \
+        cbn_store_##S(o + i, u);                                                            \
+        cbn_store_##S(o + i + W, v);                                                        \
     }                                                                                       \
     for (; i < n; i++) o[i] = g[i] * k_dy + (q[i] - shift) * k_x + k_0;                     \
 }                                                                                           \
@@ -341,11 +359,20 @@ ATTR static void cbn_rows_grad_input_##S(const T *restrict dy, ptrdiff_t dstride
     }                                                                                       \
     if (stream) CBN_SFENCE();                                                               \
 }                                                                                           \
+/* Row reductions into per-channel accumulators of the input type. Four rows \
+ * are combined before an accumulator is touched: its load and store, not   \
+ * the arithmetic, bound a one-row-at-a-time loop. */                       \
 /* acc[c] += sum over rows of x[c] */                                                       \
 ATTR static void cbn_rows_sum_##S(T *restrict acc, const T *restrict x, ptrdiff_t stride,   \
                                   ptrdiff_t nrows, ptrdiff_t C)                             \
 {                                                                                           \
-    for (ptrdiff_t r = 0; r < nrows; r++) {                                                 \
+    ptrdiff_t r = 0;                                                                        \
+    for (; r + 4 <= nrows; r += 4) {                                                        \
+        const T *restrict q0 = x + r * stride, *restrict q1 = q0 + stride;                  \
+        const T *restrict q2 = q1 + stride, *restrict q3 = q2 + stride;                     \
+        for (ptrdiff_t c = 0; c < C; c++) acc[c] += (q0[c] + q1[c]) + (q2[c] + q3[c]);      \
+    }                                                                                       \
+    for (; r < nrows; r++) {                                                                \
         const T *restrict q = x + r * stride;                                               \
         for (ptrdiff_t c = 0; c < C; c++) acc[c] += q[c];                                   \
     }                                                                                       \
@@ -355,7 +382,17 @@ ATTR static void cbn_rows_centered_##S(T *restrict s1, T *restrict s2, const T *
                                        ptrdiff_t stride, ptrdiff_t nrows, ptrdiff_t C,      \
                                        const T *restrict m)                                 \
 {                                                                                           \
-    for (ptrdiff_t r = 0; r < nrows; r++) {                                                 \
+    ptrdiff_t r = 0;                                                                        \
+    for (; r + 4 <= nrows; r += 4) {                                                        \
+        const T *restrict q0 = x + r * stride, *restrict q1 = q0 + stride;                  \
+        const T *restrict q2 = q1 + stride, *restrict q3 = q2 + stride;                     \
+        for (ptrdiff_t c = 0; c < C; c++) {                                                 \
+            T u0 = q0[c] - m[c], u1 = q1[c] - m[c], u2 = q2[c] - m[c], u3 = q3[c] - m[c];   \
+            s1[c] += (u0 + u1) + (u2 + u3);                                                 \
+            s2[c] += (u0 * u0 + u1 * u1) + (u2 * u2 + u3 * u3);                             \
+        }                                                                                   \
+    }                                                                                       \
+    for (; r < nrows; r++) {                                                                \
         const T *restrict q = x + r * stride;                                               \
         for (ptrdiff_t c = 0; c < C; c++) {                                                 \
             T u = q[c] - m[c];                                                              \
@@ -371,7 +408,20 @@ ATTR static void cbn_rows_grad_sums_##S(T *restrict s1, T *restrict s2,         
                                         ptrdiff_t nrows, ptrdiff_t C,                       \
                                         const T *restrict shift)                            \
 {                                                                                           \
-    for (ptrdiff_t r = 0; r < nrows; r++) {                                                 \
+    ptrdiff_t r = 0;                                                                        \
+    for (; r + 4 <= nrows; r += 4) {                                                        \
+        const T *restrict g0 = dy + r * dstride, *restrict g1 = g0 + dstride;               \
+        const T *restrict g2 = g1 + dstride, *restrict g3 = g2 + dstride;                   \
+        const T *restrict q0 = x + r * xstride, *restrict q1 = q0 + xstride;                \
+        const T *restrict q2 = q1 + xstride, *restrict q3 = q2 + xstride;                   \
+        for (ptrdiff_t c = 0; c < C; c++) {                                                 \
+            T h = shift[c];                                                                 \
+            s1[c] += (g0[c] + g1[c]) + (g2[c] + g3[c]);                                     \
+            s2[c] += (g0[c] * (q0[c] - h) + g1[c] * (q1[c] - h))                            \
+                     + (g2[c] * (q2[c] - h) + g3[c] * (q3[c] - h));                         \
+        }                                                                                   \
+    }                                                                                       \
+    for (; r < nrows; r++) {                                                                \
         const T *restrict g = dy + r * dstride, *restrict q = x + r * xstride;              \
         for (ptrdiff_t c = 0; c < C; c++) {                                                 \
             s1[c] += g[c];                                                                  \

@@ -72,3 +72,30 @@ def test_non_finite_value_only_affects_its_channel(bad, layout, dtype, rng):
     assert not np.all(np.isfinite(np.take(y, [2], axis=axis)))
     dx = bn.backward(np.ones_like(x))
     assert np.all(np.isfinite(np.take(dx, others, axis=axis)))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("pattern", ["sorted", "step", "ramp-offset"])
+def test_statistics_stay_exact_when_later_blocks_drift(pattern, layout, rng):
+    """Blocks are centred on the running mean of earlier blocks; data whose
+    order makes that shift far from a block's values must still be exact."""
+    N, C, S = 64, 3, 400
+    base = rng.standard_normal((N, C, S))
+    if pattern == "sorted":          # each channel's values in increasing order
+        v = np.sort(base.transpose(1, 0, 2).reshape(C, -1), axis=1)
+        base = v.reshape(C, N, S).transpose(1, 0, 2)
+    elif pattern == "step":          # zeros, then values near 1e4
+        base[N // 2:] += 1e4
+        base[: N // 2] = 0.0
+    else:                            # slowly rising offset with small spread
+        base = base * 1e-2 + 1e4 + np.linspace(0, 50, N)[:, None, None]
+    x = base.astype(np.float32)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    axis = channel_axis(layout, 3)
+    bn = cbn.BatchNorm1d(C, momentum=1.0, layout=layout)
+    y = bn(x)
+    y_ref, mean, var, count = ref.train_forward(x, axis)
+    np.testing.assert_allclose(bn.running_var, var * count / (count - 1), rtol=1e-6)
+    np.testing.assert_allclose(bn.running_mean, mean, rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-4)
