@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import textwrap
 import warnings
+from pathlib import Path
 
 import numpy
 from Cython.Build import cythonize
@@ -105,6 +106,8 @@ extensions = [
         f"cbn.{name}",
         [f"src/{name}.pyx"],
         include_dirs=["src", numpy.get_include()],
+        depends=sorted(str(p) for p in Path("src").glob("*.h"))
+        + sorted(str(p) for p in Path("src").glob("*.pxd")),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
     for name in KERNEL_MODULES

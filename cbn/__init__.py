@@ -7,11 +7,20 @@ from . import functional
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
 from ._version import __version__
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .folding import fold_conv, fold_linear
+from .precise import precise_statistics
+from .renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
 
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
+    "fold_conv",
+    "fold_linear",
+    "precise_statistics",
     "functional",
     "get_num_threads",
     "openmp_enabled",

@@ -88,6 +88,30 @@ def cbn_call(case, x, dy, out=True):
     return train_bwd
 
 
+def relu_pair_call(case, x, dy, fused):
+    """Train forward + backward of batch norm followed by ReLU, as one fused layer
+    or as batch norm and NumPy's maximum (and its backward), into preallocated
+    buffers."""
+    C = case.shape[1]
+    make = _LAYERS[len(case.shape)]
+    y, dx, g = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    if fused:
+        bn = make(C, dtype=case.dtype, layout=case.layout, activation="relu")
+
+        def run():
+            bn(x, out=y)
+            bn.backward(dy, out=dx)
+        return run
+    bn = make(C, dtype=case.dtype, layout=case.layout)
+
+    def run():
+        bn(x, out=y)
+        np.maximum(y, 0, out=y)
+        np.multiply(dy, y > 0, out=g)
+        bn.backward(g, out=dx)
+    return run
+
+
 def floor_call(case, x, threads):
     """Parallel copy of x's bytes into a preallocated buffer."""
     src = x.reshape(-1).view(np.uint8)

@@ -1,6 +1,7 @@
 # Stubs for the compiled forward kernels (src/_forward.pyx). Arrays of the
 # input type T are float32 or float64; x/y are channels-first (N, C, S) or
-# channels-last (M, C) views with a contiguous last axis.
+# channels-last (M, C) views with a contiguous last axis. Statistics are
+# float64 (C,) vectors or (k, C) tables.
 from typing import TypeVar
 
 import numpy as np
@@ -9,19 +10,13 @@ from numpy.typing import NDArray
 T = TypeVar("T", np.float32, np.float64)
 F64 = NDArray[np.float64]
 
-def moments_channels_first(x: NDArray[T], mean: F64, m2: F64, nthreads: int) -> int: ...
-def moments_channels_last(x: NDArray[T], mean: F64, m2: F64, nthreads: int) -> int: ...
-def normalize_channels_first(x: NDArray[T], mean: F64, var: F64, eps: float,
-                             weight: NDArray[T] | None, bias: NDArray[T] | None,
-                             y: NDArray[T], nthreads: int) -> None: ...
-def normalize_channels_last(x: NDArray[T], mean: F64, var: F64, eps: float,
-                            weight: NDArray[T] | None, bias: NDArray[T] | None,
-                            y: NDArray[T], nthreads: int) -> None: ...
-def train_forward_channels_first(x: NDArray[T], weight: NDArray[T] | None,
-                                 bias: NDArray[T] | None, eps: float, y: NDArray[T],
-                                 mean: F64, var: F64, invstd: F64, nthreads: int) -> None: ...
-def train_forward_channels_last(x: NDArray[T], weight: NDArray[T] | None,
-                                bias: NDArray[T] | None, eps: float, y: NDArray[T],
-                                mean: F64, var: F64, invstd: F64, nthreads: int) -> None: ...
+def moments(x: NDArray[T], out: F64, nthreads: int) -> int: ...
+def normalize(x: NDArray[T], mean: NDArray[np.float32] | F64, var: NDArray[np.float32] | F64,
+              eps: float, weight: NDArray[T] | None, bias: NDArray[T] | None, y: NDArray[T],
+              nthreads: int, relu: bool = ..., coef_out: NDArray[T] | None = ...) -> None: ...
+def train_forward(x: NDArray[T], weight: NDArray[T] | None, bias: NDArray[T] | None, eps: float,
+                  y: NDArray[T], stats: F64, running_mean: NDArray[T] | None,
+                  running_var: NDArray[T] | None, momentum: float, nthreads: int,
+                  relu: bool = ..., coef_out: NDArray[T] | None = ...) -> int: ...
 def update_running_stats(running_mean: NDArray[T], running_var: NDArray[T], mean: F64,
-                         var: F64, count: float, momentum: float) -> None: ...
+                         unbiased_var: F64, momentum: float) -> int: ...

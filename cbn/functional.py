@@ -5,6 +5,8 @@ All functions take the channel axis from ``layout``: "NCHW" means axis 1,
 (float32 or float64) is the dtype of every other array argument and of the
 results; statistics (``mean``, ``invstd``) are float64.
 """
+import warnings
+
 import numpy as np
 
 from . import _ops
@@ -77,9 +79,15 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     check_out_overlap(out, x, "x")
     canon = canonicalize(x, layout)
     if training:
-        return _ops.train_forward(canon, weight, bias, eps, running_mean, running_var, momentum,
-                                  out)[0]
-    return _ops.normalize(canon, running_mean, running_var, eps, weight, bias, out)
+        y, stats, skipped, _ = _ops.train_forward(canon, weight, bias, eps, running_mean,
+                                                  running_var, momentum, out)
+        if skipped:
+            bad = np.flatnonzero(~(np.isfinite(stats[0]) & np.isfinite(stats[2])))
+            warnings.warn(f"batch_norm: the batch statistics of channel(s) {bad.tolist()} are "
+                          f"not finite (NaN or Inf in the input); their running statistics were "
+                          f"left unchanged", RuntimeWarning, stacklevel=2)
+        return y
+    return _ops.normalize(canon, running_mean, running_var, eps, weight, bias, out)[0]
 
 
 def batch_norm_forward(x, weight=None, bias=None, eps=1e-5, layout="NCHW", out=None):
@@ -92,7 +100,7 @@ def batch_norm_forward(x, weight=None, bias=None, eps=1e-5, layout="NCHW", out=N
     eps = check_eps(eps)
     check_batch_for_statistics(x, axis)
     check_out_overlap(out, x, "x")
-    y, stats = _ops.train_forward(canonicalize(x, layout), weight, bias, eps, out=out)
+    y, stats, _, _ = _ops.train_forward(canonicalize(x, layout), weight, bias, eps, out=out)
     return y, stats[0], stats[1]
 
 

@@ -78,7 +78,7 @@ cdef struct Geometry:
     Py_ssize_t S
     Py_ssize_t sn
     Py_ssize_t sc
-    bint stream   # an output written with streaming stores (see _plan.streams)
+    int flags     # how an output is written: CBN_STREAM, CBN_RELU (cbn_loops.h)
 
 
 cdef inline Geometry geometry(cnp.ndarray a) noexcept:
@@ -92,7 +92,7 @@ cdef inline Geometry geometry(cnp.ndarray a) noexcept:
     else:
         g.S = 1
         g.sc = 1
-    g.stream = False
+    g.flags = 0
     return g
 
 

@@ -1,7 +1,7 @@
 # Per-channel coefficients of the affine maps in _elementwise.pxd, computed in
 # float64 and rounded once.
 from cython cimport floating
-from libc.math cimport sqrt
+from libc.math cimport isfinite, sqrt
 
 
 cdef inline double param_or(const floating* p, Py_ssize_t c, double default) noexcept nogil:
@@ -53,9 +53,13 @@ cdef inline void grad_input_coefficients(double mean, double invstd, double gamm
         k_0[0] = 0
 
 
-cdef inline void update_running(floating* running_mean, floating* running_var, double mean,
-                                double var, double count, double momentum) noexcept nogil:
-    """PyTorch's update: r <- (1 - m) r + m * batch, with the unbiased variance."""
+cdef inline bint update_running(floating* running_mean, floating* running_var, double mean,
+                                double unbiased_var, double momentum) noexcept nogil:
+    """PyTorch's update, r <- (1 - m) r + m * batch, unless the batch statistics
+    are not finite: then the running values are kept (returns False) instead
+    of being poisoned for the rest of training."""
+    if not (isfinite(mean) and isfinite(unbiased_var)):
+        return False
     running_mean[0] = <floating>((1.0 - momentum) * running_mean[0] + momentum * mean)
-    running_var[0] = <floating>((1.0 - momentum) * running_var[0]
-                                + momentum * var * (count / (count - 1.0)))
+    running_var[0] = <floating>((1.0 - momentum) * running_var[0] + momentum * unbiased_var)
+    return True

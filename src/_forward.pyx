@@ -13,11 +13,12 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdlib cimport free
+from libc.string cimport memcpy
 
 from _arrays cimport (Geometry, checked, checked_like, checked_table, checked_threads,
                      checked_vector, data_or_null, geometry, input_typenum, run_bytes, scratch)
 from _coefficients cimport inverse_std, normalize_coefficients, param_or, update_running
-from _loops cimport init_loops, rows_affine, runs_affine
+from _loops cimport CBN_RELU, CBN_STREAM, init_loops, rows_affine, runs_affine
 from _moments cimport (Moments, merge_partials, moments_zero, row_block, rows_moments,
                       strided_runs_moments)
 from _plan cimport (PARALLEL_CHANNELS, channel_parts, fuse_by_channel, part_start, row_parts,
@@ -74,7 +75,7 @@ cdef inline void cf_run_affine(const floating* x, Geometry gx, floating* y, Geom
     """Run i = n * C + c: memory order, sequential for contiguous data."""
     cdef Py_ssize_t C = gx.C, n = i // C, c = i % C
     runs_affine(x + n * gx.sn + c * gx.sc, 0, y + n * gy.sn + c * gy.sc, 0, 1, gx.S, coef[c],
-                coef[C + c], coef[2 * C + c], gy.stream)
+                coef[C + c], coef[2 * C + c], gy.flags)
 
 
 cdef void cf_affine(const floating* x, Geometry gx, floating* y, Geometry gy,
@@ -100,7 +101,7 @@ cdef inline void cf_channel_train(const floating* x, Geometry gx, floating* y, G
     stats[C + c] = inverse_std(stats[2 * C + c], eps)
     set_coefficients(coef, C, c, acc.mean, stats[C + c], w, b)
     runs_affine(x + c * gx.sc, gx.sn, y + c * gy.sc, gy.sn, gx.N, gx.S, coef[c], coef[C + c],
-                coef[2 * C + c], gy.stream)
+                coef[2 * C + c], gy.flags)
 
 
 cdef void cf_train_by_channel(const floating* x, Geometry gx, floating* y, Geometry gy,
@@ -147,7 +148,7 @@ cdef inline void cl_block_affine(const floating* x, Geometry gx, floating* y, Ge
     cdef Py_ssize_t C = gx.C, block = row_block(C, sizeof(floating))
     cdef Py_ssize_t r0 = (nblocks - 1 - i) * block
     rows_affine(x + r0 * gx.sn, gx.sn, y + r0 * gy.sn, gy.sn, min(block, gx.N - r0), C, coef,
-                coef + C, coef + 2 * C, gy.stream)
+                coef + C, coef + 2 * C, gy.flags)
 
 
 cdef void cl_affine(const floating* x, Geometry gx, floating* y, Geometry gy,
@@ -249,11 +250,26 @@ cdef void affine_kernel(const floating* x, Geometry gx, floating* y, Geometry gy
         cl_affine(x, gx, y, gy, coef, nthreads)
 
 
-cdef void train_kernel(const floating* x, Geometry gx, floating* y, Geometry gy,
-                       bint channels_first, const floating* w, const floating* b, double eps,
-                       double* part, floating* typed, double* stats, floating* running_mean,
-                       floating* running_var, double momentum, int nthreads) noexcept nogil:
-    """typed: 3*C coefficients, then (channels-last) per-row-range buffers."""
+cdef Py_ssize_t update_all(floating* running_mean, floating* running_var, const double* mean,
+                           const double* var, double unbias, Py_ssize_t C,
+                           double momentum) noexcept nogil:
+    """Update every channel (var * unbias: the unbiased variance); returns how
+    many channels kept their values because their statistics were not finite."""
+    cdef Py_ssize_t c, skipped = 0
+    for c in range(C):
+        if not update_running(&running_mean[c], &running_var[c], mean[c], var[c] * unbias,
+                              momentum):
+            skipped += 1
+    return skipped
+
+
+cdef Py_ssize_t train_kernel(const floating* x, Geometry gx, floating* y, Geometry gy,
+                             bint channels_first, const floating* w, const floating* b,
+                             double eps, double* part, floating* typed, double* stats,
+                             floating* running_mean, floating* running_var, double momentum,
+                             int nthreads) noexcept nogil:
+    """typed: 3*C coefficients, then (channels-last) per-row-range buffers.
+    Returns the number of channels whose running statistics were left alone."""
     cdef Py_ssize_t c, C = gx.C
     cdef double count = <double>(gx.N * gx.S)
     if channels_first and fuse_by_channel(gx, sizeof(floating)):
@@ -262,10 +278,10 @@ cdef void train_kernel(const floating* x, Geometry gx, floating* y, Geometry gy,
         partial_moments(x, gx, channels_first, part, typed + 3 * C, nthreads)
         finish_training(part, gx, channels_first, w, b, eps, typed, stats, nthreads)
         affine_kernel(x, gx, y, gy, channels_first, typed, nthreads)
-    if running_mean != NULL:
-        for c in range(C):
-            update_running(&running_mean[c], &running_var[c], stats[c], stats[2 * C + c], count,
-                           momentum)
+    if running_mean == NULL:
+        return 0
+    return update_all(running_mean, running_var, stats, stats + 2 * C, count / (count - 1.0), C,
+                      momentum)
 
 
 # ---------------------------------------------------------------- entry points
@@ -309,16 +325,20 @@ cdef void normalize_kernel(const floating* x, Geometry gx, floating* y, Geometry
     affine_kernel(x, gx, y, gy, channels_first, coef, nthreads)
 
 
-def normalize(x, mean, var, double eps, weight, bias, y, int nthreads):
-    """y = weight * (x - mean) / sqrt(var + eps) + bias.
+def normalize(x, mean, var, double eps, weight, bias, y, int nthreads, bint relu=False,
+              coef_out=None):
+    """y = weight * (x - mean) / sqrt(var + eps) + bias (then max(y, 0) if relu).
 
     mean, var: (C,) float32 or float64 (the same), e.g. running statistics.
+    coef_out: a (3, C) array of x's dtype receiving the coefficients used,
+    [shift, scale, offset] with y = (x - shift) * scale + offset.
     """
     cdef int typenum = input_typenum(x, "x")
     cdef cnp.ndarray xa = checked(x, "x", cnp.PyArray_NDIM(x), typenum, False)
     cdef cnp.ndarray ya = checked_like(y, "y", xa, True)
     cdef Geometry gx = geometry(xa), gy = geometry(ya)
-    gy.stream = streams(cnp.PyArray_NBYTES(ya), run_bytes(gy, cnp.PyArray_ITEMSIZE(ya)))
+    gy.flags = ((CBN_STREAM if streams(cnp.PyArray_NBYTES(ya), run_bytes(gy, cnp.PyArray_ITEMSIZE(ya)))
+                 else 0) | (CBN_RELU if relu else 0))
     cdef int stats_type = (cnp.PyArray_TYPE(<cnp.ndarray>mean) if cnp.PyArray_Check(mean)
                            else cnp.NPY_FLOAT64)
     cdef cnp.ndarray ma = checked(mean, "mean", 1, stats_type, False)
@@ -341,6 +361,8 @@ def normalize(x, mean, var, double eps, weight, bias, y, int nthreads):
         raise ValueError(f"mean, var: expected shape ({gx.C},), got {mean.shape} and {var.shape}")
     mp = cnp.PyArray_DATA(ma)
     vp = cnp.PyArray_DATA(va)
+    cdef cnp.ndarray ca = (None if coef_out is None
+                           else checked_table(coef_out, "coef_out", 3, gx.C, typenum, True))
     coef = scratch(3 * gx.C * cnp.PyArray_ITEMSIZE(xa))
     try:
         with nogil:
@@ -350,22 +372,27 @@ def normalize(x, mean, var, double eps, weight, bias, y, int nthreads):
             else:
                 normalize_kernel(<const double*>xp, gx, <double*>yp, gy, cf, mp, vp, f32, eps,
                                  <const double*>wp, <const double*>bp, <double*>coef, nthreads)
+        if ca is not None:
+            memcpy(cnp.PyArray_DATA(ca), coef, 3 * gx.C * cnp.PyArray_ITEMSIZE(xa))
     finally:
         free(coef)
 
 
 def train_forward(x, weight, bias, double eps, y, stats, running_mean, running_var,
-                  double momentum, int nthreads):
+                  double momentum, int nthreads, bint relu=False, coef_out=None):
     """Training forward: y, and stats = [mean, invstd, biased var] (float64 (3, C)).
 
     When running_mean and running_var are given they are updated in place:
-    r <- (1 - momentum) * r + momentum * batch, with the unbiased variance.
+    r <- (1 - momentum) * r + momentum * batch, with the unbiased variance;
+    channels whose batch statistics are not finite keep their values. Returns
+    the number of such channels. relu and coef_out as for normalize.
     """
     cdef int typenum = input_typenum(x, "x")
     cdef cnp.ndarray xa = checked(x, "x", cnp.PyArray_NDIM(x), typenum, False)
     cdef cnp.ndarray ya = checked_like(y, "y", xa, True)
     cdef Geometry gx = geometry(xa), gy = geometry(ya)
-    gy.stream = streams(cnp.PyArray_NBYTES(ya), run_bytes(gy, cnp.PyArray_ITEMSIZE(ya)))
+    gy.flags = ((CBN_STREAM if streams(cnp.PyArray_NBYTES(ya), run_bytes(gy, cnp.PyArray_ITEMSIZE(ya)))
+                 else 0) | (CBN_RELU if relu else 0))
     cdef Py_ssize_t C = gx.C
     cdef cnp.ndarray sa = checked_table(stats, "stats", 3, C, cnp.NPY_FLOAT64, True)
     cdef cnp.ndarray wa = checked_vector(weight, "weight", C, typenum, False)
@@ -383,23 +410,54 @@ def train_forward(x, weight, bias, double eps, y, stats, running_mean, running_v
     cdef Py_ssize_t nd = scratch_doubles(gx, cf)
     cdef double* part
     cdef void* typed
+    cdef Py_ssize_t skipped = 0
     checked_threads(nthreads)
     if (rma is None) != (rva is None):
         raise ValueError("running_mean, running_var: expected both or neither")
     if gx.N * gx.S < 2:
         raise ValueError("x: expected more than 1 value per channel")
+    cdef cnp.ndarray ca = (None if coef_out is None
+                           else checked_table(coef_out, "coef_out", 3, C, typenum, True))
     part = <double*>scratch(nd * sizeof(double) + scratch_typed(gx, cf) * cnp.PyArray_ITEMSIZE(xa))
     typed = part + nd
     try:
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
-                train_kernel(<const float*>xp, gx, <float*>yp, gy, cf, <const float*>wp,
-                             <const float*>bp, eps, part, <float*>typed, s, <float*>rmp,
-                             <float*>rvp, momentum, nthreads)
+                skipped = train_kernel(<const float*>xp, gx, <float*>yp, gy, cf, <const float*>wp,
+                                       <const float*>bp, eps, part, <float*>typed, s,
+                                       <float*>rmp, <float*>rvp, momentum, nthreads)
             else:
-                train_kernel(<const double*>xp, gx, <double*>yp, gy, cf, <const double*>wp,
-                             <const double*>bp, eps, part, <double*>typed, s, <double*>rmp,
-                             <double*>rvp, momentum, nthreads)
+                skipped = train_kernel(<const double*>xp, gx, <double*>yp, gy, cf,
+                                       <const double*>wp, <const double*>bp, eps, part,
+                                       <double*>typed, s, <double*>rmp, <double*>rvp, momentum,
+                                       nthreads)
+        if ca is not None:  # the coefficients are the first 3*C of typed
+            memcpy(cnp.PyArray_DATA(ca), typed, 3 * C * cnp.PyArray_ITEMSIZE(xa))
     finally:
         free(part)
+    return skipped
+
+
+def update_running_stats(running_mean, running_var, mean, unbiased_var, double momentum):
+    """r <- (1 - momentum) r + momentum * batch for every channel whose batch
+    statistics (float64 (C,)) are finite; returns how many were not."""
+    if not cnp.PyArray_Check(running_mean):
+        raise TypeError("running_mean: expected a numpy.ndarray")
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>running_mean)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        raise TypeError(f"running_mean: expected float32 or float64, got {running_mean.dtype}")
+    cdef cnp.ndarray rma = checked(running_mean, "running_mean", 1, typenum, True)
+    cdef Py_ssize_t C = cnp.PyArray_DIMS(rma)[0]
+    cdef cnp.ndarray rva = checked_vector(running_var, "running_var", C, typenum, True)
+    cdef cnp.ndarray ma = checked_vector(mean, "mean", C, cnp.NPY_FLOAT64, False)
+    cdef cnp.ndarray va = checked_vector(unbiased_var, "unbiased_var", C, cnp.NPY_FLOAT64, False)
+    if rva is None or ma is None or va is None:
+        raise TypeError("running_var, mean, unbiased_var: expected arrays, got None")
+    cdef const double* m = <const double*>cnp.PyArray_DATA(ma)
+    cdef const double* v = <const double*>cnp.PyArray_DATA(va)
+    if typenum == cnp.NPY_FLOAT32:
+        return update_all(<float*>cnp.PyArray_DATA(rma), <float*>cnp.PyArray_DATA(rva), m, v, 1.0,
+                          C, momentum)
+    return update_all(<double*>cnp.PyArray_DATA(rma), <double*>cnp.PyArray_DATA(rva), m, v, 1.0, C,
+                      momentum)
 

@@ -80,3 +80,27 @@ class RunningStats:
         m = 1.0 / self.steps if self.momentum is None else self.momentum
         self.mean = (1 - m) * self.mean + m * mean
         self.var = (1 - m) * self.var + m * var * count / (count - 1)
+
+
+def renorm_corrections(mean, var, running_mean, running_var, eps, rmax, dmax):
+    sigma = np.sqrt(np.asarray(running_var, np.float64) + eps)
+    r = np.clip(np.sqrt(var + eps) / sigma, 1 / rmax, rmax)
+    d = np.clip((mean - np.asarray(running_mean, np.float64)) / sigma, -dmax, dmax)
+    return r, d
+
+
+def renorm_forward(x, axis, running_mean, running_var, weight, bias, eps, rmax, dmax, r=None, d=None):
+    """Batch renormalization; r and d given (frozen) or computed from x."""
+    mean, var, _ = batch_stats(x, axis)
+    if r is None:
+        r, d = renorm_corrections(mean, var, running_mean, running_var, eps, rmax, dmax)
+    nd = np.ndim(x)
+    xhat = (np.asarray(x, np.float64) - expand(mean, nd, axis)) / np.sqrt(expand(var, nd, axis) + eps)
+    return expand(weight, nd, axis) * (xhat * expand(r, nd, axis) + expand(d, nd, axis)) \
+        + expand(bias, nd, axis), r, d
+
+
+def renorm_backward(dy, x, axis, weight, r, d, eps=1e-5):
+    """(dx, dweight, dbias) with r and d constants."""
+    dx, g_xhat, g = train_backward(dy, x, axis, np.asarray(weight, np.float64) * r, eps)
+    return dx, g_xhat * r + g * d, g

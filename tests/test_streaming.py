@@ -42,6 +42,15 @@ SCRIPT = textwrap.dedent(
                 y_eval = bn(x, out=out)
                 assert np.allclose(y_eval, ref.normalize(x, axis, bn.running_mean, bn.running_var,
                                                          None, None, 1e-5), rtol=tol, atol=tol)
+                # fused ReLU: forward clamps, backward gates dy, also when streaming
+                fused = cls(C, dtype=dtype, layout=layout, activation="relu")
+                y = fused(x, out=out)
+                assert np.allclose(y, np.maximum(y_ref, 0), rtol=tol, atol=tol), (layout, shape)
+                fused.backward(dy, out=dx_out)
+                g = dy * (y > 0)
+                dx_ref = ref.train_backward(g, x, axis)[0]
+                scale = max(1.0, float(np.abs(dx_ref).max()))
+                assert np.allclose(dx_out, dx_ref, rtol=0, atol=tol * scale), (layout, shape, offset)
     print("ok")
     """
 )

@@ -123,3 +123,36 @@ def test_large_mean_float32_is_more_exact_than_pytorch(layout, rng):
     assert our_err < 1e-6
     if layout == "NHWC":
         assert their_err > 10 * our_err
+
+
+def test_folding_matches_pytorch(rng):
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+    W = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    bn = cbn.BatchNorm2d(5)
+    bn.weight[...] = rng.uniform(0.5, 2, 5)
+    bn.bias[...] = rng.standard_normal(5)
+    bn.running_mean[...] = rng.standard_normal(5)
+    bn.running_var[...] = rng.uniform(0.5, 2, 5)
+    ours = cbn.fold_conv(W, b, bn)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    theirs = fuse_conv_bn_weights(t(W), t(b), t(bn.running_mean), t(bn.running_var), bn.eps,
+                                  t(bn.weight), t(bn.bias))
+    np.testing.assert_allclose(ours[0], theirs[0].detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours[1], theirs[1].detach().numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_fused_relu_matches_pytorch_bn_then_relu(layout, rng):
+    x = random_input(rng, (4, 3, 5, 6), np.float64)
+    dy = random_input(rng, (4, 3, 5, 6), np.float64)
+    theirs = torch.nn.Sequential(torch.nn.BatchNorm2d(3, dtype=torch.float64), torch.nn.ReLU())
+    xt = torch.tensor(x, requires_grad=True)
+    yt = theirs(xt)
+    yt.backward(torch.from_numpy(dy))
+    ours = cbn.BatchNorm2d(3, dtype=np.float64, layout=layout, activation="relu")
+    xl = x if layout == "NCHW" else np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    y = ours(xl)
+    dx = ours.backward(dy if layout == "NCHW" else np.ascontiguousarray(np.moveaxis(dy, 1, -1)))
+    np.testing.assert_allclose(to_nchw(y, layout), yt.detach().numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(to_nchw(dx, layout), xt.grad.numpy(), rtol=1e-10, atol=1e-10)

@@ -99,3 +99,37 @@ class MemoryFloor:
 
     def time_copy(self, *params):
         self.copy()
+
+
+class FusedReLU:
+    """activation="relu" against BatchNorm then np.maximum(y, 0, out=y) (and the
+    backward pair: dy * (y > 0), then the batch-norm backward); train forward +
+    backward, float32, 2 threads."""
+
+    params = [["32x64x56x56", "64x256x14x14", "16x512x28x28"], ["NCHW", "NHWC"]]
+    param_names = ["shape", "layout"]
+    timeout = 300
+
+    def setup(self, shape, layout):
+        cbn.set_num_threads(2)
+        case = _bench.Case("train+bwd", _bench.parse_shape(shape), layout, "float32")
+        x, dy = case.arrays()
+        self.fused = _bench.relu_pair_call(case, x, dy, fused=True)
+        self.separate = _bench.relu_pair_call(case, x, dy, fused=False)
+        self.fused()
+        self.separate()
+
+    def teardown(self, *params):
+        cbn.set_num_threads(None)
+
+    def time_fused(self, *params):
+        self.fused()
+
+    def time_separate(self, *params):
+        self.separate()
+
+    def track_speedup(self, *params):
+        medians, _ = _bench.time_interleaved({"fused": self.fused, "separate": self.separate}, 7)
+        return medians["separate"] / medians["fused"]
+
+    track_speedup.unit = "time(separate) / time(fused)"

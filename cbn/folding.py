@@ -1,0 +1,62 @@
+"""Folding an eval-mode batch norm into the convolution or dense layer before it."""
+import numpy as np
+
+from .batchnorm import _BatchNorm
+from ._validation import describe
+
+__all__ = ["fold_conv", "fold_linear"]
+
+
+def _fold(weight, bias, bn, name):
+    if not isinstance(bn, _BatchNorm):
+        raise TypeError(f"bn: expected a cbn batch-norm layer, got {describe(bn)}")
+    if not bn.track_running_stats:
+        raise ValueError("bn: a layer with track_running_stats=False normalises with batch "
+                         "statistics even in eval mode; there is nothing fixed to fold")
+    if bn.activation is not None:
+        raise ValueError(f"bn: its fused activation {bn.activation!r} cannot be folded into "
+                         f"{name}; apply it after the folded layer")
+    if not isinstance(weight, np.ndarray) or weight.dtype.kind != "f":
+        raise TypeError(f"weight: expected a float numpy.ndarray, got {describe(weight)}")
+    C = bn.num_features
+    if weight.shape[0] != C:
+        raise ValueError(f"weight: expected {C} output channels on axis 0 (bn.num_features), "
+                         f"got shape {weight.shape}")
+    if bias is not None:
+        if not isinstance(bias, np.ndarray) or bias.dtype.kind != "f":
+            raise TypeError(f"bias: expected a float numpy.ndarray or None, got {describe(bias)}")
+        if bias.shape != (C,):
+            raise ValueError(f"bias: expected shape ({C},), got {bias.shape}")
+    scale = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    if bn.affine:
+        scale = scale * bn.weight
+    shift = -bn.running_mean.astype(np.float64) * scale
+    if bn.affine:
+        shift = shift + bn.bias
+    if bias is not None:
+        shift = shift + bias.astype(np.float64) * scale
+    folded_weight = weight.astype(np.float64) * scale.reshape((C,) + (1,) * (weight.ndim - 1))
+    return folded_weight.astype(weight.dtype), shift.astype(weight.dtype)
+
+
+def fold_linear(weight, bias, bn):
+    """(weight, bias) of a dense layer y = x @ weight.T + bias followed by bn in eval mode.
+
+    weight: (C, in); bias: (C,) or None; bn: a BatchNorm1d over C features.
+    Computed in float64, returned in weight's dtype.
+    """
+    if isinstance(weight, np.ndarray) and weight.ndim != 2:
+        raise ValueError(f"weight: expected a 2-D (C, in) array, got shape {weight.shape}")
+    return _fold(weight, bias, bn, "the dense layer")
+
+
+def fold_conv(weight, bias, bn):
+    """(weight, bias) of a convolution (weight (C_out, C_in, *kernel)) followed by bn in eval mode.
+
+    The folded convolution computes conv(x, weight) + bias with the new
+    arrays; bias may be None. Computed in float64, returned in weight's dtype.
+    """
+    if isinstance(weight, np.ndarray) and weight.ndim < 3:
+        raise ValueError(f"weight: expected (C_out, C_in, *kernel) with at least 3 dimensions, "
+                         f"got shape {weight.shape}")
+    return _fold(weight, bias, bn, "the convolution")
