@@ -10,6 +10,7 @@ from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .folding import fold_conv, fold_linear
 from .precise import precise_statistics
 from .renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
+from .sync import SyncBatchNorm, allreduce_gradients
 
 __all__ = [
     "BatchNorm1d",
@@ -18,6 +19,8 @@ __all__ = [
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
+    "SyncBatchNorm",
+    "allreduce_gradients",
     "fold_conv",
     "fold_linear",
     "precise_statistics",

@@ -12,3 +12,6 @@ def grad_sums(dy: NDArray[T], x: NDArray[T], mean: F64, out: F64, nthreads: int,
 def backward(dy: NDArray[T], x: NDArray[T], stats: F64, weight: NDArray[T] | None,
              batch_stats: bool, dx: NDArray[T], grads: NDArray[T] | None, nthreads: int,
              relu: NDArray[T] | None = ...) -> None: ...
+def grad_input(dy: NDArray[T], x: NDArray[T], stats: F64, weight: NDArray[T] | None, sums: F64,
+               count: float, batch_stats: bool, dx: NDArray[T], nthreads: int,
+               relu: NDArray[T] | None = ...) -> None: ...

@@ -89,3 +89,13 @@ def fixed_stats(mean, var, eps):
     np.sqrt(stats[1], out=stats[1])
     np.divide(1.0, stats[1], out=stats[1])
     return stats
+
+
+def grad_input(canon, dy, stats, weight, sums, count, out=None, relu=None):
+    """dx of training-mode batch norm from given sums [sum(g), sum(g * (x - mean))]
+    (float64 (2, C)) and count (values per channel), e.g. over several processes."""
+    view = canon.view
+    dx, dxv = canon.output(out)
+    _backward.grad_input(canon.like(dy), view, stats, weight, sums, float(count), True, dxv,
+                         threads_for(view.size), relu)
+    return dx

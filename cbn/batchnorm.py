@@ -40,18 +40,20 @@ class _Piece:
     were and eps; weight: the weight the output was scaled with (weight * r
     for renormalisation), or None; relu: the forward's coefficients of a
     fused ReLU, or None; renorm: (r, d) or None; rows: its slice of the batch
-    axis, or None for the whole batch.
+    axis, or None for the whole batch; global_count: values per channel the
+    statistics came from when they span other processes' shards, else None.
     """
 
-    __slots__ = ("canon", "stats", "weight", "relu", "renorm", "rows")
+    __slots__ = ("canon", "stats", "weight", "relu", "renorm", "rows", "global_count")
 
-    def __init__(self, canon, stats, weight, relu, renorm=None, rows=None):
+    def __init__(self, canon, stats, weight, relu, renorm=None, rows=None, global_count=None):
         self.canon = canon
         self.stats = stats
         self.weight = weight
         self.relu = relu
         self.renorm = renorm
         self.rows = rows
+        self.global_count = global_count
 
     def backward_stats(self):
         """[mean, invstd] (float64 (2, C))."""

@@ -345,3 +345,63 @@ def backward(dy, x, stats, weight, bint batch_stats, dx, grads, int nthreads, re
                                 <double*>typed, part, <double*>grp, nthreads)
     finally:
         free(part)
+
+
+cdef void grad_input_kernel(const floating* dy, Geometry gd, const floating* x, Geometry gx,
+                            floating* dx, Geometry gg, bint channels_first, const double* stats,
+                            const floating* w, const double* sums, double count,
+                            bint batch_stats, const floating* relu, floating* coef,
+                            int nthreads) noexcept nogil:
+    cdef Py_ssize_t c, C = gx.C
+    for c in range(C):
+        set_coefficients(coef, C, c, stats[c], stats[C + c], w, count, sums[c], sums[C + c],
+                         batch_stats)
+    if channels_first:
+        cf_grad_input(dy, gd, x, gx, dx, gg, coef, relu, nthreads)
+    else:
+        cl_grad_input(dy, gd, x, gx, dx, gg, coef, relu, nthreads)
+
+
+def grad_input(dy, x, stats, weight, sums, double count, bint batch_stats, dx, int nthreads,
+               relu=None):
+    """dx from given sums and count, e.g. over every process of a distributed batch.
+
+    sums = [sum(g), sum(g * (x - mean))] (float64 (2, C), as grad_sums gives,
+    summed over the processes); count: values per channel in all of them;
+    stats = [mean, invstd] as for backward.
+    """
+    cdef int typenum = input_typenum(x, "x")
+    cdef cnp.ndarray xa = checked(x, "x", cnp.PyArray_NDIM(x), typenum, False)
+    cdef cnp.ndarray da = checked_like(dy, "dy", xa, False)
+    cdef cnp.ndarray ga = checked_like(dx, "dx", xa, True)
+    cdef Geometry gx = geometry(xa), gd = geometry(da), gg = geometry(ga)
+    gg.flags = CBN_STREAM if streams(cnp.PyArray_NBYTES(ga),
+                                     run_bytes(gg, cnp.PyArray_ITEMSIZE(ga))) else 0
+    cdef cnp.ndarray sa = checked_table(stats, "stats", 2, gx.C, cnp.NPY_FLOAT64, False)
+    cdef cnp.ndarray ua = checked_table(sums, "sums", 2, gx.C, cnp.NPY_FLOAT64, False)
+    cdef cnp.ndarray wa = checked_vector(weight, "weight", gx.C, typenum, False)
+    cdef void* rp = relu_data(relu, gx.C, typenum)
+    cdef bint cf = cnp.PyArray_NDIM(xa) == 3
+    cdef void* xp = cnp.PyArray_DATA(xa)
+    cdef void* dp = cnp.PyArray_DATA(da)
+    cdef void* gp = cnp.PyArray_DATA(ga)
+    cdef void* wp = data_or_null(wa)
+    cdef const double* s = <const double*>cnp.PyArray_DATA(sa)
+    cdef const double* u = <const double*>cnp.PyArray_DATA(ua)
+    cdef void* coef
+    checked_threads(nthreads)
+    if batch_stats and not count > 0:
+        raise ValueError(f"count: expected a positive count of values per channel, got {count}")
+    coef = scratch(4 * gx.C * cnp.PyArray_ITEMSIZE(xa))
+    try:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                grad_input_kernel(<const float*>dp, gd, <const float*>xp, gx, <float*>gp, gg, cf,
+                                  s, <const float*>wp, u, count, batch_stats, <const float*>rp,
+                                  <float*>coef, nthreads)
+            else:
+                grad_input_kernel(<const double*>dp, gd, <const double*>xp, gx, <double*>gp, gg,
+                                  cf, s, <const double*>wp, u, count, batch_stats,
+                                  <const double*>rp, <double*>coef, nthreads)
+    finally:
+        free(coef)

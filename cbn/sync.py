@@ -1,0 +1,223 @@
+"""SyncBatchNorm: batch statistics over every process of an MPI communicator.
+
+Data-parallel training gives each process a shard of the batch; plain batch
+norm would normalise each shard with its own statistics. SyncBatchNorm
+exchanges per-channel float64 (count, mean, M2) in one Allgather per forward
+(not invstd, which loses M2 when var << eps), merges them in rank order with
+Chan's formula (the same bits on every rank) and normalises every shard with
+the statistics of the whole batch; the backward needs one Allreduce of
+(sum(dy), sum(dy * (x - mean))). Needs mpi4py (``pip install "cbn[mpi]"``);
+any object with mpi4py's Get_size/Get_rank/Allgather/Allreduce works as a
+communicator.
+
+A rank whose input is rejected still joins the collective, flagging the
+error, so every rank raises instead of the others waiting forever.
+"""
+import numpy as np
+
+from . import _ops
+from ._layout import canonicalize
+from ._moments import Moments, merge_all
+from ._validation import check_out_overlap, describe
+from .batchnorm import _BatchNorm, _Piece
+
+__all__ = ["SyncBatchNorm", "allreduce_gradients"]
+
+INSTALL_HINT = ('SyncBatchNorm needs mpi4py and an MPI library: pip install "cbn[mpi]" '
+                '(mpi4py and the mpich wheel)')
+
+_AXES = {2: "", 3: "L", 4: "H, W", 5: "D, H, W"}
+
+
+def default_comm():
+    """mpi4py's COMM_WORLD, or ImportError saying how to install it."""
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return MPI.COMM_WORLD
+
+
+def _check_comm(comm):
+    for method in ("Get_size", "Get_rank", "Allgather", "Allreduce"):
+        if not callable(getattr(comm, method, None)):
+            raise TypeError(f"comm: expected an mpi4py communicator (with {method}), "
+                            f"got {describe(comm)}")
+    return comm
+
+
+def _shape_names(layout):
+    names = {}
+    for nd, spatial in _AXES.items():
+        parts = ["N", spatial, "C"] if layout == "NHWC" else ["N", "C", spatial]
+        names[nd] = "(" + ", ".join(p for p in parts if p) + ")"
+    return names
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch normalization with statistics over the whole distributed batch.
+
+    Takes (N, C, *spatial) inputs with up to three spatial axes, or
+    channels-last ones with layout="NHWC", and every BatchNorm*d option but
+    virtual batches. With one process, or in eval mode, it is BatchNorm and
+    communicates nothing. grad_weight and grad_bias stay local: all-reduce
+    them with the other gradients (see allreduce_gradients). Shards may be
+    uneven, empty included; a whole batch of one value per channel raises
+    ValueError on every rank.
+    """
+
+    _SHAPES = {"NCHW": _shape_names("NCHW"), "NHWC": _shape_names("NHWC")}
+
+    def __init__(self, num_features, comm=None, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, **options):
+        if options.get("virtual_batch_size") is not None:
+            raise ValueError("virtual_batch_size: SyncBatchNorm normalises the whole "
+                             "distributed batch; virtual batches are not supported")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, **options)
+        self.comm = _check_comm(default_comm() if comm is None else comm)
+
+    @_BatchNorm.virtual_batch_size.setter
+    def virtual_batch_size(self, value):
+        if value is not None:
+            raise ValueError("virtual_batch_size: not supported by SyncBatchNorm")
+        self._virtual_batch_size = None
+
+    @classmethod
+    def from_batchnorm(cls, bn, comm=None):
+        """A SyncBatchNorm with bn's options, parameters, running statistics and mode (copies)."""
+        if not isinstance(bn, _BatchNorm) or hasattr(bn, "rmax"):
+            raise TypeError(f"bn: expected a cbn BatchNorm1d/2d/3d, got {describe(bn)}")
+        sync = cls(bn.num_features, comm, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                   dtype=bn.dtype, layout=bn.layout, bias_correction=bn.bias_correction,
+                   activation=bn.activation, virtual_batch_size=bn.virtual_batch_size)
+        sync.load_state_dict(bn.state_dict())
+        return sync.train(bn.training)
+
+    def _distributed(self):
+        return (self.training or not self.track_running_stats) and self.comm.Get_size() > 1
+
+    # ------------------------------------------------------------ forward
+
+    def forward(self, x, out=None):
+        """Normalise this shard with the statistics of every process's shard."""
+        if not self._distributed():
+            return super().forward(x, out)
+        C = self.num_features
+        error, local = None, Moments.empty(C)
+        try:
+            self._check_input(x)
+            overwritten = out is not None and check_out_overlap(out, x, "x")
+            canon = canonicalize(x, self.layout)
+            if x.size:
+                local = _ops.moments(canon)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        sent = np.empty(2 * C + 2)
+        sent[0] = error is not None
+        sent[1] = local.count
+        sent[2:C + 2] = local.mean
+        sent[C + 2:] = local.m2
+        gathered = np.empty((self.comm.Get_size(), 2 * C + 2))
+        self.comm.Allgather(sent, gathered)
+        if error is not None:
+            raise error
+        if gathered[:, 0].any():
+            raise ValueError(f"x: rejected on rank(s) {np.flatnonzero(gathered[:, 0]).tolist()}; "
+                             f"no statistics were computed")
+        total = merge_all(Moments(g[1], g[2:C + 2], g[C + 2:]) for g in gathered)  # rank order
+        if total.count < 2:
+            raise ValueError(f"x: expected more than 1 value per channel over all processes "
+                             f"when using batch statistics, got {int(total.count)}")
+        var = total.m2 / total.count
+        y, coef = _ops.normalize(canon, total.mean, var, self._eps, self._weight, self._bias, out,
+                                 self.activation == "relu")
+        if self.training and self.track_running_stats:
+            self._update_running(total.mean, var * (total.count / (total.count - 1.0)))
+        stats = np.empty((3, C))
+        stats[0] = total.mean
+        stats[1] = 1.0 / np.sqrt(var + self._eps)
+        stats[2] = var
+        piece = _Piece(canon, stats, self._weight, coef, global_count=total.count)
+        self._saved = (canon, (piece,), True, overwritten)
+        if self._collector is not None:
+            self._collector.add(total)
+        return y
+
+    # ------------------------------------------------------------ backward
+
+    def backward(self, dy, out=None):
+        """dx of this shard; one Allreduce of (sum(dy), sum(dy * (x - mean))).
+
+        grad_weight and grad_bias are this shard's share (all-reduce them)."""
+        saved = self._saved
+        if saved is None or saved[1][0].global_count is None:
+            return super().backward(dy, out)
+        canon, (piece,), _, overwritten = saved
+        C = self.num_features
+        error, local = None, np.zeros((2, C))
+        try:
+            if overwritten:
+                raise ValueError("dy: the last forward wrote its output over its input (out=x)")
+            self._check_input(dy, "dy")
+            if dy.shape != canon.shape:
+                raise ValueError(f"dy: expected shape {canon.shape} (the last forward's input), "
+                                 f"got {dy.shape}")
+            if out is not None:
+                check_out_overlap(out, canon.view, "x", allow_same=False)
+                check_out_overlap(out, dy, "dy")
+            if dy.size:
+                local = _ops.grad_sums(canon, dy, piece.stats[0], piece.relu)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        sent = np.empty(2 * C + 1)
+        sent[0] = error is not None
+        sent[1:] = local.ravel()
+        total = np.empty_like(sent)
+        self.comm.Allreduce(sent, total)
+        if error is not None:
+            raise error
+        if total[0]:
+            raise ValueError("dy: rejected on another rank; no gradient was computed")
+        dx = _ops.grad_input(canon, dy, piece.stats[:2], piece.weight, total[1:].reshape(2, C),
+                             piece.global_count, out, piece.relu)
+        if self.affine:
+            self.grad_weight = (local[1] * piece.stats[1]).astype(self._dtype)
+            self.grad_bias = local[0].astype(self._dtype)
+        return dx
+
+
+def allreduce_gradients(layers_or_arrays, comm=None, average=True):
+    """Sum (or average) gradients over every process, in place, in one Allreduce.
+
+    layers_or_arrays: cbn layers (their grad_weight and grad_bias) and/or
+    float arrays. Sums are taken in float64. Returns the arrays updated.
+    """
+    comm = _check_comm(default_comm() if comm is None else comm)
+    arrays = []
+    for item in layers_or_arrays:
+        if isinstance(item, _BatchNorm):
+            if not item.affine:
+                continue
+            if item.grad_weight is None:
+                raise ValueError(f"layers_or_arrays: {item!r} has no gradients yet "
+                                 f"(run its backward first)")
+            arrays += [item.grad_weight, item.grad_bias]
+        elif isinstance(item, np.ndarray) and item.dtype.kind == "f":
+            if not item.flags.writeable:
+                raise ValueError("layers_or_arrays: expected writable arrays (updated in place)")
+            arrays.append(item)
+        else:
+            raise TypeError(f"layers_or_arrays: expected cbn layers or float numpy arrays, got "
+                            f"{describe(item)}")
+    if not arrays:
+        return arrays
+    sent = np.concatenate([a.ravel().astype(np.float64) for a in arrays])
+    total = np.empty_like(sent)
+    comm.Allreduce(sent, total)
+    if average:
+        total /= comm.Get_size()
+    start = 0
+    for a in arrays:
+        a[...] = total[start:start + a.size].reshape(a.shape)
+        start += a.size
+    return arrays

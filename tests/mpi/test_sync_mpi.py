@@ -1,0 +1,47 @@
+"""SyncBatchNorm under real MPI. Run on N processes with
+
+    timeout 300 mpiexec -n N python -m mpi4py -m pytest tests/mpi
+
+(every rank runs the same tests in the same order). Skipped without mpi4py.
+"""
+import numpy as np
+import pytest
+
+MPI = pytest.importorskip("mpi4py.MPI")
+
+import cbn  # noqa: E402
+from helpers import DTYPES  # noqa: E402
+from sync_cases import check_against_single_process  # noqa: E402
+
+COMM = MPI.COMM_WORLD
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_matches_single_process_batch_norm_on_the_whole_batch(layout, dtype, momentum):
+    state = check_against_single_process(COMM, layout, dtype, momentum, steps=3)
+    for other in COMM.allgather(state):  # bitwise equal running statistics on every rank
+        for key, value in state.items():
+            np.testing.assert_array_equal(other[key], value)
+
+
+def test_one_value_per_channel_overall_raises_on_every_rank():
+    bn = cbn.SyncBatchNorm(2, COMM)
+    x = np.ones((1 if COMM.Get_rank() == 0 else 0, 2), np.float32)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn(x)
+    assert COMM.allgather(True) == [True] * COMM.Get_size()  # nobody is left waiting
+
+
+def test_a_rejected_input_on_one_rank_raises_on_every_rank():
+    bn = cbn.SyncBatchNorm(2, COMM)
+    last = COMM.Get_size() - 1
+    x = np.ones((3, 2), np.float64 if COMM.Get_rank() == last else np.float32)
+    if COMM.Get_size() == 1:
+        with pytest.raises(TypeError):
+            bn(x)
+        return
+    with pytest.raises((TypeError, ValueError)):
+        bn(x)
+    assert COMM.allgather(True) == [True] * COMM.Get_size()

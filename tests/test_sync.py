@@ -1,0 +1,163 @@
+"""SyncBatchNorm without MPI: the merge, and the layer over an in-process
+communicator (tests/mpi runs the same checks under mpiexec)."""
+import sys
+
+import numpy as np
+import pytest
+
+import cbn
+from cbn._moments import Moments, merge_all
+from fake_mpi import FakeWorld, run_ranks
+from helpers import DTYPES, random_input
+from sync_cases import check_against_single_process, shard_sizes
+
+
+def test_chan_merge_of_random_partitions_with_empty_parts(rng):
+    x = rng.standard_normal((50, 4)) * 3 + 7
+    for _ in range(20):
+        cuts = np.sort(rng.integers(0, 51, size=rng.integers(1, 6)))
+        parts = np.split(x, cuts)
+        moments = [Moments(len(p), p.mean(axis=0) if len(p) else np.zeros(4),
+                           ((p - p.mean(axis=0)) ** 2).sum(axis=0) if len(p) else np.zeros(4))
+                   for p in parts]
+        total = merge_all(moments)
+        assert total.count == 50
+        np.testing.assert_allclose(total.mean, x.mean(axis=0), rtol=1e-13)
+        np.testing.assert_allclose(total.m2 / 49, x.var(axis=0, ddof=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_matches_single_process_batch_norm(size, layout, dtype, momentum):
+    def rank_fn(rank, comm):
+        return check_against_single_process(comm, layout, dtype, momentum, steps=2)
+
+    results, _ = run_ranks(size, rank_fn)
+    for state in results[1:]:  # running statistics bitwise equal on every rank
+        for key, value in state.items():
+            np.testing.assert_array_equal(value, results[0][key])
+
+
+def test_fused_relu_and_bias_correction_over_ranks(rng):
+    x = random_input(rng, (9, 3, 4), np.float64)
+    dy = random_input(rng, (9, 3, 4), np.float64)
+    single = cbn.BatchNorm1d(3, dtype=np.float64, activation="relu", bias_correction=True)
+    y_ref = single(x)
+    dx_ref = single.backward(dy)
+    sizes = [2, 0, 7]
+
+    def rank_fn(rank, comm):
+        rows = slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
+        bn = cbn.SyncBatchNorm(3, comm, dtype=np.float64, activation="relu", bias_correction=True)
+        y = bn(x[rows])
+        dx = bn.backward(dy[rows])
+        np.testing.assert_allclose(y, y_ref[rows], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx, dx_ref[rows], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(bn.running_var, single.running_var, rtol=1e-12)
+
+    run_ranks(3, rank_fn)
+
+
+def test_one_value_per_channel_overall_raises_on_every_rank():
+    def rank_fn(rank, comm):
+        bn = cbn.SyncBatchNorm(2, comm)
+        x = np.ones((1 if rank == 0 else 0, 2), np.float32)
+        with pytest.raises(ValueError, match="more than 1 value per channel over all processes"):
+            bn(x)
+        return "raised"
+
+    results, _ = run_ranks(3, rank_fn)
+    assert results == ["raised"] * 3
+
+
+def test_bad_input_on_one_rank_raises_on_every_rank():
+    def rank_fn(rank, comm):
+        bn = cbn.SyncBatchNorm(2, comm)
+        x = np.ones((4, 2), np.float64 if rank == 1 else np.float32)
+        with pytest.raises((TypeError, ValueError)) as info:
+            bn(x)
+        return type(info.value).__name__, str(info.value)
+
+    results, _ = run_ranks(2, rank_fn)
+    assert results[1][0] == "TypeError" and "expected dtype float32" in results[1][1]
+    assert results[0][0] == "ValueError" and "rejected on rank(s) [1]" in results[0][1]
+
+
+def test_eval_and_single_rank_communicate_nothing(rng):
+    class Silent:  # a communicator that must not be used
+        def Get_size(self):
+            return 1
+
+        def Get_rank(self):
+            return 0
+
+        def Allgather(self, *args):
+            raise AssertionError("communicated")
+
+        Allreduce = Allgather
+
+    x = random_input(rng, (6, 3, 5), np.float32)
+    bn = cbn.SyncBatchNorm(3, Silent())
+    ref = cbn.BatchNorm1d(3)
+    np.testing.assert_array_equal(bn(x), ref(x))
+    np.testing.assert_array_equal(bn.backward(x), ref.backward(x))
+    two = FakeWorld(2).comm(0)
+    evaluator = cbn.SyncBatchNorm(3, two).eval()  # eval: local, no collective (would block)
+    np.testing.assert_array_equal(evaluator(x), cbn.BatchNorm1d(3).eval()(x))
+
+
+def test_from_batchnorm_copies_everything(rng):
+    bn = cbn.BatchNorm2d(4, momentum=0.3, layout="NHWC", dtype=np.float64, activation="relu")
+    bn(random_input(rng, (3, 2, 2, 4), np.float64))
+    bn.eval()
+    sync = cbn.SyncBatchNorm.from_batchnorm(bn, FakeWorld(1).comm(0))
+    assert (sync.momentum, sync.layout, sync.dtype, sync.activation, sync.training) == \
+        (0.3, "NHWC", np.float64, "relu", False)
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(sync.state_dict()[key], value)
+    assert sync.running_mean is not bn.running_mean
+    with pytest.raises(TypeError, match="expected a cbn BatchNorm1d/2d/3d"):
+        cbn.SyncBatchNorm.from_batchnorm(cbn.BatchRenorm1d(2), FakeWorld(1).comm(0))
+
+
+def test_allreduce_gradients_sums_or_averages_in_place():
+    def rank_fn(rank, comm):
+        bn = cbn.BatchNorm1d(2, dtype=np.float64)
+        bn(np.arange(8.0).reshape(4, 2) * (rank + 1))
+        bn.backward(np.ones((4, 2)) * (rank + 1))
+        w = np.full((2, 3), rank + 1.0, np.float32)
+        before = bn.grad_bias.copy()
+        out = cbn.allreduce_gradients([bn, w], comm, average=False)
+        assert out[2] is w
+        return before, bn.grad_bias.copy(), w.copy()
+
+    results, _ = run_ranks(2, rank_fn)
+    total = results[0][0] + results[1][0]
+    for _, grad_bias, w in results:
+        np.testing.assert_allclose(grad_bias, total)
+        np.testing.assert_array_equal(w, np.full((2, 3), 3.0, np.float32))
+
+    def averaged(rank, comm):
+        a = np.array([rank * 2.0])
+        cbn.allreduce_gradients([a], comm)
+        return a[0]
+
+    assert run_ranks(2, averaged)[0] == [1.0, 1.0]
+
+
+def test_bad_arguments():
+    comm = FakeWorld(1).comm(0)
+    with pytest.raises(TypeError, match="comm: expected an mpi4py communicator"):
+        cbn.SyncBatchNorm(3, comm=object())
+    with pytest.raises(ValueError, match="virtual batches are not supported"):
+        cbn.SyncBatchNorm(3, comm, virtual_batch_size=2)
+    with pytest.raises(TypeError, match="expected cbn layers or float numpy arrays"):
+        cbn.allreduce_gradients(["w"], comm)
+
+
+def test_without_mpi4py_the_error_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    with pytest.raises(ImportError, match=r'pip install "cbn\[mpi\]"'):
+        cbn.SyncBatchNorm(3)
