@@ -1,4 +1,4 @@
-"""Command line: ``python -m cbn info | bench``."""
+"""Command line: ``python -m cbn demo | info | bench``."""
 import argparse
 import sys
 
@@ -9,6 +9,13 @@ from ._bench import DTYPES, LAYOUTS, OPS
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cbn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="the paper's Figure 1 setting on handwritten digits: "
+                                       "an MLP with and without batch norm")
+    demo.add_argument("--steps", type=int, default=3000, help="training steps per run")
+    demo.add_argument("--seed", type=int, default=0, help="data split, weights and batch order")
+    demo.add_argument("--lr", type=float, default=0.1, help="base learning rate (5x is the other)")
+    demo.add_argument("--out", default="cbn_demo.png", help="where to write the figure")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("info", help="version, OpenMP, threads and build flags")
     bench = sub.add_parser("bench", help="time cbn against the memory floor, NumPy and PyTorch")
     bench.add_argument("--threads", type=int, default=None,
@@ -22,7 +29,18 @@ def main(argv=None):
     bench.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     bench.add_argument("--json", metavar="FILE", help="also write every sample to FILE")
     args = parser.parse_args(argv)
-    if args.command == "info":
+    if args.command == "demo":
+        if args.steps < 1:
+            parser.error("--steps: expected a positive integer")
+        if not args.lr > 0:
+            parser.error("--lr: expected a positive number")
+        try:
+            from . import _demo
+            _demo.run(args.steps, args.seed, args.out, args.lr, not args.no_progress)
+        except ImportError as exc:
+            parser.exit(1, f"python -m cbn demo needs the demo extras ({exc.name} is missing): "
+                           f'pip install "cbn[demo]"\n')
+    elif args.command == "info":
         print(_info.report())
     elif args.command == "bench":
         if args.threads is not None and args.threads < 1:
