@@ -119,7 +119,7 @@ class Canonical:
             raise ValueError(f"{name}: expected a {dtype} array of shape {self.shape}, "
                              f"got {out.dtype} {out.shape}")
         if not out.flags.writeable:
-            raise ValueError(f"{name}: expected a writable array")
+            raise ValueError(f"{name}: expected a writable array, got a read-only one")
         view = self.like(out, copy=False)
         if view is None:
             order = "channels-first" if self.kind == CHANNELS_FIRST else "channels-last"

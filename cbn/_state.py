@@ -59,8 +59,8 @@ def load_layer_state(layer, state_dict, strict=True):
     missing = [k for k in expected if k not in given]
     unexpected = sorted(str(k) for k in given - set(expected))
     if strict and (missing or unexpected):
-        raise ValueError(f"state_dict: keys do not match {type(layer).__name__}: missing {missing}, "
-                         f"unexpected {unexpected} (expected exactly {list(expected)})")
+        raise ValueError(f"state_dict: expected exactly the keys {list(expected)} of "
+                         f"{type(layer).__name__}, got missing {missing}, unexpected {unexpected}")
     new = {}
     for key in expected:
         if key not in given:

@@ -118,7 +118,8 @@ def check_channel_vector(v, name, dtype, C, writable=False):
     if not v.flags.c_contiguous:
         raise ValueError(f"{name}: expected a contiguous array, got strides {v.strides}")
     if writable and not v.flags.writeable:
-        raise ValueError(f"{name}: expected a writable array (it is updated in place)")
+        raise ValueError(f"{name}: expected a writable array (it is updated in place), got a "
+                         f"read-only one")
     return v
 
 
@@ -134,5 +135,6 @@ def check_out_overlap(out, source, source_name, allow_same=True):
             and out.strides == source.strides and out.shape == source.shape)
     if same and allow_same:
         return True
-    raise ValueError(f"out: must not overlap {source_name}"
-                     + (" (it may be exactly the same array)" if allow_same else ""))
+    raise ValueError(f"out: expected an array not overlapping {source_name}"
+                     + (f" (or {source_name} itself)" if allow_same else "")
+                     + f", got one sharing memory with it")

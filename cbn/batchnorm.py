@@ -154,8 +154,8 @@ class _BatchNorm:
     @num_batches_tracked.setter
     def num_batches_tracked(self, value):
         if self._num_batches_tracked is None:
-            raise AttributeError("num_batches_tracked: the layer was built with "
-                                 "track_running_stats=False")
+            raise AttributeError("num_batches_tracked: expected a layer with running statistics, "
+                                 "got one built with track_running_stats=False")
         self._num_batches_tracked = checked_count(value, "num_batches_tracked")
 
     def _vector(name):
@@ -167,7 +167,8 @@ class _BatchNorm:
         def set_(self, value):
             if getattr(self, attr) is None:
                 flag = "affine" if name in ("weight", "bias") else "track_running_stats"
-                raise AttributeError(f"{name}: the layer was built with {flag}=False")
+                raise AttributeError(f"{name}: expected a layer with {name}, got one built with "
+                                     f"{flag}=False")
             setattr(self, attr, check_channel_vector(value, name, self._dtype, self.num_features,
                                                      writable=True))
 
@@ -340,11 +341,12 @@ class _BatchNorm:
         """
         saved = self._saved
         if saved is None:
-            raise ValueError("dy: backward needs a forward first; no forward has run on this layer")
+            raise ValueError("dy: expected a forward on this layer first (backward differentiates "
+                             "it), got none")
         canon, pieces, batch_stats, overwritten = saved
         if overwritten:
-            raise ValueError("dy: the last forward wrote its output over its input (out=x), "
-                             "so there is no input to differentiate at")
+            raise ValueError("dy: expected a forward that kept its input, got one that wrote its "
+                             "output over it (out=x): there is no input to differentiate at")
         if not (type(dy) is np.ndarray and dy.dtype == self._dtype and dy.shape == canon.shape):
             self._check_input(dy, "dy")
             if dy.shape != canon.shape:

@@ -11,11 +11,12 @@ def _fold(weight, bias, bn, name):
     if not isinstance(bn, _BatchNorm):
         raise TypeError(f"bn: expected a cbn batch-norm layer, got {describe(bn)}")
     if not bn.track_running_stats:
-        raise ValueError("bn: a layer with track_running_stats=False normalises with batch "
-                         "statistics even in eval mode; there is nothing fixed to fold")
+        raise ValueError("bn: expected a layer with running statistics, got one with "
+                         "track_running_stats=False (it normalises with batch statistics even in "
+                         "eval mode: there is nothing fixed to fold)")
     if bn.activation is not None:
-        raise ValueError(f"bn: its fused activation {bn.activation!r} cannot be folded into "
-                         f"{name}; apply it after the folded layer")
+        raise ValueError(f"bn: expected a layer without a fused activation, got activation="
+                         f"{bn.activation!r} (it cannot be folded into {name}; apply it after)")
     if not isinstance(weight, np.ndarray) or weight.dtype.kind != "f":
         raise TypeError(f"weight: expected a float numpy.ndarray, got {describe(weight)}")
     C = bn.num_features

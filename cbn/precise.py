@@ -44,12 +44,13 @@ def precise_statistics(*layers):
         if not isinstance(layer, _BatchNorm):
             raise TypeError(f"layers: expected cbn batch-norm layers, got {describe(layer)}")
         if not layer.track_running_stats:
-            raise ValueError(f"layers: {layer!r} has no running statistics to set "
-                             f"(track_running_stats=False)")
+            raise ValueError(f"layers: expected layers with running statistics, got {layer!r} "
+                             f"(no running statistics to set)")
         if layer._collector is not None:
-            raise ValueError(f"layers: {layer!r} is already collecting statistics")
+            raise ValueError(f"layers: expected layers not collecting statistics, got {layer!r} "
+                             f"(already collecting statistics)")
     if len({id(layer) for layer in layers}) != len(layers):
-        raise ValueError("layers: a layer is given more than once")
+        raise ValueError("layers: expected distinct layers, got a layer more than once")
     entry = [(layer._running_mean.copy(), layer._running_var.copy(), layer._num_batches_tracked)
              for layer in layers]
     collectors = [_Collector(layer.num_features) for layer in layers]
@@ -63,8 +64,9 @@ def precise_statistics(*layers):
                 layer._collector = None
         unseen = [layer for layer, c in zip(layers, collectors) if c.moments.count < 2]
         if unseen:
-            raise ValueError(f"precise_statistics: no batch (or a single value per channel) "
-                             f"went through {unseen!r}; their statistics are unchanged")
+            raise ValueError(f"layers: expected every layer to see batches in the block, got no "
+                             f"batch (or a single value per channel) through {unseen!r}; their "
+                             f"statistics are unchanged")
     except BaseException:
         for layer, (mean, var, tracked) in zip(layers, entry):
             layer._running_mean[...] = mean

@@ -71,15 +71,16 @@ class SyncBatchNorm(_BatchNorm):
     def __init__(self, num_features, comm=None, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, **options):
         if options.get("virtual_batch_size") is not None:
-            raise ValueError("virtual_batch_size: SyncBatchNorm normalises the whole "
-                             "distributed batch; virtual batches are not supported")
+            raise ValueError("virtual_batch_size: expected None (SyncBatchNorm normalises the "
+                             f"whole distributed batch), got {options['virtual_batch_size']!r}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, **options)
         self.comm = _check_comm(default_comm() if comm is None else comm)
 
     @_BatchNorm.virtual_batch_size.setter
     def virtual_batch_size(self, value):
         if value is not None:
-            raise ValueError("virtual_batch_size: not supported by SyncBatchNorm")
+            raise ValueError(f"virtual_batch_size: expected None (SyncBatchNorm normalises the "
+                             f"whole distributed batch), got {value!r}")
         self._virtual_batch_size = None
 
     @classmethod
@@ -122,7 +123,8 @@ class SyncBatchNorm(_BatchNorm):
         if error is not None:
             raise error
         if gathered[:, 0].any():
-            raise ValueError(f"x: rejected on rank(s) {np.flatnonzero(gathered[:, 0]).tolist()}; "
+            raise ValueError(f"x: expected valid inputs on every rank, got one rejected on rank(s) "
+                             f"{np.flatnonzero(gathered[:, 0]).tolist()}; "
                              f"no statistics were computed")
         total = merge_all(Moments(g[1], g[2:C + 2], g[C + 2:]) for g in gathered)  # rank order
         if total.count < 2:
@@ -157,7 +159,8 @@ class SyncBatchNorm(_BatchNorm):
         error, local = None, np.zeros((2, C))
         try:
             if overwritten:
-                raise ValueError("dy: the last forward wrote its output over its input (out=x)")
+                raise ValueError("dy: expected a forward that kept its input, got one that wrote "
+                                 "its output over it (out=x)")
             self._check_input(dy, "dy")
             if dy.shape != canon.shape:
                 raise ValueError(f"dy: expected shape {canon.shape} (the last forward's input), "
@@ -177,7 +180,8 @@ class SyncBatchNorm(_BatchNorm):
         if error is not None:
             raise error
         if total[0]:
-            raise ValueError("dy: rejected on another rank; no gradient was computed")
+            raise ValueError("dy: expected valid inputs on every rank, got one rejected on another "
+                             "rank; no gradient was computed")
         dx = _ops.grad_input(canon, dy, piece.stats[:2], piece.weight, total[1:].reshape(2, C),
                              piece.global_count, out, piece.relu)
         if self.affine:
@@ -199,12 +203,13 @@ def allreduce_gradients(layers_or_arrays, comm=None, average=True):
             if not item.affine:
                 continue
             if item.grad_weight is None:
-                raise ValueError(f"layers_or_arrays: {item!r} has no gradients yet "
-                                 f"(run its backward first)")
+                raise ValueError(f"layers_or_arrays: expected layers with gradients, got {item!r} "
+                                 f"before its first backward")
             arrays += [item.grad_weight, item.grad_bias]
         elif isinstance(item, np.ndarray) and item.dtype.kind == "f":
             if not item.flags.writeable:
-                raise ValueError("layers_or_arrays: expected writable arrays (updated in place)")
+                raise ValueError("layers_or_arrays: expected writable arrays (updated in place), "
+                                 "got a read-only one")
             arrays.append(item)
         else:
             raise TypeError(f"layers_or_arrays: expected cbn layers or float numpy arrays, got "

@@ -24,7 +24,7 @@ cdef inline cnp.ndarray checked(object a, str name, int ndim, int typenum, bint 
     if cnp.PyArray_DIMS(arr)[ndim - 1] > 1 and inner != cnp.PyArray_ITEMSIZE(arr):
         raise ValueError(f"{name}: expected a contiguous last axis, got stride {inner}")
     if writable and not cnp.PyArray_ISWRITEABLE(arr):
-        raise ValueError(f"{name}: expected a writable array")
+        raise ValueError(f"{name}: expected a writable array, got a read-only one")
     return arr
 
 

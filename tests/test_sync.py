@@ -151,7 +151,7 @@ def test_bad_arguments():
     comm = FakeWorld(1).comm(0)
     with pytest.raises(TypeError, match="comm: expected an mpi4py communicator"):
         cbn.SyncBatchNorm(3, comm=object())
-    with pytest.raises(ValueError, match="virtual batches are not supported"):
+    with pytest.raises(ValueError, match="virtual_batch_size: expected None"):
         cbn.SyncBatchNorm(3, comm, virtual_batch_size=2)
     with pytest.raises(TypeError, match="expected cbn layers or float numpy arrays"):
         cbn.allreduce_gradients(["w"], comm)
