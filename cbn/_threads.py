@@ -5,6 +5,12 @@ with :func:`set_num_threads`, else the OpenMP default (``OMP_NUM_THREADS``, or
 what threadpoolctl set, or the CPUs available), capped so that each thread gets
 at least ``MIN_ELEMENTS_PER_THREAD`` values (small tensors run serially: a
 thread team costs more than it saves on them).
+
+In a child created by fork() (multiprocessing's "fork" start method, data
+loader workers) the kernels run on one thread, which never enters OpenMP: GNU
+OpenMP's thread pool does not survive fork, and the first parallel region in
+the child would wait forever for threads that no longer exist. Use the
+"spawn" or "forkserver" start method for multi-threaded kernels in workers.
 """
 import os
 import operator
@@ -14,6 +20,16 @@ from . import _runtime
 MIN_ELEMENTS_PER_THREAD = 32768
 
 _requested = None
+_forked = False
+
+
+def _after_fork_in_child():
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def openmp_enabled():
@@ -40,7 +56,7 @@ def set_num_threads(n):
 
 def get_num_threads():
     """Threads a large kernel call will use."""
-    if not _runtime.openmp_enabled():
+    if _forked or not _runtime.openmp_enabled():
         return 1
     if _requested is not None:
         return _requested
@@ -51,6 +67,8 @@ def num_threads_source():
     """Where :func:`get_num_threads` gets its value: a short description."""
     if not _runtime.openmp_enabled():
         return "serial build (no OpenMP)"
+    if _forked:
+        return "a fork()ed child: serial, as OpenMP threads do not survive fork"
     if _requested is not None:
         return "cbn.set_num_threads"
     if os.environ.get("OMP_NUM_THREADS"):
