@@ -4,7 +4,7 @@
 # 7-array kernel call, more than a whole small batch norm); these checks cost
 # tens of nanoseconds and keep the kernels safe from a caller's mistake.
 cimport numpy as cnp
-from libc.stdlib cimport malloc
+from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 
 
 cdef inline cnp.ndarray checked(object a, str name, int ndim, int typenum, bint writable):
@@ -121,8 +121,16 @@ cdef inline int checked_threads(int nthreads) except -1:
 
 
 cdef inline void* scratch(Py_ssize_t nbytes) except NULL:
-    """malloc that raises MemoryError; free() it in a finally clause."""
-    cdef void* p = malloc(max(<Py_ssize_t>1, nbytes))
+    """Working memory; release it with free_scratch in a finally clause.
+
+    Python's raw allocator (malloc underneath, safe without the GIL) so that
+    tracemalloc sees the kernels' scratch alongside NumPy's arrays.
+    """
+    cdef void* p = PyMem_RawMalloc(max(<Py_ssize_t>1, nbytes))
     if p == NULL:
         raise MemoryError()
     return p
+
+
+cdef inline void free_scratch(void* p) noexcept:
+    PyMem_RawFree(p)

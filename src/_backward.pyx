@@ -4,10 +4,10 @@
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.stdlib cimport free
 
 from _arrays cimport (Geometry, checked, checked_like, checked_table, checked_threads,
-                     checked_vector, data_or_null, geometry, input_typenum, run_bytes, scratch)
+                     checked_vector, data_or_null, free_scratch, geometry, input_typenum, run_bytes,
+                     scratch)
 from _coefficients cimport grad_input_coefficients, param_or
 from _loops cimport CBN_STREAM, init_loops, rows_grad_input, runs_grad_input, runs_grad_sums
 from _gradsums cimport rows_grad_sums_f64
@@ -295,7 +295,7 @@ def grad_sums(dy, x, mean, out, int nthreads, relu=None):
                 sums_kernel(<const double*>dp, gd, <const double*>xp, gx, cf, m,
                             <const double*>rp, <double*>typed, part, o, o + gx.C, nthreads)
     finally:
-        free(part)
+        free_scratch(part)
 
 
 def backward(dy, x, stats, weight, bint batch_stats, dx, grads, int nthreads, relu=None):
@@ -344,7 +344,7 @@ def backward(dy, x, stats, weight, bint batch_stats, dx, grads, int nthreads, re
                                 s, <const double*>wp, batch_stats, <const double*>rp,
                                 <double*>typed, part, <double*>grp, nthreads)
     finally:
-        free(part)
+        free_scratch(part)
 
 
 cdef void grad_input_kernel(const floating* dy, Geometry gd, const floating* x, Geometry gx,
@@ -404,4 +404,4 @@ def grad_input(dy, x, stats, weight, sums, double count, bint batch_stats, dx, i
                                   cf, s, <const double*>wp, u, count, batch_stats,
                                   <const double*>rp, <double*>coef, nthreads)
     finally:
-        free(coef)
+        free_scratch(coef)

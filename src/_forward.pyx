@@ -12,11 +12,11 @@
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.stdlib cimport free
 from libc.string cimport memcpy
 
 from _arrays cimport (Geometry, checked, checked_like, checked_table, checked_threads,
-                     checked_vector, data_or_null, geometry, input_typenum, run_bytes, scratch)
+                     checked_vector, data_or_null, free_scratch, geometry, input_typenum, run_bytes,
+                     scratch)
 from _coefficients cimport inverse_std, normalize_coefficients, param_or, update_running
 from _loops cimport CBN_RELU, CBN_STREAM, init_loops, rows_affine, runs_affine
 from _moments cimport (Moments, merge_partials, moments_zero, row_block, rows_moments,
@@ -310,7 +310,7 @@ def moments(x, out, int nthreads):
                 partial_moments(<const double*>xp, g, cf, part, <double*>typed, nthreads)
             finish_moments(part, g, cf, o, o + g.C, nthreads)
     finally:
-        free(part)
+        free_scratch(part)
     return g.N * g.S
 
 
@@ -375,7 +375,7 @@ def normalize(x, mean, var, double eps, weight, bias, y, int nthreads, bint relu
         if ca is not None:
             memcpy(cnp.PyArray_DATA(ca), coef, 3 * gx.C * cnp.PyArray_ITEMSIZE(xa))
     finally:
-        free(coef)
+        free_scratch(coef)
 
 
 def train_forward(x, weight, bias, double eps, y, stats, running_mean, running_var,
@@ -434,7 +434,7 @@ def train_forward(x, weight, bias, double eps, y, stats, running_mean, running_v
         if ca is not None:  # the coefficients are the first 3*C of typed
             memcpy(cnp.PyArray_DATA(ca), typed, 3 * C * cnp.PyArray_ITEMSIZE(xa))
     finally:
-        free(part)
+        free_scratch(part)
     return skipped
 
 

@@ -1,3 +1,4 @@
+import os
 import zlib
 
 import numpy as np
@@ -18,3 +19,17 @@ def threads():
     """Restore the thread setting after a test changes it."""
     yield cbn.set_num_threads
     cbn.set_num_threads(None)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run the tests marked slow (minutes, ~18 GB of memory)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow") or os.environ.get("CBN_RUN_SLOW", "") not in ("", "0"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow or CBN_RUN_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
