@@ -1,11 +1,12 @@
 # Fused-type front end to the vectorised loops of cbn_loops.h (SSE2 or AVX2,
 # chosen once per process by init_loops()). The C side documents each loop.
 from cython cimport floating
+from libc.stdlib cimport getenv
 
 cdef extern from "cbn_loops.h" nogil:
     int CBN_STREAM
     int CBN_RELU
-    void cbn_loops_init()
+    void cbn_loops_init(int allow_avx2)
     const char* cbn_loops_isa()
     float cbn_runs_sum_f32(const float* p, Py_ssize_t stride, Py_ssize_t nruns, Py_ssize_t n)
     double cbn_runs_sum_f64(const double* p, Py_ssize_t stride, Py_ssize_t nruns, Py_ssize_t n)
@@ -171,6 +172,17 @@ cdef inline void rows_grad_sums(floating* s1, floating* s2, const floating* dy, 
         cbn_rows_grad_sums_f64(s1, s2, dy, dstride, x, xstride, nrows, C, shift, relu)
 
 
-cdef inline void init_loops() noexcept:
-    """Pick SSE2 or AVX2 loops for this process; call once at module import."""
-    cbn_loops_init()
+cdef inline int init_loops() except -1:
+    """Pick SSE2 or AVX2 loops for this process; call once at module import.
+
+    AVX2 where the CPU has it, unless the environment variable CBN_LOOPS is
+    "baseline": the tests run the baseline loops that way, and valgrind
+    (which does not decode every AVX instruction) needs them.
+    """
+    cdef const char* env = getenv("CBN_LOOPS")
+    cdef bytes choice = b"" if env == NULL else <bytes>env
+    if choice not in (b"", b"auto", b"baseline"):
+        raise ValueError("CBN_LOOPS: expected 'auto' or 'baseline', got "
+                         f"{choice.decode(errors='replace')!r}")
+    cbn_loops_init(choice != b"baseline")
+    return 0

@@ -5,7 +5,8 @@
  * double, once for the build's baseline (SSE2 on x86-64: 16-byte vectors) and
  * once with target("avx2,fma") (32-byte vectors). cbn_loops_init() picks one
  * per process with __builtin_cpu_supports, so a portable wheel still uses AVX2
- * where the CPU has it; the wrappers (cbn_loops_wrap.h) branch on that choice,
+ * where the CPU has it (unless the environment sets CBN_LOOPS=baseline); the
+ * wrappers (cbn_loops_wrap.h) branch on that choice,
  * a branch that is always predicted.
  *
  * Every loop takes a whole set of strided runs (channels-first) or block of
@@ -132,14 +133,15 @@
 
 static int cbn_use_avx2 = 0;
 
-static void cbn_loops_init(void)
+/* allow_avx2 = 0 keeps the baseline loops (CBN_LOOPS=baseline, see _loops.pxd) */
+static void cbn_loops_init(int allow_avx2)
 {
     __builtin_cpu_init();
-    cbn_use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    cbn_use_avx2 = allow_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 #else
 #define cbn_use_avx2 0
-static void cbn_loops_init(void) {}
+static void cbn_loops_init(int allow_avx2) { (void)allow_avx2; }
 #endif
 
 static const char *cbn_loops_isa(void)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import numpy as np
@@ -56,8 +58,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_streaming_stores_match_the_reference():
-    env = dict(os.environ, CBN_STREAM_BYTES="0")
+@pytest.mark.parametrize("loops", ["auto", "baseline"])
+def test_streaming_stores_match_the_reference(loops):
+    env = dict(os.environ, CBN_STREAM_BYTES="0", CBN_LOOPS=loops)
     here = os.path.dirname(os.path.abspath(__file__))
     result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=here,
                             capture_output=True, text=True, timeout=300)
