@@ -12,7 +12,14 @@ communicator.
 
 A rank whose input is rejected still joins the collective, flagging the
 error, so every rank raises instead of the others waiting forever.
+
+Copies share the communicator. A pickle keeps only the default one (the
+loading process's COMM_WORLD): another communicator is a handle into this
+process's MPI, so an unpickled layer raises until ``layer.comm`` is set.
 """
+import copy
+import sys
+
 import numpy as np
 
 from . import _ops
@@ -36,6 +43,16 @@ def default_comm():
     except ImportError as exc:
         raise ImportError(INSTALL_HINT) from exc
     return MPI.COMM_WORLD
+
+
+def _world_if_imported():
+    """mpi4py's COMM_WORLD if mpi4py is loaded already, else None."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    return None if mpi is None else mpi.COMM_WORLD
+
+
+class _CommNotPickled:
+    """Stands for a communicator a pickled layer had: it must be set again."""
 
 
 def _check_comm(comm):
@@ -74,7 +91,49 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError("virtual_batch_size: expected None (SyncBatchNorm normalises the "
                              f"whole distributed batch), got {options['virtual_batch_size']!r}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, **options)
-        self.comm = _check_comm(default_comm() if comm is None else comm)
+        if comm is None:
+            default_comm()   # mpi4py missing: say so now, not at the first forward
+        self.comm = comm
+
+    @property
+    def comm(self):
+        """The communicator: mpi4py's COMM_WORLD unless another was given."""
+        if self._comm is None:
+            return default_comm()
+        if isinstance(self._comm, _CommNotPickled):
+            raise ValueError("comm: expected a communicator, got none: this layer was "
+                             "unpickled, and only the default COMM_WORLD is pickled (a "
+                             "communicator is a handle into this process's MPI); set "
+                             "layer.comm = ...")
+        return self._comm
+
+    @comm.setter
+    def comm(self, value):
+        if value is not None:
+            _check_comm(value)
+            if value is _world_if_imported():
+                value = None
+        self._comm = value
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if state["_comm"] is not None:
+            state["_comm"] = _CommNotPickled()
+        return state
+
+    def __copy__(self):
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo):
+        # copies share the communicator, a handle rather than state
+        if self._comm is not None:
+            memo[id(self._comm)] = self._comm
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     @_BatchNorm.virtual_batch_size.setter
     def virtual_batch_size(self, value):
