@@ -137,4 +137,4 @@ def check_out_overlap(out, source, source_name, allow_same=True):
         return True
     raise ValueError(f"out: expected an array not overlapping {source_name}"
                      + (f" (or {source_name} itself)" if allow_same else "")
-                     + f", got one sharing memory with it")
+                     + ", got one sharing memory with it")

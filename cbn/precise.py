@@ -2,8 +2,6 @@
 the mean and unbiased variance of all the data seen in a block."""
 import contextlib
 
-import numpy as np
-
 from ._moments import Moments
 from .batchnorm import _BatchNorm
 from ._validation import describe

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import cbn
-import reference as ref
 
 
 def trained_bn(cls, C, rng, dtype=np.float64, **kwargs):

@@ -9,7 +9,7 @@ import cbn
 from cbn._moments import Moments, merge_all
 from fake_mpi import FakeWorld, run_ranks
 from helpers import DTYPES, random_input
-from sync_cases import check_against_single_process, shard_sizes
+from sync_cases import check_against_single_process
 
 
 def test_chan_merge_of_random_partitions_with_empty_parts(rng):

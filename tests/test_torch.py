@@ -4,7 +4,7 @@ import pytest
 
 import cbn
 import cbn.functional as F
-from helpers import DTYPES, channel_axis, random_input
+from helpers import DTYPES, random_input
 
 torch = pytest.importorskip("torch")
 
