@@ -6,9 +6,11 @@ exchanges per-channel float64 (count, mean, M2) in one Allgather per forward
 (not invstd, which loses M2 when var << eps), merges them in rank order with
 Chan's formula (the same bits on every rank) and normalises every shard with
 the statistics of the whole batch; the backward needs one Allreduce of
-(sum(dy), sum(dy * (x - mean))). Needs mpi4py (``pip install "cbn[mpi]"``);
-any object with mpi4py's Get_size/Get_rank/Allgather/Allreduce works as a
-communicator.
+(sum(dy), sum(dy * (x - mean))). With virtual batches (ghost batch norm)
+each shard's runs of k rows are normalised on their own, with no exchange,
+and the one Allgather carries what the running statistics need. Needs
+mpi4py (``pip install "cbn[mpi]"``); any object with mpi4py's
+Get_size/Get_rank/Allgather/Allreduce works as a communicator.
 
 A rank whose input is rejected still joins the collective, flagging the
 error, so every rank raises instead of the others waiting forever.
@@ -75,21 +77,20 @@ class SyncBatchNorm(_BatchNorm):
     """Batch normalization with statistics over the whole distributed batch.
 
     Takes (N, C, *spatial) inputs with up to three spatial axes, or
-    channels-last ones with layout="NHWC", and every BatchNorm*d option but
-    virtual batches. With one process, or in eval mode, it is BatchNorm and
-    communicates nothing. grad_weight and grad_bias stay local: all-reduce
-    them with the other gradients (see allreduce_gradients). Shards may be
-    uneven, empty included; a whole batch of one value per channel raises
-    ValueError on every rank.
+    channels-last ones with layout="NHWC", and every BatchNorm*d option.
+    With one process, or in eval mode, it is BatchNorm and communicates
+    nothing. With virtual_batch_size=k every shard's size must be a multiple
+    of k: the virtual batches are then the whole batch's runs of k rows, as
+    one process would take them, and each lies within one shard. grad_weight
+    and grad_bias stay local: all-reduce them with the other gradients (see
+    allreduce_gradients). Shards may be uneven, empty included; a whole batch
+    of one value per channel raises ValueError on every rank.
     """
 
     _SHAPES = {"NCHW": _shape_names("NCHW"), "NHWC": _shape_names("NHWC")}
 
     def __init__(self, num_features, comm=None, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, **options):
-        if options.get("virtual_batch_size") is not None:
-            raise ValueError("virtual_batch_size: expected None (SyncBatchNorm normalises the "
-                             f"whole distributed batch), got {options['virtual_batch_size']!r}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, **options)
         if comm is None:
             default_comm()   # mpi4py missing: say so now, not at the first forward
@@ -135,13 +136,6 @@ class SyncBatchNorm(_BatchNorm):
         new.__dict__.update(copy.deepcopy(self.__dict__, memo))
         return new
 
-    @_BatchNorm.virtual_batch_size.setter
-    def virtual_batch_size(self, value):
-        if value is not None:
-            raise ValueError(f"virtual_batch_size: expected None (SyncBatchNorm normalises the "
-                             f"whole distributed batch), got {value!r}")
-        self._virtual_batch_size = None
-
     @classmethod
     def from_batchnorm(cls, bn, comm=None):
         """A SyncBatchNorm with bn's options, parameters, running statistics and mode (copies)."""
@@ -154,30 +148,14 @@ class SyncBatchNorm(_BatchNorm):
         return sync.train(bn.training)
 
     def _distributed(self):
-        return (self.training or not self.track_running_stats) and self.comm.Get_size() > 1
+        # eval mode communicates nothing, also without running statistics (as PyTorch)
+        return self.training and self.comm.Get_size() > 1
 
-    # ------------------------------------------------------------ forward
-
-    def forward(self, x, out=None):
-        """Normalise this shard with the statistics of every process's shard."""
-        if not self._distributed():
-            return super().forward(x, out)
-        C = self.num_features
-        error, local = None, Moments.empty(C)
-        try:
-            self._check_input(x)
-            overwritten = out is not None and check_out_overlap(out, x, "x")
-            canon = canonicalize(x, self.layout)
-            if x.size:
-                local = _ops.moments(canon)
-        except (TypeError, ValueError) as exc:
-            error = exc
-        sent = np.empty(2 * C + 2)
+    def _exchange(self, error, sent):
+        """Allgather of one float64 row per rank, led by this rank's error flag;
+        raises on every rank when any rank's input was rejected."""
         sent[0] = error is not None
-        sent[1] = local.count
-        sent[2:C + 2] = local.mean
-        sent[C + 2:] = local.m2
-        gathered = np.empty((self.comm.Get_size(), 2 * C + 2))
+        gathered = np.empty((self.comm.Get_size(), sent.size))
         self.comm.Allgather(sent, gathered)
         if error is not None:
             raise error
@@ -185,14 +163,44 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError(f"x: expected valid inputs on every rank, got one rejected on rank(s) "
                              f"{np.flatnonzero(gathered[:, 0]).tolist()}; "
                              f"no statistics were computed")
-        total = merge_all(Moments(g[1], g[2:C + 2], g[C + 2:]) for g in gathered)  # rank order
+        return gathered
+
+    @staticmethod
+    def _check_global_count(total):
         if total.count < 2:
             raise ValueError(f"x: expected more than 1 value per channel over all processes "
                              f"when using batch statistics, got {int(total.count)}")
+
+    # ------------------------------------------------------------ forward
+
+    def forward(self, x, out=None):
+        """Normalise this shard with the statistics of every process's shard."""
+        if not self._distributed():
+            return super().forward(x, out)
+        if self._virtual_batch_size is not None:
+            return self._forward_virtual_batches(x, out)
+        C = self.num_features
+        error, local, y = None, Moments.empty(C), None
+        try:
+            self._check_input(x)
+            overwritten = out is not None and check_out_overlap(out, x, "x")
+            canon = canonicalize(x, self.layout)
+            y, _ = canon.output(out)   # a bad out is rejected before the collective
+            if x.size:
+                local = _ops.moments(canon)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        sent = np.empty(2 * C + 2)
+        sent[1] = local.count
+        sent[2:C + 2] = local.mean
+        sent[C + 2:] = local.m2
+        gathered = self._exchange(error, sent)
+        total = merge_all(Moments(g[1], g[2:C + 2], g[C + 2:]) for g in gathered)  # rank order
+        self._check_global_count(total)
         var = total.m2 / total.count
-        y, coef = _ops.normalize(canon, total.mean, var, self._eps, self._weight, self._bias, out,
+        y, coef = _ops.normalize(canon, total.mean, var, self._eps, self._weight, self._bias, y,
                                  self.activation == "relu")
-        if self.training and self.track_running_stats:
+        if self.track_running_stats:
             self._update_running(total.mean, var * (total.count / (total.count - 1.0)))
         stats = np.empty((3, C))
         stats[0] = total.mean
@@ -204,6 +212,57 @@ class SyncBatchNorm(_BatchNorm):
             self._collector.add(total)
         return y
 
+    def _forward_virtual_batches(self, x, out):
+        """Ghost batch norm over shards: each run of k rows of this shard is
+        normalised with its own statistics, needing no other rank. The one
+        Allgather carries, per rank, its number of virtual batches and the
+        sums of their means and unbiased variances (the running statistics
+        move once, with the means over all virtual batches, as BatchNorm's
+        ghost path), and the shard's (count, mean, M2) for precise_statistics."""
+        C, k = self.num_features, self._virtual_batch_size
+        error, parts, y = None, [], None
+        try:
+            axis = self._check_input(x)
+            if x.shape[0]:
+                self._check_batch(x, axis, k)
+            overwritten = out is not None and check_out_overlap(out, x, "x")
+            canon = canonicalize(x, self.layout)
+            y, _ = canon.output(out)
+            for start in range(0, x.shape[0], k):
+                rows = slice(start, start + k)
+                sub = canonicalize(x[rows], self.layout)
+                parts.append((rows, sub, _ops.moments(sub)))
+        except (TypeError, ValueError) as exc:
+            error = exc
+        local = merge_all(m for _, _, m in parts) or Moments.empty(C)
+        sent = np.zeros(4 * C + 3)
+        sent[1] = local.count
+        sent[2:C + 2] = local.mean
+        sent[C + 2:2 * C + 2] = local.m2
+        sent[2 * C + 2] = len(parts)
+        for _, _, m in parts:
+            sent[2 * C + 3:3 * C + 3] += m.mean
+            sent[3 * C + 3:] += m.unbiased_var
+        gathered = self._exchange(error, sent)
+        total = merge_all(Moments(g[1], g[2:C + 2], g[C + 2:2 * C + 2]) for g in gathered)
+        self._check_global_count(total)
+        relu = self.activation == "relu"
+        pieces = []
+        for rows, sub, m in parts:
+            var = m.m2 / m.count
+            _, coef = _ops.normalize(sub, m.mean, var, self._eps, self._weight, self._bias,
+                                     y[rows], relu)
+            stats = np.stack([m.mean, 1.0 / np.sqrt(var + self._eps), var])
+            pieces.append(_Piece(sub, stats, self._weight, coef, rows=rows))
+        if self.track_running_stats:
+            count = gathered[:, 2 * C + 2].sum()
+            sums = gathered[:, 2 * C + 3:].sum(axis=0)  # the same order, so bits, on every rank
+            self._update_running(sums[:C] / count, sums[C:] / count)
+        self._saved = (canon, tuple(pieces), True, overwritten)
+        if self._collector is not None:
+            self._collector.add(total)
+        return y
+
     # ------------------------------------------------------------ backward
 
     def backward(self, dy, out=None):
@@ -211,8 +270,8 @@ class SyncBatchNorm(_BatchNorm):
 
         grad_weight and grad_bias are this shard's share (all-reduce them)."""
         saved = self._saved
-        if saved is None or saved[1][0].global_count is None:
-            return super().backward(dy, out)
+        if saved is None or not saved[1] or saved[1][0].global_count is None:
+            return super().backward(dy, out)   # one process, eval, or local virtual batches
         canon, (piece,), _, overwritten = saved
         C = self.num_features
         error, local = None, np.zeros((2, C))

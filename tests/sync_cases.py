@@ -10,18 +10,21 @@ def shard_sizes(size):
     return {1: [9], 2: [1, 8], 3: [0, 1, 8], 4: [3, 0, 1, 6]}.get(size, [2] * size)
 
 
-def check_against_single_process(comm, layout, dtype, momentum, steps=2):
+def check_against_single_process(comm, layout, dtype, momentum, steps=2, virtual_batch_size=None):
     """Train `steps` steps on every rank and compare with one BatchNorm on the
-    whole batch; returns this rank's final state_dict."""
+    whole batch; returns this rank's final state_dict. With virtual batches
+    of k rows every shard is k times as long."""
     rank, size = comm.Get_rank(), comm.Get_size()
-    sizes = shard_sizes(size)
+    sizes = [s * (virtual_batch_size or 1) for s in shard_sizes(size)]
     rows = slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
     rng = np.random.default_rng(1234)  # the same data on every rank
     C = 3
     shape = (sum(sizes), C, 4, 5) if layout == "NCHW" else (sum(sizes), 4, 5, C)
     weight, bias = rng.uniform(0.5, 2, C), rng.standard_normal(C)
-    single = cbn.BatchNorm2d(C, momentum=momentum, dtype=dtype, layout=layout)
-    sync = cbn.SyncBatchNorm(C, comm, momentum=momentum, dtype=dtype, layout=layout)
+    options = dict(momentum=momentum, dtype=dtype, layout=layout,
+                   virtual_batch_size=virtual_batch_size)
+    single = cbn.BatchNorm2d(C, **options)
+    sync = cbn.SyncBatchNorm(C, comm, **options)
     for layer in (single, sync):
         layer.weight[...] = weight
         layer.bias[...] = bias

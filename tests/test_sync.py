@@ -30,9 +30,11 @@ def test_chan_merge_of_random_partitions_with_empty_parts(rng):
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_matches_single_process_batch_norm(size, layout, dtype, momentum):
+@pytest.mark.parametrize("virtual_batch_size", [None, 2])
+def test_matches_single_process_batch_norm(size, layout, dtype, momentum, virtual_batch_size):
     def rank_fn(rank, comm):
-        return check_against_single_process(comm, layout, dtype, momentum, steps=2)
+        return check_against_single_process(comm, layout, dtype, momentum, steps=2,
+                                            virtual_batch_size=virtual_batch_size)
 
     results, _ = run_ranks(size, rank_fn)
     for state in results[1:]:  # running statistics bitwise equal on every rank
@@ -72,6 +74,37 @@ def test_one_value_per_channel_overall_raises_on_every_rank():
     assert results == ["raised"] * 3
 
 
+def test_virtual_batches_that_would_straddle_shards_raise_on_every_rank():
+    def rank_fn(rank, comm):
+        bn = cbn.SyncBatchNorm(2, comm, virtual_batch_size=2)
+        x = np.arange(2.0 * (3 if rank == 0 else 4), dtype=np.float32).reshape(-1, 2)
+        before = bn.state_dict()
+        with pytest.raises(ValueError) as info:
+            bn(x)
+        for key, value in bn.state_dict().items():
+            np.testing.assert_array_equal(value, before[key])
+        return str(info.value)
+
+    results, _ = run_ranks(2, rank_fn)
+    assert "multiple of virtual_batch_size=2, got 3" in results[0]
+    assert "rejected on rank(s) [0]" in results[1]
+
+
+def test_bad_out_on_one_rank_raises_on_every_rank(rng):
+    x = random_input(rng, (4, 3), np.float32)
+
+    def rank_fn(rank, comm):
+        bn = cbn.SyncBatchNorm(3, comm)
+        out = np.empty((4, 3), np.float64 if rank == 1 else np.float32)
+        with pytest.raises((TypeError, ValueError)) as info:
+            bn(x, out=out)
+        return str(info.value)
+
+    results, _ = run_ranks(2, rank_fn)
+    assert "rejected on rank(s) [1]" in results[0]
+    assert "out: expected a float32 array" in results[1]
+
+
 def test_bad_input_on_one_rank_raises_on_every_rank():
     def rank_fn(rank, comm):
         bn = cbn.SyncBatchNorm(2, comm)
@@ -104,8 +137,11 @@ def test_eval_and_single_rank_communicate_nothing(rng):
     np.testing.assert_array_equal(bn(x), ref(x))
     np.testing.assert_array_equal(bn.backward(x), ref.backward(x))
     two = FakeWorld(2).comm(0)
-    evaluator = cbn.SyncBatchNorm(3, two).eval()  # eval: local, no collective (would block)
-    np.testing.assert_array_equal(evaluator(x), cbn.BatchNorm1d(3).eval()(x))
+    for tracked in (True, False):   # eval: local, no collective (would block), as PyTorch
+        evaluator = cbn.SyncBatchNorm(3, two, track_running_stats=tracked).eval()
+        local = cbn.BatchNorm1d(3, track_running_stats=tracked).eval()
+        np.testing.assert_array_equal(evaluator(x), local(x))
+        np.testing.assert_array_equal(evaluator.backward(x), local.backward(x))
 
 
 def test_from_batchnorm_copies_everything(rng):
@@ -120,6 +156,9 @@ def test_from_batchnorm_copies_everything(rng):
     assert sync.running_mean is not bn.running_mean
     with pytest.raises(TypeError, match="expected a cbn BatchNorm1d/2d/3d"):
         cbn.SyncBatchNorm.from_batchnorm(cbn.BatchRenorm1d(2), FakeWorld(1).comm(0))
+    ghost = cbn.SyncBatchNorm.from_batchnorm(cbn.BatchNorm1d(4, virtual_batch_size=3),
+                                             FakeWorld(1).comm(0))
+    assert ghost.virtual_batch_size == 3
 
 
 def test_allreduce_gradients_sums_or_averages_in_place():
@@ -151,8 +190,8 @@ def test_bad_arguments():
     comm = FakeWorld(1).comm(0)
     with pytest.raises(TypeError, match="comm: expected an mpi4py communicator"):
         cbn.SyncBatchNorm(3, comm=object())
-    with pytest.raises(ValueError, match="virtual_batch_size: expected None"):
-        cbn.SyncBatchNorm(3, comm, virtual_batch_size=2)
+    with pytest.raises(ValueError, match="virtual_batch_size: expected a positive int"):
+        cbn.SyncBatchNorm(3, comm, virtual_batch_size=0)
     with pytest.raises(TypeError, match="expected cbn layers or float numpy arrays"):
         cbn.allreduce_gradients(["w"], comm)
 
@@ -161,3 +200,30 @@ def test_without_mpi4py_the_error_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     with pytest.raises(ImportError, match=r'pip install "cbn\[mpi\]"'):
         cbn.SyncBatchNorm(3)
+
+
+@pytest.mark.parametrize("virtual_batch_size", [None, 2])
+def test_precise_statistics_collect_every_process_in_training_mode(rng, virtual_batch_size):
+    batches = [random_input(rng, (n, 3, 4), np.float64) for n in (8, 12, 4)]
+    whole = np.concatenate([b.transpose(1, 0, 2).reshape(3, -1) for b in batches], axis=1)
+
+    def rank_fn(rank, comm):
+        bn = cbn.SyncBatchNorm(3, comm, dtype=np.float64, virtual_batch_size=virtual_batch_size)
+        with cbn.precise_statistics(bn):
+            for b in batches:
+                half = len(b) // 2
+                bn(b[:half] if rank == 0 else b[half:])
+        trained = bn.running_var.copy()
+        bn.eval()
+        with cbn.precise_statistics(bn):
+            for b in batches:
+                bn(b[:2] if rank == 0 else b[2:])
+        own = np.concatenate([(b[:2] if rank == 0 else b[2:]).transpose(1, 0, 2).reshape(3, -1)
+                              for b in batches], axis=1)
+        np.testing.assert_allclose(bn.running_var, own.var(axis=1, ddof=1), rtol=1e-12)
+        return trained
+
+    results, _ = run_ranks(2, rank_fn)
+    for var in results:
+        np.testing.assert_array_equal(var, results[0])   # the same bits on every rank
+        np.testing.assert_allclose(var, whole.var(axis=1, ddof=1), rtol=1e-12)

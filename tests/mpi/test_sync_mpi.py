@@ -16,11 +16,14 @@ from sync_cases import check_against_single_process  # noqa: E402
 COMM = MPI.COMM_WORLD
 
 
+@pytest.mark.parametrize("virtual_batch_size", [None, 2])
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_matches_single_process_batch_norm_on_the_whole_batch(layout, dtype, momentum):
-    state = check_against_single_process(COMM, layout, dtype, momentum, steps=3)
+def test_matches_single_process_batch_norm_on_the_whole_batch(layout, dtype, momentum,
+                                                              virtual_batch_size):
+    state = check_against_single_process(COMM, layout, dtype, momentum, steps=3,
+                                         virtual_batch_size=virtual_batch_size)
     for other in COMM.allgather(state):  # bitwise equal running statistics on every rank
         for key, value in state.items():
             np.testing.assert_array_equal(other[key], value)
