@@ -120,6 +120,24 @@ def test_layer_backward(layer, case, dy, exc):
 
 
 @pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 3, 0, 4)], ids=["empty-batch", "zero-height"])
+def test_empty_input_in_eval_mode_is_not_an_error(layer, shape):
+    """Eval mode needs no batch statistics: an empty input gives an empty
+    output, as in PyTorch (training mode raises, above)."""
+    bn = LAYERS[layer]().eval()
+    running = {k: np.copy(v) for k, v in bn.state_dict().items()}
+    x = np.ones(shape, F32)
+    y = bn(x)
+    assert y.shape == shape and y.dtype == F32
+    dx = bn.backward(np.ones_like(y))
+    assert dx.shape == shape
+    np.testing.assert_array_equal(bn.grad_weight, np.zeros(3, F32))
+    np.testing.assert_array_equal(bn.grad_bias, np.zeros(3, F32))
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, running[key])
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
 def test_backward_before_any_forward(layer):
     bn = {"BatchNorm2d": cbn.BatchNorm2d, "BatchRenorm2d": cbn.BatchRenorm2d,
           "BatchNorm2d-relu": cbn.BatchNorm2d,
