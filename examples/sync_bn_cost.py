@@ -1,6 +1,6 @@
 """What SyncBatchNorm's communication costs per training step.
 
-    OMP_NUM_THREADS=1 mpiexec -n 2 python examples/sync_bn_cost.py
+    OMP_NUM_THREADS=1 mpiexec -n 2 python examples/sync_bn_cost.py [--rounds 200]
 
 (ranks x threads should not exceed the cores: spinning OpenMP threads of one
 rank otherwise stall the other rank's collectives by milliseconds).
@@ -11,6 +11,7 @@ buffer sizes), and a whole forward+backward step of SyncBatchNorm against
 BatchNorm on the same local shard. Medians of interleaved rounds; every rank
 times, rank 0 prints.
 """
+import argparse
 import time
 
 import numpy as np
@@ -19,12 +20,11 @@ from mpi4py import MPI
 import cbn
 
 COMM = MPI.COMM_WORLD
-ROUNDS = 200
 
 
-def median_seconds(fns):
+def median_seconds(fns, rounds):
     samples = {name: [] for name in fns}
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, fn in fns.items():
             COMM.Barrier()
             t0 = time.perf_counter()
@@ -34,11 +34,14 @@ def median_seconds(fns):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=200, help="timed rounds per case (200)")
+    rounds = parser.parse_args().rounds
     size = COMM.Get_size()
     rng = np.random.default_rng(COMM.Get_rank())
     if COMM.Get_rank() == 0:
         print(f"SyncBatchNorm communication, {size} ranks ({MPI.Get_library_version().splitlines()[0]}), "
-              f"float32, medians of {ROUNDS} rounds, microseconds")
+              f"float32, medians of {rounds} rounds, microseconds")
         print(f"{'C':>5} {'shard':>14} {'Allgather':>10} {'Allreduce':>10} {'BN step':>9} "
               f"{'Sync step':>10} {'extra':>8}")
     for C, shard in ((64, (8, 64, 14, 14)), (1024, (32, 1024))):
@@ -57,7 +60,7 @@ def main():
             "allreduce": lambda: COMM.Allreduce(reduce_send, reduce_recv),
             "bn": lambda: step(bn),
             "sync": lambda: step(sync),
-        })
+        }, rounds)
         if COMM.Get_rank() == 0:
             print(f"{C:5d} {'x'.join(map(str, shard)):>14} {t['allgather'] * 1e6:10.1f} "
                   f"{t['allreduce'] * 1e6:10.1f} {t['bn'] * 1e6:9.1f} {t['sync'] * 1e6:10.1f} "

@@ -68,14 +68,26 @@ def test_torch_example():
     assert max(differences.values()) < 1e-5
 
 
-def test_mpi_example_matches_one_process():
+def run_on_two_ranks(script, *args):
     pytest.importorskip("mpi4py")
-    pytest.importorskip("sklearn")
     mpiexec = shutil.which("mpiexec")
     if mpiexec is None:
         pytest.skip("no mpiexec")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([mpiexec, "-n", "2", sys.executable, str(EXAMPLES / "mpi_data_parallel.py"),
-                             "--steps", "10"], capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run([mpiexec, "-n", "2", sys.executable, str(EXAMPLES / script), *args],
+                            capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "largest difference over 10 steps" in result.stdout
+    return result.stdout
+
+
+def test_mpi_example_matches_one_process():
+    pytest.importorskip("sklearn")
+    stdout = run_on_two_ranks("mpi_data_parallel.py", "--steps", "10")
+    assert "largest difference over 10 steps" in stdout
+
+
+def test_sync_cost_example_times_both_channel_counts():
+    stdout = run_on_two_ranks("sync_bn_cost.py", "--rounds", "3")
+    rows = [line.split() for line in stdout.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["64", "1024"]
+    assert all(len(row) == 7 and float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
