@@ -213,52 +213,43 @@ class SyncBatchNorm(_BatchNorm):
         return y
 
     def _forward_virtual_batches(self, x, out):
-        """Ghost batch norm over shards: each run of k rows of this shard is
-        normalised with its own statistics, needing no other rank. The one
-        Allgather carries, per rank, its number of virtual batches and the
-        sums of their means and unbiased variances (the running statistics
-        move once, with the means over all virtual batches, as BatchNorm's
-        ghost path), and the shard's (count, mean, M2) for precise_statistics."""
+        """Ghost batch norm over shards: this shard's runs of k rows are
+        normalised as BatchNorm does, needing no other rank (so a rank whose
+        input was valid has written its output even when another rank's was
+        rejected). The one Allgather carries, per rank, its number of virtual
+        batches and the sums of their means and unbiased variances (the
+        running statistics move once, with the means over all virtual
+        batches), and the shard's (count, mean, M2) for precise_statistics."""
         C, k = self.num_features, self._virtual_batch_size
-        error, parts, y = None, [], None
+        error, pieces = None, ()
         try:
             axis = self._check_input(x)
             if x.shape[0]:
                 self._check_batch(x, axis, k)
             overwritten = out is not None and check_out_overlap(out, x, "x")
             canon = canonicalize(x, self.layout)
-            y, _ = canon.output(out)
-            for start in range(0, x.shape[0], k):
-                rows = slice(start, start + k)
-                sub = canonicalize(x[rows], self.layout)
-                parts.append((rows, sub, _ops.moments(sub)))
+            y, pieces = self._normalize_virtual_batches(x, canon, k, out,
+                                                        self.activation == "relu", update=False)
         except (TypeError, ValueError) as exc:
             error = exc
-        local = merge_all(m for _, _, m in parts) or Moments.empty(C)
+        moments = [p.moments() for p in pieces]
+        local = merge_all(moments) or Moments.empty(C)
         sent = np.zeros(4 * C + 3)
         sent[1] = local.count
         sent[2:C + 2] = local.mean
         sent[C + 2:2 * C + 2] = local.m2
-        sent[2 * C + 2] = len(parts)
-        for _, _, m in parts:
+        sent[2 * C + 2] = len(moments)
+        for m in moments:
             sent[2 * C + 3:3 * C + 3] += m.mean
             sent[3 * C + 3:] += m.unbiased_var
         gathered = self._exchange(error, sent)
         total = merge_all(Moments(g[1], g[2:C + 2], g[C + 2:2 * C + 2]) for g in gathered)
         self._check_global_count(total)
-        relu = self.activation == "relu"
-        pieces = []
-        for rows, sub, m in parts:
-            var = m.m2 / m.count
-            _, coef = _ops.normalize(sub, m.mean, var, self._eps, self._weight, self._bias,
-                                     y[rows], relu)
-            stats = np.stack([m.mean, 1.0 / np.sqrt(var + self._eps), var])
-            pieces.append(_Piece(sub, stats, self._weight, coef, rows=rows))
         if self.track_running_stats:
             count = gathered[:, 2 * C + 2].sum()
             sums = gathered[:, 2 * C + 3:].sum(axis=0)  # the same order, so bits, on every rank
             self._update_running(sums[:C] / count, sums[C:] / count)
-        self._saved = (canon, tuple(pieces), True, overwritten)
+        self._saved = (canon, pieces, True, overwritten)
         if self._collector is not None:
             self._collector.add(total)
         return y
