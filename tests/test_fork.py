@@ -16,6 +16,7 @@ import pytest
 
 import cbn
 import reference as ref
+from cbn import _threads
 
 TIMEOUT_S = 60
 SHAPE = (16, 8, 32, 32)   # 131072 values: parallel at 2+ threads
@@ -85,15 +86,17 @@ def _read_all(fd, deadline):
             chunks.append(chunk)
 
 
-def test_os_fork_after_parallel_kernel(threads):
-    _run_parallel_kernel_in_parent(threads)
+def _in_forked_child(child):
+    """fork(); the child sends the bytes child() returns through a pipe and
+    exits. Returns (those bytes, the child's exit code); fails the test if
+    the child takes more than TIMEOUT_S."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:   # the child: never return into pytest
         code = 1
         try:
             os.close(read_fd)
-            payload = pickle.dumps(_train_step(11))
+            payload = child()
             with os.fdopen(write_fd, "wb") as f:
                 f.write(payload)
             code = 0
@@ -109,7 +112,13 @@ def test_os_fork_after_parallel_kernel(threads):
     finally:
         os.close(read_fd)
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    return payload, os.waitstatus_to_exitcode(status)
+
+
+def test_os_fork_after_parallel_kernel(threads):
+    _run_parallel_kernel_in_parent(threads)
+    payload, code = _in_forked_child(lambda: pickle.dumps(_train_step(11)))
+    assert code == 0
     result = pickle.loads(payload)
     assert result[1] == 1
     _check_step(result)
@@ -117,20 +126,7 @@ def test_os_fork_after_parallel_kernel(threads):
 
 def test_forked_child_reports_why_it_is_serial(threads):
     threads(2)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_fd)
-            from cbn import _threads
-            os.write(write_fd, _threads.num_threads_source().encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    try:
-        message = _read_all(read_fd, time.monotonic() + TIMEOUT_S).decode()
-    finally:
-        os.close(read_fd)
-        os.waitpid(pid, 0)
+    message, code = _in_forked_child(lambda: _threads.num_threads_source().encode())
+    assert code == 0
     if cbn.openmp_enabled():
-        assert "fork" in message
+        assert "fork" in message.decode()

@@ -141,20 +141,21 @@ def _channel_of(i, shape, layout):
     return i % shape[-1]
 
 
-def _fill(a, pattern):
+def _chunks(a):
+    """(flat slice of a, its flat indices), a chunk at a time (bounded memory)."""
     flat = a.reshape(-1)
     for start in range(0, flat.size, CHUNK):
         i = np.arange(start, min(start + CHUNK, flat.size))
-        flat[start:start + i.size] = pattern(i)
+        yield flat[start:start + i.size], i
+
+
+def _fill(a, pattern):
+    for part, i in _chunks(a):
+        part[...] = pattern(i)
 
 
 def _max_error(a, expected):
-    flat = a.reshape(-1)
-    worst = 0.0
-    for start in range(0, flat.size, CHUNK):
-        i = np.arange(start, min(start + CHUNK, flat.size))
-        worst = max(worst, float(np.max(np.abs(flat[start:start + i.size] - expected(i)))))
-    return worst
+    return max(float(np.max(np.abs(part - expected(i)))) for part, i in _chunks(a))
 
 
 def _x_pattern(i):

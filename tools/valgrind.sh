@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A quick subset of the tests under valgrind memcheck: every kernel (forward,
 # backward, both layouts and dtypes, views, fused ReLU, NaN batches, out=)
-# on small shapes, with the baseline (SSE2) loops. Any invalid read or write, or a jump on an uninitialised
-# value, fails the run. Needs valgrind (Debian: apt-get install valgrind).
+# on small shapes, with the baseline (SSE2) loops. Any invalid read or write,
+# or a jump on an uninitialised value, fails the run. Needs valgrind (Debian: apt-get install valgrind).
 # Arguments replace the default subset (e.g. tools/valgrind.sh tests/test_views.py).
 set -euo pipefail
 
