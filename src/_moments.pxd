@@ -9,8 +9,13 @@
 #   M2: rounding amplified by that factor, i.e. K more than ~4 standard
 #   deviations off), the block, still in cache, is redone in two passes: its
 #   own mean K in vector lanes, then sum(d) and sum(d^2).
+# - if that still overflows the input type (|x - K| above ~1.8e19 in float32:
+#   the square is past its range, while the variance may not be), the block
+#   is redone in float64 scalars (exact_block_moments); NaN/Inf input takes
+#   this path too and stays non-finite.
 # Blocks, runs and threads are merged in float64 with Chan's formula.
 from cython cimport floating
+from libc.math cimport isfinite
 
 from _loops cimport rows_centered, rows_sum, runs_centered, runs_sum
 
@@ -53,10 +58,27 @@ cdef inline bint well_centred(double s1, double s2, double nb) noexcept nogil:
     return s2 <= AMPLIFICATION * (s2 - s1 * s1 / nb)
 
 
+cdef inline void exact_block_moments(const floating* p, Py_ssize_t nruns, Py_ssize_t run_stride,
+                                     Py_ssize_t n, Py_ssize_t step, double* mean,
+                                     double* m2) noexcept nogil:
+    """Two float64 passes over nruns runs of n values, step apart within a run."""
+    cdef Py_ssize_t r, i
+    cdef double s = 0.0, q = 0.0, d
+    for r in range(nruns):
+        for i in range(n):
+            s += p[r * run_stride + i * step]
+    mean[0] = s / <double>(nruns * n)
+    for r in range(nruns):
+        for i in range(n):
+            d = p[r * run_stride + i * step] - mean[0]
+            q += d * d
+    m2[0] = q
+
+
 cdef inline void block_moments(const floating* p, Py_ssize_t nruns, Py_ssize_t run_stride,
                                Py_ssize_t n, Moments* acc) noexcept nogil:
     """Fold nruns runs of n contiguous values, run_stride apart, into acc."""
-    cdef double s1 = 0.0, s2 = 0.0, nb = <double>(nruns * n), m2_b
+    cdef double s1 = 0.0, s2 = 0.0, nb = <double>(nruns * n), m2_b, mean_b
     cdef floating k = <floating>acc.mean if acc.count > 0.0 else p[0]
     runs_centered(p, run_stride, nruns, n, k, &s1, &s2)
     if not (s2 == 0.0 or well_centred(s1, s2, nb)):
@@ -64,6 +86,10 @@ cdef inline void block_moments(const floating* p, Py_ssize_t nruns, Py_ssize_t r
         s2 = 0.0
         k = <floating>(runs_sum(p, run_stride, nruns, n) / nb)
         runs_centered(p, run_stride, nruns, n, k, &s1, &s2)
+    if not (isfinite(s1) and isfinite(s2)):
+        exact_block_moments(p, nruns, run_stride, n, 1, &mean_b, &m2_b)
+        moments_merge(acc, nb, mean_b, m2_b)
+        return
     m2_b = s2 - s1 * s1 / nb
     if m2_b < 0.0:
         m2_b = 0.0
@@ -135,10 +161,13 @@ cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize
         w = fnb / total
         v = count[0] * fnb / total
         for c in range(C):
-            mb = shift[c] + s1[c] / fnb
-            m2b = s2[c] - (<double>s1[c]) * s1[c] / fnb
-            if m2b < 0.0:
-                m2b = 0.0
+            if isfinite(s1[c]) and isfinite(s2[c]):
+                mb = shift[c] + s1[c] / fnb
+                m2b = s2[c] - (<double>s1[c]) * s1[c] / fnb
+                if m2b < 0.0:
+                    m2b = 0.0
+            else:   # overflowed (or NaN/Inf input): this channel's block in float64
+                exact_block_moments(x + b0 * row_stride + c, 1, 0, nb, row_stride, &mb, &m2b)
             delta = mb - mean[c]
             mean[c] = mean[c] + delta * w
             m2[c] = m2[c] + m2b + delta * delta * v
