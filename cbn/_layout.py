@@ -82,6 +82,38 @@ def _view_of_kind(x, axis, kind, copy=True):
     return make(np.require(np.moveaxis(x, axis, target), requirements=("C", "A")), target)
 
 
+def memory_order(a):
+    """a's axes longer than 1, from the largest stride (in magnitude) to the smallest."""
+    axes = [i for i in range(a.ndim) if a.shape[i] > 1]
+    return sorted(axes, key=lambda i: -abs(a.strides[i]))
+
+
+class Output:
+    """Where a kernel writes a result.
+
+    array: what the caller returns; view: its kernel view; target: the
+    user's ``out`` when it has a memory order no kernel view fits, so the
+    kernel writes ``array`` and ``result()`` copies it there.
+    """
+
+    __slots__ = ("array", "view", "target")
+
+    def __init__(self, array, view, target=None):
+        self.array = array
+        self.view = view
+        self.target = target
+
+    def array_and_view(self):
+        return self.array, self.view
+
+    def result(self):
+        """The user-facing result, once the kernels have written ``view``."""
+        if self.target is None:
+            return self.array
+        np.copyto(self.target, self.array)
+        return self.target
+
+
 class Canonical:
     """An N-D array and the kernel view of it.
 
@@ -105,14 +137,19 @@ class Canonical:
         v = self.view
         return v.shape[0] * v.shape[2] if v.ndim == 3 else v.shape[0]
 
-    def output(self, out=None, name="out"):
-        """(user-shaped array, its kernel view): new, or ``out`` checked and viewed."""
+    def output(self, out=None, orders=(), name="out"):
+        """An Output for the result: a new array, or ``out`` checked.
+
+        ``out`` must be viewable as this kind of view, or have the memory
+        order of one of ``orders`` (e.g. the input: what ``np.empty_like``
+        gives); the kernels then write a temporary that is copied into it.
+        """
         dtype = self.view.dtype
         if out is None:
             if self.natural:
                 y = np.empty(self.shape, dtype)
-                return y, y.reshape(self.view.shape)
-            return self._wrap(np.empty(self.view.shape, dtype))
+                return Output(y, y.reshape(self.view.shape))
+            return Output(*self._wrap(np.empty(self.view.shape, dtype)))
         if not isinstance(out, np.ndarray):
             raise TypeError(f"{name}: expected a numpy.ndarray, got {type(out).__name__}")
         if out.dtype != dtype or out.shape != self.shape:
@@ -121,11 +158,14 @@ class Canonical:
         if not out.flags.writeable:
             raise ValueError(f"{name}: expected a writable array, got a read-only one")
         view = self.like(out, copy=False)
-        if view is None:
-            order = "channels-first" if self.kind == CHANNELS_FIRST else "channels-last"
-            raise ValueError(f"{name}: expected the memory order of the input ({order}, "
-                             f"innermost axis contiguous), got strides {out.strides}")
-        return out, view
+        if view is not None:
+            return Output(out, view)
+        if any(memory_order(out) == memory_order(a) for a in orders):
+            return Output(*self.output().array_and_view(), target=out)
+        order = "channels-first" if self.kind == CHANNELS_FIRST else "channels-last"
+        raise ValueError(f"{name}: expected the memory order of the input (as np.empty_like "
+                         f"gives) or a {order} one with a contiguous innermost axis, got strides "
+                         f"{out.strides}")
 
     def _wrap(self, view):
         """The user-shaped array whose kernel view is ``view`` (same kind and shape)."""

@@ -1,6 +1,9 @@
 """Forward/backward on canonical views: the one place that calls the kernels.
 
-Statistics travel as float64 (C,) arrays whatever the data type.
+Statistics travel as float64 (C,) arrays whatever the data type. Results go
+to an ``Output`` (``Canonical.output``), which the caller prepares so that a
+bad ``out`` is refused before any work. Nothing here changes layer state:
+running statistics are computed as new arrays for the caller to commit.
 """
 import numpy as np
 
@@ -9,35 +12,33 @@ from ._moments import Moments
 from ._threads import threads_for
 
 
-def train_forward(canon, weight, bias, eps, running_mean=None, running_var=None, momentum=0.0,
-                  out=None, relu=False):
-    """Normalise with batch statistics; update the running statistics when given.
+def train_forward(canon, weight, bias, eps, output, relu=False):
+    """Normalise with batch statistics.
 
-    Returns (y, stats, skipped, coef): stats is a float64 (3, C) array
-    [mean, invstd, biased var] (stats[:2] is what backward takes); skipped the
-    number of channels whose running statistics were left alone (not finite);
-    coef the (3, C) forward coefficients when relu (for backward), else None.
+    Returns (y, stats, coef): stats is a float64 (3, C) array [mean, invstd,
+    biased var] (stats[:2] is what backward takes); coef the (3, C) forward
+    coefficients when relu (for backward), else None. Statistics are not
+    finite only for channels holding NaN or Inf.
     """
     view = canon.view
     C = view.shape[1]
-    y, yv = canon.output(out)
     stats = np.empty((3, C))
     coef = np.empty((3, C), view.dtype) if relu else None
-    skipped = _forward.train_forward(view, weight, bias, eps, yv, stats, running_mean, running_var,
-                                     momentum, threads_for(view.size), relu, coef)
-    return y, stats, skipped, coef
+    _forward.train_forward(view, weight, bias, eps, output.view, stats, None, None, 0.0,
+                           threads_for(view.size), relu, coef)
+    return output.result(), stats, coef
 
 
-def normalize(canon, mean, var, eps, weight, bias, out=None, relu=False):
+def normalize(canon, mean, var, eps, weight, bias, output, relu=False):
     """y = weight * (x - mean) / sqrt(var + eps) + bias (mean/var float32 or float64 (C,)).
 
     Returns (y, coef) as train_forward.
     """
     view = canon.view
-    y, yv = canon.output(out)
     coef = np.empty((3, view.shape[1]), view.dtype) if relu else None
-    _forward.normalize(view, mean, var, eps, weight, bias, yv, threads_for(view.size), relu, coef)
-    return y, coef
+    _forward.normalize(view, mean, var, eps, weight, bias, output.view, threads_for(view.size),
+                       relu, coef)
+    return output.result(), coef
 
 
 def moments(canon):
@@ -48,7 +49,7 @@ def moments(canon):
     return Moments(count, out[0], out[1])
 
 
-def backward(canon, dy, stats, weight, batch_stats, param_grads=True, out=None, relu=None):
+def backward(canon, dy, stats, weight, batch_stats, output, param_grads=True, relu=None):
     """(dx, grads) for dy of the user's shape; grads = [sum(g * xhat), sum(g)] (2, C) or None.
 
     stats: float64 (2, C) [mean, invstd]; batch_stats: they are the batch's own
@@ -57,11 +58,10 @@ def backward(canon, dy, stats, weight, batch_stats, param_grads=True, out=None, 
     """
     view = canon.view
     dyv = canon.like(dy)
-    dx, dxv = canon.output(out)
     grads = np.empty((2, view.shape[1]), view.dtype) if param_grads else None
-    _backward.backward(dyv, view, stats, weight, batch_stats, dxv, grads, threads_for(view.size),
-                       relu)
-    return dx, grads
+    _backward.backward(dyv, view, stats, weight, batch_stats, output.view, grads,
+                       threads_for(view.size), relu)
+    return output.result(), grads
 
 
 def grad_sums(canon, dy, mean, relu=None):
@@ -72,12 +72,28 @@ def grad_sums(canon, dy, mean, relu=None):
     return out
 
 
-def update_running_stats(running_mean, running_var, mean, unbiased_var, momentum):
-    """In place, channels with finite statistics only; returns how many were skipped."""
-    return _forward.update_running_stats(running_mean, running_var,
-                                         np.ascontiguousarray(mean, dtype=np.float64),
-                                         np.ascontiguousarray(unbiased_var, dtype=np.float64),
-                                         momentum)
+def moving_average(running, target, momentum):
+    """(1 - momentum) * running + momentum * target, in float64 (C,)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return ((1.0 - momentum) * np.asarray(running, np.float64)
+                + momentum * np.asarray(target, np.float64))
+
+
+def rounded_running_stats(running_mean, running_var, mean, var):
+    """New running statistics: float64 mean and var rounded once to the
+    running statistics' dtype, as new arrays. Channels where either is not
+    finite (a NaN/Inf batch, or a value overflowing the dtype) keep their
+    current values instead of being poisoned for the rest of training.
+    Returns (mean, var, kept): kept is a bool (C,) mask of those channels."""
+    dtype = running_mean.dtype
+    with np.errstate(over="ignore", invalid="ignore"):
+        new_mean = np.asarray(mean, np.float64).astype(dtype)
+        new_var = np.asarray(var, np.float64).astype(dtype)
+    kept = ~(np.isfinite(new_mean) & np.isfinite(new_var))
+    if kept.any():
+        new_mean[kept] = running_mean[kept]
+        new_var[kept] = running_var[kept]
+    return new_mean, new_var, kept
 
 
 def fixed_stats(mean, var, eps):
@@ -91,11 +107,10 @@ def fixed_stats(mean, var, eps):
     return stats
 
 
-def grad_input(canon, dy, stats, weight, sums, count, out=None, relu=None):
+def grad_input(canon, dy, stats, weight, sums, count, output, relu=None):
     """dx of training-mode batch norm from given sums [sum(g), sum(g * (x - mean))]
     (float64 (2, C)) and count (values per channel), e.g. over several processes."""
     view = canon.view
-    dx, dxv = canon.output(out)
-    _backward.grad_input(canon.like(dy), view, stats, weight, sums, float(count), True, dxv,
-                         threads_for(view.size), relu)
-    return dx
+    _backward.grad_input(canon.like(dy), view, stats, weight, sums, float(count), True,
+                         output.view, threads_for(view.size), relu)
+    return output.result()

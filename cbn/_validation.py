@@ -44,11 +44,13 @@ def check_bool(value, name):
 
 
 def check_eps(eps):
+    """A finite float > 0: eps = 0 divides by zero on a constant channel (PyTorch
+    refuses it in training too)."""
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps: expected a finite float >= 0, got {describe(eps)}")
+        raise TypeError(f"eps: expected a finite float > 0, got {describe(eps)}")
     eps = float(eps)
-    if not (math.isfinite(eps) and eps >= 0.0):
-        raise ValueError(f"eps: expected a finite float >= 0, got {eps}")
+    if not (math.isfinite(eps) and eps > 0.0):
+        raise ValueError(f"eps: expected a finite float > 0, got {eps}")
     return eps
 
 
@@ -105,22 +107,6 @@ def check_batch_for_statistics(x, axis):
         raise ValueError(f"x: expected more than 1 value per channel when using batch "
                          f"statistics, got input of shape {x.shape} "
                          f"({per_channel} value{'s' if per_channel != 1 else ''} per channel)")
-
-
-def check_channel_vector(v, name, dtype, C, writable=False):
-    """A (C,) array of ``dtype`` usable by the kernels (contiguous)."""
-    if not isinstance(v, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray of shape ({C},), got {describe(v)}")
-    if v.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype}, got {v.dtype}")
-    if v.shape != (C,):
-        raise ValueError(f"{name}: expected shape ({C},), got {v.shape}")
-    if not v.flags.c_contiguous:
-        raise ValueError(f"{name}: expected a contiguous array, got strides {v.strides}")
-    if writable and not v.flags.writeable:
-        raise ValueError(f"{name}: expected a writable array (it is updated in place), got a "
-                         f"read-only one")
-    return v
 
 
 def check_out_overlap(out, source, source_name, allow_same=True):

@@ -5,18 +5,20 @@ ReLU (``activation="relu"``), ghost batch norm (``virtual_batch_size``),
 and running statistics that a NaN/Inf batch cannot poison.
 """
 import math
+import threading
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
 from . import _ops
+from ._commit import Changes
 from ._layout import canonicalize, channel_axis, check_layout
 from ._moments import Moments, merge_all
-from ._state import checked_count, layer_state, load_layer_state
+from ._state import checked_bound_vector, checked_count, layer_state, load_layer_state
 from ._validation import (
     check_batch_for_statistics,
     check_bool,
-    check_channel_vector,
     check_dtype,
     check_eps,
     check_input,
@@ -37,8 +39,10 @@ class _Piece:
 
     canon: its canonical input; stats: float64 (3, C) [mean, invstd, biased
     var] of a batch, or for an eval forward the running (mean, var) as they
-    were and eps; weight: the weight the output was scaled with (weight * r
-    for renormalisation), or None; relu: the forward's coefficients of a
+    were and eps; weight: a copy of the weight the output was scaled with
+    (weight * r for renormalisation), or None, so that backward
+    differentiates the forward that ran whatever happens to the layer's
+    weight in between; relu: the forward's coefficients of a
     fused ReLU, or None; renorm: (r, d) or None; rows: its slice of the batch
     axis, or None for the whole batch; global_count: values per channel the
     statistics came from when they span other processes' shards, else None.
@@ -64,6 +68,20 @@ class _Piece:
     def moments(self):
         stats, count = self.stats, self.canon.count
         return Moments(count, stats[0], stats[2] * count)
+
+
+class SavedForward(NamedTuple):
+    """What backward needs of the last forward.
+
+    canon: its canonical input; pieces: its _Piece records (one, or one per
+    virtual batch); batch_stats: normalised with batch statistics;
+    overwritten: out=x wrote the output over the input.
+    """
+
+    canon: object
+    pieces: tuple
+    batch_stats: bool
+    overwritten: bool
 
 
 class _BatchNorm:
@@ -102,11 +120,23 @@ class _BatchNorm:
         self.grad_weight = None
         self.grad_bias = None
         self.training = True
-        # the last forward, for backward: (canonical input, pieces, batch
-        # statistics used, whether out= overwrote the input)
+        # the last forward, for backward: a SavedForward
         self._saved = None
         # set by cbn.precise_statistics while it collects population statistics
         self._collector = None
+        # serialises the calls that read and then replace state (training
+        # forwards, loads): concurrent ones lose no update; eval forwards
+        # only read, and do not take it
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------ attributes
 
@@ -117,6 +147,7 @@ class _BatchNorm:
 
     @property
     def eps(self):
+        """Added to the variance before its square root; a finite float > 0."""
         return self._eps
 
     @eps.setter
@@ -156,7 +187,9 @@ class _BatchNorm:
         if self._num_batches_tracked is None:
             raise AttributeError("num_batches_tracked: expected a layer with running statistics, "
                                  "got one built with track_running_stats=False")
-        self._num_batches_tracked = checked_count(value, "num_batches_tracked")
+        count = checked_count(value, "num_batches_tracked")
+        with self._lock:
+            self._num_batches_tracked = count
 
     def _vector(name):
         attr = "_" + name
@@ -169,8 +202,9 @@ class _BatchNorm:
                 flag = "affine" if name in ("weight", "bias") else "track_running_stats"
                 raise AttributeError(f"{name}: expected a layer with {name}, got one built with "
                                      f"{flag}=False")
-            setattr(self, attr, check_channel_vector(value, name, self._dtype, self.num_features,
-                                                     writable=True))
+            array = checked_bound_vector(self, name, value)
+            with self._lock:
+                setattr(self, attr, array)
 
         return property(get, set_, doc=f"{name}: (num_features,) array, or None")
 
@@ -192,16 +226,27 @@ class _BatchNorm:
         return self.train(False)
 
     def reset_running_stats(self):
-        if self.track_running_stats:
-            self._running_mean[...] = 0
-            self._running_var[...] = 1
-            self._num_batches_tracked = 0
+        """running_mean to 0, running_var to 1, num_batches_tracked to 0 (when tracked)."""
+        changes = Changes()
+        self._stage_reset_running_stats(changes)
+        with self._lock:
+            changes.apply()
 
     def reset_parameters(self):
-        self.reset_running_stats()
+        """reset_running_stats(), and weight to 1, bias to 0 (when affine)."""
+        changes = Changes()
+        self._stage_reset_running_stats(changes)
         if self.affine:
-            self._weight[...] = 1
-            self._bias[...] = 0
+            changes.copy(self._weight, 1)
+            changes.copy(self._bias, 0)
+        with self._lock:
+            changes.apply()
+
+    def _stage_reset_running_stats(self, changes):
+        if self.track_running_stats:
+            changes.copy(self._running_mean, 0)
+            changes.copy(self._running_var, 1)
+            changes.set(self, "_num_batches_tracked", 0)
 
     # ------------------------------------------------------------ forward
 
@@ -233,34 +278,60 @@ class _BatchNorm:
     def forward(self, x, out=None):
         """Normalise x; in training mode also update the running statistics.
 
-        out: an array of x's shape, dtype and memory order to write into
-        (x itself for in place; backward then has no input and refuses).
+        Parameters
+        ----------
+        x : numpy.ndarray
+            The input, of the layer's dtype and one of its shapes.
+        out : numpy.ndarray, optional
+            Where to write the output: an array of x's shape and dtype, with
+            x's memory order (``np.empty_like(x)``) or one the kernels can
+            write directly; x itself normalises in place (backward then has
+            no input and refuses).
+
+        Returns
+        -------
+        numpy.ndarray
+            The output (``out`` when given).
         """
         axis = self._check_input(x)
         batch_stats = self.training or not self.track_running_stats
-        k = self._virtual_batch_size if batch_stats else None
+        # virtual batches are a training device (as in Keras): eval mode
+        # without running statistics normalises with the whole batch's
+        k = self._virtual_batch_size if self.training else None
         if batch_stats:
             self._check_batch(x, axis, k)
         overwritten = out is not None and check_out_overlap(out, x, "x")
-        relu = self.activation == "relu"
         canon = canonicalize(x, self.layout)
+        output = canon.output(out, orders=(x,))
+        if (self.training and self.track_running_stats) or self._collector is not None:
+            with self._lock:
+                return self._forward(x, canon, output, k, batch_stats, overwritten)
+        return self._forward(x, canon, output, k, batch_stats, overwritten)
+
+    def _forward(self, x, canon, output, k, batch_stats, overwritten):
+        """forward() once its arguments are checked: compute, warn, then commit."""
+        relu = self.activation == "relu"
+        weight = None if self._weight is None else self._weight.copy()
+        changes = Changes()
         if not batch_stats:
-            y, coef = _ops.normalize(canon, self._running_mean, self._running_var, self._eps,
-                                     self._weight, self._bias, out, relu)
-            running = (self._running_mean.copy(), self._running_var.copy(), self._eps)
-            pieces = (_Piece(canon, running, self._weight, coef),)
+            running_mean, running_var = self._running_mean.copy(), self._running_var.copy()
+            y, coef = _ops.normalize(canon, running_mean, running_var, self._eps, weight,
+                                     self._bias, output, relu)
+            pieces = (_Piece(canon, (running_mean, running_var, self._eps), weight, coef),)
             if self._collector is not None:
-                self._collector.add(_ops.moments(canon))
+                self._collector.stage_add(changes, _ops.moments(canon))
         else:
-            update = self.training and self.track_running_stats
             if k is None or k == x.shape[0]:
-                y, piece = self._normalize_batch(canon, out, relu, update)
+                y, piece = self._normalize_batch(canon, output, relu, weight)
                 pieces = (piece,)
             else:
-                y, pieces = self._normalize_virtual_batches(x, canon, k, out, relu, update)
+                y, pieces = self._normalize_virtual_batches(x, canon, k, output, relu, weight)
+            if self.training and self.track_running_stats:
+                self._stage_running_update(changes, *self._running_targets(pieces))
             if self._collector is not None:
-                self._collector.add(merge_all(p.moments() for p in pieces))
-        self._saved = (canon, pieces, batch_stats, overwritten)
+                self._collector.stage_add(changes, merge_all(p.moments() for p in pieces))
+        changes.set(self, "_saved", SavedForward(canon, pieces, batch_stats, overwritten))
+        changes.apply()
         return y
 
     def _step_momentum(self):
@@ -280,64 +351,98 @@ class _BatchNorm:
             return 1.0 if t == 1 else m / -math.expm1(t * math.log1p(-m))
         return m
 
-    def _normalize_batch(self, canon, out, relu, update):
-        """Normalise one batch with its statistics: (y, _Piece).
+    def _normalize_batch(self, canon, output, relu, weight):
+        """Normalise one batch with its statistics: (y, _Piece); changes nothing.
 
-        update: also update the running statistics with this batch."""
-        if update:
-            y, stats, skipped, coef = _ops.train_forward(
-                canon, self._weight, self._bias, self._eps, self._running_mean,
-                self._running_var, self._step_momentum(), out, relu)
-            self._num_batches_tracked += 1
-            if skipped:
-                self._warn_not_finite(stats[0], stats[2])
-        else:
-            y, stats, _, coef = _ops.train_forward(canon, self._weight, self._bias, self._eps,
-                                                   out=out, relu=relu)
-        return y, _Piece(canon, stats, self._weight, coef)
+        weight: the copy of the layer's weight this forward uses."""
+        y, stats, coef = _ops.train_forward(canon, weight, self._bias, self._eps, output, relu)
+        return y, _Piece(canon, stats, weight, coef)
 
-    def _normalize_virtual_batches(self, x, canon, k, out, relu, update):
-        """Ghost batch norm: each run of k rows normalised with its own statistics;
-        the running statistics updated once, with the mean over virtual batches
-        of their means and of their unbiased variances (as Keras does)."""
-        y, _ = canon.output(out)
+    def _normalize_virtual_batches(self, x, canon, k, output, relu, weight):
+        """Ghost batch norm: each run of k consecutive rows normalised with its
+        own statistics; returns (y, pieces) and changes nothing."""
+        y = output.array
         pieces = []
         for start in range(0, x.shape[0], k):
             rows = slice(start, start + k)
-            _, piece = self._normalize_batch(canonicalize(x[rows], self.layout), y[rows], relu,
-                                             update=False)
+            piece_canon = canonicalize(x[rows], self.layout)
+            piece_output = piece_canon.output(y[rows], orders=(y[rows],))
+            _, piece = self._normalize_batch(piece_canon, piece_output, relu, weight)
             piece.rows = rows
             pieces.append(piece)
-        if update:
-            count = pieces[0].canon.count
-            means = np.mean([p.stats[0] for p in pieces], axis=0)
-            unbiased = np.mean([p.stats[2] * (count / (count - 1.0)) for p in pieces], axis=0)
-            self._update_running(means, unbiased)
-        return y, tuple(pieces)
+        return output.result(), tuple(pieces)
 
-    def _update_running(self, mean, unbiased_var):
-        skipped = _ops.update_running_stats(self._running_mean, self._running_var, mean,
-                                            unbiased_var, self._step_momentum())
-        self._num_batches_tracked += 1
-        if skipped:
-            self._warn_not_finite(mean, unbiased_var)
+    def _running_targets(self, pieces):
+        """What this training step moves the running statistics towards, as
+        (mean, unbiased variance) float64 (C,) arrays: the batch's, or with
+        virtual batches the means over them of their means and of their
+        unbiased variances (PyTorch's unbiased convention, per virtual batch)."""
+        count = pieces[0].canon.count
+        if len(pieces) == 1:
+            return pieces[0].stats[0], pieces[0].stats[2] * (count / (count - 1.0))
+        means = np.mean([p.stats[0] for p in pieces], axis=0)
+        unbiased = np.mean([p.stats[2] * (count / (count - 1.0)) for p in pieces], axis=0)
+        return means, unbiased
 
-    def _warn_not_finite(self, mean, var):
-        bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(var)))
-        warnings.warn(f"{type(self).__name__}: the batch statistics of channel(s) "
-                      f"{bad.tolist()} are not finite (NaN or Inf in the input); their running "
-                      f"statistics were left unchanged", RuntimeWarning, stacklevel=4)
+    def _updated_running_stats(self, mean, unbiased_var):
+        """(new running mean, new running var, kept mask): PyTorch's
+        r <- (1 - m) r + m * batch, see _ops.rounded_running_stats."""
+        m = self._step_momentum()
+        return _ops.rounded_running_stats(
+            self._running_mean, self._running_var,
+            _ops.moving_average(self._running_mean, mean, m),
+            _ops.moving_average(self._running_var, unbiased_var, m))
+
+    def _stage_running_update(self, changes, mean, unbiased_var):
+        """Stage this training step's update of the running statistics and
+        the count, warning first about channels left unchanged."""
+        new_mean, new_var, kept = self._updated_running_stats(mean, unbiased_var)
+        if kept.any():
+            self._warn_kept(kept, np.isfinite(mean) & np.isfinite(unbiased_var))
+        changes.copy(self._running_mean, new_mean)
+        changes.copy(self._running_var, new_var)
+        changes.set(self, "_num_batches_tracked", self._num_batches_tracked + 1)
+
+    def _warn_kept(self, kept, finite_batch):
+        """One RuntimeWarning naming the channels whose running statistics
+        were left unchanged, and why."""
+        causes = []
+        nan = np.flatnonzero(kept & ~finite_batch)
+        overflow = np.flatnonzero(kept & finite_batch)
+        if nan.size:
+            causes.append(f"channel(s) {nan.tolist()}: the batch statistics are not finite "
+                          f"(NaN or Inf in the input)")
+        if overflow.size:
+            causes.append(f"channel(s) {overflow.tolist()}: the updated running statistics "
+                          f"would overflow {self._dtype}")
+        warnings.warn(f"{type(self).__name__}: {'; '.join(causes)}; their running statistics "
+                      f"were left unchanged", RuntimeWarning, stacklevel=4)
 
     # ------------------------------------------------------------ backward
 
     def backward(self, dy, out=None):
-        """Gradient of the input for output gradient dy, from the last forward.
+        """Gradient of the input of the last forward for output gradient dy.
 
-        Sets ``grad_weight`` and ``grad_bias`` (when affine). After a training
-        forward the batch statistics' dependence on x is included; after an
-        eval forward dx = dy * weight / sqrt(running_var + eps). With a fused
-        ReLU, dy counts only where the output was positive. out: an array to
-        write dx into (dy itself for in place).
+        Differentiates the forward that ran, with the weight and statistics
+        it used: changing the layer's weight (in place or not) or loading a
+        state dict in between does not change the result, and backward can
+        be called again for the same forward. Sets ``grad_weight`` and
+        ``grad_bias`` (when affine). After a training forward the batch
+        statistics' dependence on x is included; after an eval forward
+        dx = dy * weight / sqrt(running_var + eps). With a fused ReLU, dy
+        counts only where the output was positive.
+
+        Parameters
+        ----------
+        dy : numpy.ndarray
+            Gradient of the output: the forward input's shape and dtype.
+        out : numpy.ndarray, optional
+            Where to write dx (dy itself for in place), as ``out`` of forward.
+
+        Returns
+        -------
+        numpy.ndarray
+            dx (``out`` when given).
         """
         saved = self._saved
         if saved is None:
@@ -355,22 +460,28 @@ class _BatchNorm:
         if out is not None:
             check_out_overlap(out, canon.view, "x", allow_same=False)
             check_out_overlap(out, dy, "dy")
+        output = canon.output(out, orders=(dy,))
         if len(pieces) == 1 and pieces[0].rows is None:
             p = pieces[0]
             dx, grads = _ops.backward(p.canon, dy, p.backward_stats(), p.weight, batch_stats,
-                                      self.affine, out, p.relu)
+                                      output, self.affine, p.relu)
             if grads is not None and p.renorm is not None:
                 grads = self._renorm_param_grads(grads, *p.renorm)
         else:
-            dx, _ = canon.output(out)
+            dx_all = output.array
             grads = np.zeros((2, self.num_features))
             for p in pieces:
-                _, g = _ops.backward(p.canon, dy[p.rows], p.backward_stats(), p.weight, True, True,
-                                     dx[p.rows], p.relu)
+                piece_output = p.canon.output(dx_all[p.rows], orders=(dx_all[p.rows],))
+                _, g = _ops.backward(p.canon, dy[p.rows], p.backward_stats(), p.weight, True,
+                                     piece_output, True, p.relu)
                 grads += g if p.renorm is None else self._renorm_param_grads(g, *p.renorm)
             grads = grads.astype(self._dtype) if self.affine else None
+            dx = output.result()
         if grads is not None:
-            self.grad_weight, self.grad_bias = grads[0], grads[1]
+            changes = Changes()
+            changes.set(self, "grad_weight", grads[0])
+            changes.set(self, "grad_bias", grads[1])
+            changes.apply()
         return dx
 
     @staticmethod
@@ -392,13 +503,25 @@ class _BatchNorm:
         """Load a dict like state_dict()'s (values: anything np.asarray takes).
 
         Every value is checked (shape, finiteness, running_var >= 0, a
-        non-negative integer num_batches_tracked) before anything is
-        changed; values are converted to the layer's dtype. With strict, the
-        keys must match exactly.
+        non-negative integer num_batches_tracked below 2**63) before anything
+        changes, then all are copied in one step; values are converted to
+        the layer's dtype. With strict, the keys must match exactly, except
+        that a missing num_batches_tracked (old PyTorch checkpoints) keeps
+        its value, as in PyTorch. The last forward's backward is not
+        affected.
+
+        Returns
+        -------
+        IncompatibleKeys
+            ``missing_keys`` and ``unexpected_keys`` (lists), as PyTorch's.
         """
-        load_layer_state(self, state_dict, strict)
+        changes, keys = load_layer_state(self, state_dict, strict)
+        with self._lock:
+            changes.apply()
+        return keys
 
     def extra_repr(self):
+        """The constructor arguments as repr() shows them."""
         text = (f"{self.num_features}, eps={self._eps}, momentum={self._momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
                 f"dtype={self._dtype.name}, layout={self.layout!r}")

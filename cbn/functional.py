@@ -10,11 +10,11 @@ import warnings
 import numpy as np
 
 from . import _ops
+from ._commit import Changes
 from ._layout import canonicalize, channel_axis, check_layout
 from ._validation import (
     check_array,
     check_batch_for_statistics,
-    check_channel_vector,
     check_eps,
     check_momentum,
     check_out_overlap,
@@ -33,13 +33,31 @@ def _check_x(x, layout, name="x"):
     return channel_axis(layout, x.ndim)
 
 
+def _channel_vector(v, name, dtype, C, writable=False):
+    """A (C,) array of ``dtype``, any strides (as PyTorch takes them), as a
+    contiguous array the kernels can read (v itself when it already is)."""
+    if not isinstance(v, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray of shape ({C},), got {describe(v)}")
+    if v.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {v.dtype}")
+    if v.shape != (C,):
+        raise ValueError(f"{name}: expected shape ({C},), got {v.shape}")
+    if writable and not v.flags.writeable:
+        raise ValueError(f"{name}: expected a writable array (it is updated in place), got a "
+                         f"read-only one")
+    if v.flags.c_contiguous and v.flags.aligned:
+        return v
+    return np.ascontiguousarray(v)
+
+
 def _check_params(x, axis, weight, bias):
+    """(C, weight, bias), the vectors contiguous for the kernels."""
     C = x.shape[axis]
     if weight is not None:
-        check_channel_vector(weight, "weight", x.dtype, C)
+        weight = _channel_vector(weight, "weight", x.dtype, C)
     if bias is not None:
-        check_channel_vector(bias, "bias", x.dtype, C)
-    return C
+        bias = _channel_vector(bias, "bias", x.dtype, C)
+    return C, weight, bias
 
 
 def _check_stats(name, value, C):
@@ -57,50 +75,86 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                eps=1e-5, layout="NCHW", out=None):
     """Batch normalization of x, as ``torch.nn.functional.batch_norm``.
 
-    training=True: normalise with the batch statistics and, when running_mean
-    and running_var are given, update them in place (momentum is the new
-    batch's weight; the variance stored is unbiased). training=False: normalise
-    with running_mean and running_var. out: an array to write y into.
+    Parameters
+    ----------
+    x : numpy.ndarray
+        float32 or float64, ndim >= 2, channels on ``layout``'s axis.
+    running_mean, running_var : numpy.ndarray or None
+        (C,) arrays of x's dtype, any strides. training=False normalises
+        with them (required); training=True updates them in place when
+        given (the variance stored is unbiased).
+    weight, bias : numpy.ndarray, optional
+        (C,) arrays of x's dtype, any strides.
+    training : bool
+        Normalise with the batch statistics.
+    momentum : float
+        Weight of the new batch in the running averages, in [0, 1]; checked
+        in training only (eval mode ignores it, as PyTorch).
+    eps : float
+        Added to the variance; a finite float > 0.
+    layout : {"NCHW", "NHWC"}
+        Where the channels are.
+    out : numpy.ndarray, optional
+        Where to write y, as ``out`` of the layers' forward.
+
+    Returns
+    -------
+    numpy.ndarray
+        y (``out`` when given).
     """
     axis = _check_x(x, layout)
-    C = _check_params(x, axis, weight, bias)
+    C, weight, bias = _check_params(x, axis, weight, bias)
     eps = check_eps(eps)
-    momentum = check_momentum(momentum, allow_none=False)
+    training = bool(training)
+    if training:   # PyTorch ignores momentum in eval mode; so does cbn
+        momentum = check_momentum(momentum, allow_none=False)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean, running_var: expected both arrays or both None, got "
                          f"{describe(running_mean)} and {describe(running_var)}")
     if running_mean is not None:
-        check_channel_vector(running_mean, "running_mean", x.dtype, C, writable=training)
-        check_channel_vector(running_var, "running_var", x.dtype, C, writable=training)
+        mean_in = _channel_vector(running_mean, "running_mean", x.dtype, C, writable=training)
+        var_in = _channel_vector(running_var, "running_var", x.dtype, C, writable=training)
     elif not training:
         raise ValueError("running_mean: expected an array when training=False, got None")
     if training:
         check_batch_for_statistics(x, axis)
     check_out_overlap(out, x, "x")
     canon = canonicalize(x, layout)
-    if training:
-        y, stats, skipped, _ = _ops.train_forward(canon, weight, bias, eps, running_mean,
-                                                  running_var, momentum, out)
-        if skipped:
-            bad = np.flatnonzero(~(np.isfinite(stats[0]) & np.isfinite(stats[2])))
-            warnings.warn(f"batch_norm: the batch statistics of channel(s) {bad.tolist()} are "
-                          f"not finite (NaN or Inf in the input); their running statistics were "
-                          f"left unchanged", RuntimeWarning, stacklevel=2)
-        return y
-    return _ops.normalize(canon, running_mean, running_var, eps, weight, bias, out)[0]
+    output = canon.output(out, orders=(x,))
+    if not training:
+        return _ops.normalize(canon, mean_in, var_in, eps, weight, bias, output)[0]
+    y, stats, _ = _ops.train_forward(canon, weight, bias, eps, output)
+    if running_mean is not None:
+        count = canon.count
+        unbiased = stats[2] * (count / (count - 1.0))
+        new_mean, new_var, kept = _ops.rounded_running_stats(
+            running_mean, running_var, _ops.moving_average(running_mean, stats[0], momentum),
+            _ops.moving_average(running_var, unbiased, momentum))
+        if kept.any():
+            warnings.warn(f"batch_norm: channel(s) {np.flatnonzero(kept).tolist()} have batch "
+                          f"statistics that are not finite (NaN or Inf in the input) or running "
+                          f"statistics that would overflow {x.dtype}; their running statistics "
+                          f"were left unchanged", RuntimeWarning, stacklevel=2)
+        changes = Changes()
+        changes.copy(running_mean, new_mean)
+        changes.copy(running_var, new_var)
+        changes.apply()
+    return y
 
 
 def batch_norm_forward(x, weight=None, bias=None, eps=1e-5, layout="NCHW", out=None):
     """Training-mode normalization: (y, mean, invstd), statistics as float64 (C,) arrays.
 
-    invstd = 1 / sqrt(biased batch variance + eps). out: an array to write y into.
+    invstd = 1 / sqrt(biased batch variance + eps). out: an array to write y
+    into. Arguments as for ``batch_norm``.
     """
     axis = _check_x(x, layout)
-    _check_params(x, axis, weight, bias)
+    _, weight, bias = _check_params(x, axis, weight, bias)
     eps = check_eps(eps)
     check_batch_for_statistics(x, axis)
     check_out_overlap(out, x, "x")
-    y, stats, _, _ = _ops.train_forward(canonicalize(x, layout), weight, bias, eps, out=out)
+    canon = canonicalize(x, layout)
+    y, stats, _ = _ops.train_forward(canon, weight, bias, eps, canon.output(out, orders=(x,)))
     return y, stats[0], stats[1]
 
 
@@ -113,7 +167,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, layout="NCHW", out=Non
     out: an array to write dx into (dy itself for in place).
     """
     axis = _check_x(x, layout)
-    C = _check_params(x, axis, weight, None)
+    C, weight, _ = _check_params(x, axis, weight, None)
     check_array(dy, "dy", x.dtype)
     if dy.shape != x.shape:
         raise ValueError(f"dy: expected the shape of x {x.shape}, got {dy.shape}")
@@ -122,5 +176,6 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, layout="NCHW", out=Non
     stats[1] = _check_stats("invstd", invstd, C)
     check_out_overlap(out, x, "x", allow_same=False)
     check_out_overlap(out, dy, "dy")
-    dx, grads = _ops.backward(canonicalize(x, layout), dy, stats, weight, True, out=out)
+    canon = canonicalize(x, layout)
+    dx, grads = _ops.backward(canon, dy, stats, weight, True, canon.output(out, orders=(dy,)))
     return dx, grads[0], grads[1]

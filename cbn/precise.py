@@ -1,7 +1,11 @@
 """Exact population statistics (PreciseBN): replace the running averages by
 the mean and unbiased variance of all the data seen in a block."""
 import contextlib
+import warnings
 
+import numpy as np
+
+from ._commit import Changes
 from ._moments import Moments
 from .batchnorm import _BatchNorm
 from ._validation import describe
@@ -17,9 +21,10 @@ class _Collector:
         self.moments = Moments.empty(C)
         self.batches = 0
 
-    def add(self, moments):
-        self.moments = self.moments.merged(moments)
-        self.batches += 1
+    def stage_add(self, changes, moments):
+        """Stage merging one batch's moments (applied with the forward's other changes)."""
+        changes.set(self, "moments", self.moments.merged(moments))
+        changes.set(self, "batches", self.batches + 1)
 
 
 @contextlib.contextmanager
@@ -31,12 +36,21 @@ def precise_statistics(*layers):
     layer's running_mean and running_var become the mean and unbiased
     variance of all those inputs together (weighted by their sizes), and
     num_batches_tracked is restored to its value on entry: the block does not
-    count as training. If the block raises, or a layer saw no batch, every
-    layer's statistics are left exactly as they were on entry.
+    count as training. Channels whose data held NaN or Inf keep their
+    running statistics from entry, with a RuntimeWarning naming them. If the
+    block raises, a layer saw no batch, or the warning is turned into an
+    error, every layer's statistics are left exactly as they were on entry.
 
-        with cbn.precise_statistics(bn1, bn2):
-            for xb in batches:
-                model_forward(xb)
+    Parameters
+    ----------
+    *layers : cbn batch-norm layers
+        Distinct layers with running statistics, not already collecting.
+
+    Examples
+    --------
+    >>> with cbn.precise_statistics(bn1, bn2):          # doctest: +SKIP
+    ...     for xb in batches:
+    ...         model_forward(xb)
     """
     for layer in layers:
         if not isinstance(layer, _BatchNorm):
@@ -49,30 +63,54 @@ def precise_statistics(*layers):
                              f"(already collecting statistics)")
     if len({id(layer) for layer in layers}) != len(layers):
         raise ValueError("layers: expected distinct layers, got a layer more than once")
-    entry = [(layer._running_mean.copy(), layer._running_var.copy(), layer._num_batches_tracked)
-             for layer in layers]
+    on_entry = [(layer.running_mean.copy(), layer.running_var.copy(),
+                 layer._num_batches_tracked) for layer in layers]
+    restore = Changes()
+    for layer, (mean, var, tracked) in zip(layers, on_entry):
+        restore.copy(layer.running_mean, mean)
+        restore.copy(layer.running_var, var)
+        restore.set(layer, "_num_batches_tracked", tracked)
+        restore.set(layer, "_collector", None)
+    start = Changes()
     collectors = [_Collector(layer.num_features) for layer in layers]
     for layer, collector in zip(layers, collectors):
-        layer._collector = collector
+        start.set(layer, "_collector", collector)
+    start.apply()
     try:
-        try:
-            yield
-        finally:
-            for layer in layers:
-                layer._collector = None
-        unseen = [layer for layer, c in zip(layers, collectors) if c.moments.count < 2]
-        if unseen:
-            raise ValueError(f"layers: expected every layer to see batches in the block, got no "
-                             f"batch (or a single value per channel) through {unseen!r}; their "
-                             f"statistics are unchanged")
+        yield
+        result = _population_changes(layers, collectors, on_entry)
     except BaseException:
-        for layer, (mean, var, tracked) in zip(layers, entry):
-            layer._running_mean[...] = mean
-            layer._running_var[...] = var
-            layer._num_batches_tracked = tracked
+        restore.apply()
         raise
-    for layer, collector, (_, _, tracked) in zip(layers, collectors, entry):
+    result.apply()
+
+
+def _population_changes(layers, collectors, on_entry):
+    """The Changes that set every layer's population statistics. Raises if a
+    layer saw nothing, and warns about channels that saw NaN or Inf, before
+    anything changes (the caller then restores the entry state)."""
+    unseen = [layer for layer, c in zip(layers, collectors) if c.moments.count < 2]
+    if unseen:
+        raise ValueError(f"layers: expected every layer to see batches in the block, got no "
+                         f"batch (or a single value per channel) through {unseen!r}; their "
+                         f"statistics are unchanged")
+    changes = Changes()
+    for layer, collector, (mean_on_entry, var_on_entry, tracked) in zip(layers, collectors,
+                                                                       on_entry):
         m = collector.moments
-        layer._running_mean[...] = m.mean
-        layer._running_var[...] = m.unbiased_var
-        layer._num_batches_tracked = tracked
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = m.mean.astype(layer.dtype)
+            var = m.unbiased_var.astype(layer.dtype)
+        bad = ~(np.isfinite(mean) & np.isfinite(var))
+        if bad.any():
+            warnings.warn(f"precise_statistics: {type(layer).__name__} channel(s) "
+                          f"{np.flatnonzero(bad).tolist()} saw NaN or Inf (or statistics "
+                          f"beyond {layer.dtype}); their running statistics were left as on "
+                          f"entry", RuntimeWarning, stacklevel=4)
+            mean[bad] = mean_on_entry[bad]
+            var[bad] = var_on_entry[bad]
+        changes.copy(layer.running_mean, mean)
+        changes.copy(layer.running_var, var)
+        changes.set(layer, "_num_batches_tracked", tracked)
+        changes.set(layer, "_collector", None)
+    return changes

@@ -24,13 +24,23 @@ def _check_limit(value, name, low):
 class _BatchRenorm(_BatchNorm):
     """Shared implementation; use BatchRenorm1d, BatchRenorm2d or BatchRenorm3d.
 
-    In training, with sigma_B = sqrt(var_B + eps) and sigma = sqrt(running_var
-    + eps): r = clip(sigma_B / sigma, 1/rmax, rmax), d = clip((mean_B -
-    running_mean) / sigma, -dmax, dmax), and y = weight * ((x - mean_B) /
-    sigma_B * r + d) + bias, r and d being constants for backward. Running
-    statistics are updated as in batch norm (r and d use them before this
-    batch's update); eval mode is batch norm's. rmax = 1, dmax = 0 is batch
-    norm exactly.
+    Algorithm 1 of Ioffe (2017). In training, with the batch's
+    sigma_B = sqrt(var_B + eps) (biased var_B) and the moving
+    sigma = sqrt(running_var + eps):
+
+        r = clip(sigma_B / sigma, 1/rmax, rmax)
+        d = clip((mean_B - running_mean) / sigma, -dmax, dmax)
+        y = weight * ((x - mean_B) / sigma_B * r + d) + bias
+
+    r and d are constants for backward (stop-gradient). The moving
+    statistics then move towards the batch's with one momentum a (PyTorch's
+    meaning, the paper's alpha): mean <- mean + a (mean_B - mean) and
+    sigma <- sigma + a (sigma_B - sigma). ``running_var`` holds sigma^2 - eps,
+    so that eval mode, state dicts and folding read it as batch norm's
+    running variance: eval mode is batch norm's. rmax = 1, dmax = 0 is batch
+    norm in the forward and backward. With virtual batches each has its own
+    (r, d), and the moving statistics move towards the means over virtual
+    batches of mean_B and sigma_B.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
@@ -50,42 +60,72 @@ class _BatchRenorm(_BatchNorm):
 
     @property
     def dmax(self):
-        """Largest correction of the shift, in running standard deviations (>= 0)."""
+        """Largest correction of the shift, in moving standard deviations (>= 0)."""
         return self._dmax
 
     @dmax.setter
     def dmax(self, value):
         self._dmax = _check_limit(value, "dmax", 0.0)
 
+    def _moving_sigma(self):
+        """sigma = sqrt(running_var + eps), float64 (C,)."""
+        return np.sqrt(self._running_var.astype(np.float64) + self._eps)
+
     def corrections(self, mean, var):
-        """(r, d) for batch statistics mean and biased var (float64 (C,) arrays)."""
+        """(r, d) for batch statistics mean and biased var (float64 (C,) arrays).
+
+        Parameters
+        ----------
+        mean, var : numpy.ndarray
+            The batch's per-channel mean and biased variance.
+
+        Returns
+        -------
+        r, d : numpy.ndarray
+            float64 (C,) corrections; (1, 0) without running statistics.
+        """
         C = self.num_features
         if not self.track_running_stats:  # nothing to correct towards
             return np.ones(C), np.zeros(C)
-        sigma = np.sqrt(self._running_var.astype(np.float64) + self._eps)
+        sigma = self._moving_sigma()
         r = np.clip(np.sqrt(var + self._eps) / sigma, 1.0 / self._rmax, self._rmax)
         d = np.clip((mean - self._running_mean) / sigma, -self._dmax, self._dmax)
         return r, d
 
-    def _normalize_batch(self, canon, out, relu, update):
+    def _normalize_batch(self, canon, output, relu, weight):
         moments = _ops.moments(canon)
-        count = moments.count
-        var = moments.m2 / count
+        var = moments.m2 / moments.count
         r, d = self.corrections(moments.mean, var)
-        gamma = 1.0 if self._weight is None else self._weight.astype(np.float64)
+        gamma = 1.0 if weight is None else weight.astype(np.float64)
         beta = 0.0 if self._bias is None else self._bias.astype(np.float64)
-        weight = (gamma * r).astype(self._dtype)
+        scaled_weight = (gamma * r).astype(self._dtype)
         bias = (beta + gamma * d).astype(self._dtype)
-        y, coef = _ops.normalize(canon, moments.mean, var, self._eps, weight, bias, out, relu)
+        y, coef = _ops.normalize(canon, moments.mean, var, self._eps, scaled_weight, bias, output,
+                                 relu)
         stats = np.empty((3, self.num_features))
         stats[0] = moments.mean
         stats[1] = 1.0 / np.sqrt(var + self._eps)
         stats[2] = var
-        if update:
-            self._update_running(moments.mean, var * (count / (count - 1.0)))
-        return y, _Piece(canon, stats, weight, coef, (r, d))
+        return y, _Piece(canon, stats, scaled_weight, coef, (r, d))
+
+    def _running_targets(self, pieces):
+        """(mean_B, sigma_B) of the batch, or their means over virtual batches."""
+        means = np.mean([p.stats[0] for p in pieces], axis=0)
+        sigmas = np.mean([np.sqrt(p.stats[2] + self._eps) for p in pieces], axis=0)
+        return means, sigmas
+
+    def _updated_running_stats(self, mean, sigma_b):
+        """The paper's update of the moving mean and sigma, stored as
+        running_var = sigma^2 - eps."""
+        a = self._step_momentum()
+        sigma = _ops.moving_average(self._moving_sigma(), sigma_b, a)
+        return _ops.rounded_running_stats(
+            self._running_mean, self._running_var,
+            _ops.moving_average(self._running_mean, mean, a),
+            np.maximum(sigma * sigma - self._eps, 0.0))
 
     def extra_repr(self):
+        """The constructor arguments as repr() shows them."""
         return f"{super().extra_repr()}, rmax={self._rmax}, dmax={self._dmax}"
 
 

@@ -25,10 +25,11 @@ import sys
 import numpy as np
 
 from . import _ops
+from ._commit import Changes
 from ._layout import canonicalize
 from ._moments import Moments, merge_all
 from ._validation import check_out_overlap, describe
-from .batchnorm import _BatchNorm, _Piece
+from .batchnorm import SavedForward, _BatchNorm, _Piece
 
 __all__ = ["SyncBatchNorm", "allreduce_gradients"]
 
@@ -117,7 +118,7 @@ class SyncBatchNorm(_BatchNorm):
         self._comm = value
 
     def __getstate__(self):
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         if state["_comm"] is not None:
             state["_comm"] = _CommNotPickled()
         return state
@@ -133,7 +134,8 @@ class SyncBatchNorm(_BatchNorm):
             memo[id(self._comm)] = self._comm
         new = object.__new__(type(self))
         memo[id(self)] = new
-        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        state = {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        new.__setstate__(copy.deepcopy(state, memo))
         return new
 
     @classmethod
@@ -174,18 +176,25 @@ class SyncBatchNorm(_BatchNorm):
     # ------------------------------------------------------------ forward
 
     def forward(self, x, out=None):
-        """Normalise this shard with the statistics of every process's shard."""
+        """Normalise this shard with the statistics of every process's shard.
+
+        Parameters and result as BatchNorm's forward. In training with more
+        than one process every rank must call it (it runs a collective)."""
         if not self._distributed():
             return super().forward(x, out)
-        if self._virtual_batch_size is not None:
-            return self._forward_virtual_batches(x, out)
+        with self._lock:
+            if self._virtual_batch_size is not None:
+                return self._forward_virtual_batches(x, out)
+            return self._forward_distributed(x, out)
+
+    def _forward_distributed(self, x, out):
         C = self.num_features
-        error, local, y = None, Moments.empty(C), None
+        error, local = None, Moments.empty(C)
         try:
             self._check_input(x)
             overwritten = out is not None and check_out_overlap(out, x, "x")
             canon = canonicalize(x, self.layout)
-            y, _ = canon.output(out)   # a bad out is rejected before the collective
+            output = canon.output(out, orders=(x,))   # a bad out is refused before the collective
             if x.size:
                 local = _ops.moments(canon)
         except (TypeError, ValueError) as exc:
@@ -198,18 +207,22 @@ class SyncBatchNorm(_BatchNorm):
         total = merge_all(Moments(g[1], g[2:C + 2], g[C + 2:]) for g in gathered)  # rank order
         self._check_global_count(total)
         var = total.m2 / total.count
-        y, coef = _ops.normalize(canon, total.mean, var, self._eps, self._weight, self._bias, y,
+        weight = None if self._weight is None else self._weight.copy()
+        y, coef = _ops.normalize(canon, total.mean, var, self._eps, weight, self._bias, output,
                                  self.activation == "relu")
+        changes = Changes()
         if self.track_running_stats:
-            self._update_running(total.mean, var * (total.count / (total.count - 1.0)))
+            self._stage_running_update(changes, total.mean,
+                                       var * (total.count / (total.count - 1.0)))
         stats = np.empty((3, C))
         stats[0] = total.mean
         stats[1] = 1.0 / np.sqrt(var + self._eps)
         stats[2] = var
-        piece = _Piece(canon, stats, self._weight, coef, global_count=total.count)
-        self._saved = (canon, (piece,), True, overwritten)
+        piece = _Piece(canon, stats, weight, coef, global_count=total.count)
+        changes.set(self, "_saved", SavedForward(canon, (piece,), True, overwritten))
         if self._collector is not None:
-            self._collector.add(total)
+            self._collector.stage_add(changes, total)
+        changes.apply()
         return y
 
     def _forward_virtual_batches(self, x, out):
@@ -228,8 +241,10 @@ class SyncBatchNorm(_BatchNorm):
                 self._check_batch(x, axis, k)
             overwritten = out is not None and check_out_overlap(out, x, "x")
             canon = canonicalize(x, self.layout)
-            y, pieces = self._normalize_virtual_batches(x, canon, k, out,
-                                                        self.activation == "relu", update=False)
+            output = canon.output(out, orders=(x,))
+            weight = None if self._weight is None else self._weight.copy()
+            y, pieces = self._normalize_virtual_batches(x, canon, k, output,
+                                                        self.activation == "relu", weight)
         except (TypeError, ValueError) as exc:
             error = exc
         moments = [p.moments() for p in pieces]
@@ -245,13 +260,15 @@ class SyncBatchNorm(_BatchNorm):
         gathered = self._exchange(error, sent)
         total = merge_all(Moments(g[1], g[2:C + 2], g[C + 2:2 * C + 2]) for g in gathered)
         self._check_global_count(total)
+        changes = Changes()
         if self.track_running_stats:
             count = gathered[:, 2 * C + 2].sum()
             sums = gathered[:, 2 * C + 3:].sum(axis=0)  # the same order, so bits, on every rank
-            self._update_running(sums[:C] / count, sums[C:] / count)
-        self._saved = (canon, pieces, True, overwritten)
+            self._stage_running_update(changes, sums[:C] / count, sums[C:] / count)
+        changes.set(self, "_saved", SavedForward(canon, pieces, True, overwritten))
         if self._collector is not None:
-            self._collector.add(total)
+            self._collector.stage_add(changes, total)
+        changes.apply()
         return y
 
     # ------------------------------------------------------------ backward
@@ -277,6 +294,7 @@ class SyncBatchNorm(_BatchNorm):
             if out is not None:
                 check_out_overlap(out, canon.view, "x", allow_same=False)
                 check_out_overlap(out, dy, "dy")
+            output = canon.output(out, orders=(dy,))
             if dy.size:
                 local = _ops.grad_sums(canon, dy, piece.stats[0], piece.relu)
         except (TypeError, ValueError) as exc:
@@ -292,10 +310,12 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError("dy: expected valid inputs on every rank, got one rejected on another "
                              "rank; no gradient was computed")
         dx = _ops.grad_input(canon, dy, piece.stats[:2], piece.weight, total[1:].reshape(2, C),
-                             piece.global_count, out, piece.relu)
+                             piece.global_count, output, piece.relu)
         if self.affine:
-            self.grad_weight = (local[1] * piece.stats[1]).astype(self._dtype)
-            self.grad_bias = local[0].astype(self._dtype)
+            changes = Changes()
+            changes.set(self, "grad_weight", (local[1] * piece.stats[1]).astype(self._dtype))
+            changes.set(self, "grad_bias", local[0].astype(self._dtype))
+            changes.apply()
         return dx
 
 

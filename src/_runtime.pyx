@@ -1,10 +1,13 @@
-# Facts about the build and the OpenMP runtime, and the memory-floor reference.
+# Facts about the build and the OpenMP runtime, the memory-floor reference, and
+# the one step in which a call changes a layer's state.
+cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.string cimport memcpy
 
 from _loops cimport cbn_loops_isa, init_loops
 from _openmp_helpers cimport CBN_OPENMP_ENABLED, omp_get_max_threads
 
+cnp.import_array()
 init_loops()
 
 cdef extern from *:
@@ -58,3 +61,32 @@ def parallel_copy(const unsigned char[::1] src, unsigned char[::1] dst, int nthr
         for k in prange(chunks, num_threads=nthreads, schedule="static"):
             start = k * chunk
             memcpy(&dst[start], &src[start], min(chunk, n - start))
+
+
+def commit(copies, assignments):
+    """Apply a call's changes to layer state at once, after checking them all.
+
+    copies: (dst, src) pairs of arrays of equal shape and dtype, dst[...] = src;
+    assignments: (obj, name, value) triples, stored in obj.__dict__ (plain
+    attributes, no descriptors). Compiled code runs no Python bytecode
+    between the changes, so nothing Python-level (a KeyboardInterrupt
+    handler, a trace function) can stop it half-way: the state is either all
+    old or all new.
+    """
+    cdef list pending_copies = []
+    cdef list pending_sets = []
+    cdef cnp.ndarray dst, src
+    for target, source in copies:
+        if (not isinstance(target, cnp.ndarray) or not isinstance(source, cnp.ndarray)
+                or target.shape != source.shape or target.dtype != source.dtype):
+            raise ValueError(f"copies: expected arrays of equal shapes and dtypes, got "
+                             f"{target!r:.60} and {source!r:.60}")
+        if not target.flags.writeable:
+            raise ValueError("copies: expected writable destinations, got a read-only one")
+        pending_copies.append((target, source))
+    for obj, name, value in assignments:
+        pending_sets.append((obj.__dict__, name, value))
+    for dst, src in pending_copies:
+        cnp.PyArray_CopyInto(dst, src)
+    for namespace, name, value in pending_sets:
+        (<dict?>namespace)[name] = value

@@ -104,3 +104,39 @@ def renorm_backward(dy, x, axis, weight, r, d, eps=1e-5):
     """(dx, dweight, dbias) with r and d constants."""
     dx, g_xhat, g = train_backward(dy, x, axis, np.asarray(weight, np.float64) * r, eps)
     return dx, g_xhat * r + g * d, g
+
+
+class PaperRenorm:
+    """Batch Renormalization as Algorithm 1 of Ioffe (2017) writes it, step by
+    step in float64: moving mu and sigma, sigma_B = sqrt(biased var_B + eps),
+    r and d clipped and treated as constants in the backward, then
+    mu += alpha (mu_B - mu) and sigma += alpha (sigma_B - sigma)."""
+
+    def __init__(self, mu, sigma, gamma, beta, eps, alpha):
+        self.mu, self.sigma = np.array(mu, np.float64), np.array(sigma, np.float64)
+        self.gamma, self.beta = np.array(gamma, np.float64), np.array(beta, np.float64)
+        self.eps, self.alpha = eps, alpha
+
+    def step(self, x, dy, axis, rmax, dmax):
+        """(y, dx, dgamma, dbeta, r, d) of one training step; moves mu and sigma."""
+        x, dy, nd = np.asarray(x, np.float64), np.asarray(dy, np.float64), np.ndim(x)
+        axes = reduce_axes(nd, axis)
+        m = x.size // x.shape[axis]
+        mu_b = x.mean(axis=axes)
+        sigma_b = np.sqrt(((x - expand(mu_b, nd, axis)) ** 2).mean(axis=axes) + self.eps)
+        r = np.clip(sigma_b / self.sigma, 1 / rmax, rmax)
+        d = np.clip((mu_b - self.mu) / self.sigma, -dmax, dmax)
+        centred = x - expand(mu_b, nd, axis)
+        xhat = centred / expand(sigma_b, nd, axis) * expand(r, nd, axis) + expand(d, nd, axis)
+        y = expand(self.gamma, nd, axis) * xhat + expand(self.beta, nd, axis)
+        # the paper's backward, term by term
+        dxhat = dy * expand(self.gamma, nd, axis)
+        dsigma_b = np.sum(dxhat * centred * expand(-r / sigma_b ** 2, nd, axis), axis=axes)
+        dmu_b = np.sum(dxhat * expand(-r / sigma_b, nd, axis), axis=axes)
+        dx = (dxhat * expand(r / sigma_b, nd, axis)
+              + expand(dsigma_b, nd, axis) * centred / expand(m * sigma_b, nd, axis)
+              + expand(dmu_b / m, nd, axis))
+        dgamma, dbeta = np.sum(dy * xhat, axis=axes), np.sum(dy, axis=axes)
+        self.mu = self.mu + self.alpha * (mu_b - self.mu)
+        self.sigma = self.sigma + self.alpha * (sigma_b - self.sigma)
+        return y, dx, dgamma, dbeta, r, d

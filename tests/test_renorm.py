@@ -37,7 +37,10 @@ def test_rmax_one_dmax_zero_is_batch_norm_exactly(layout, shape, dtype, rng):
         np.testing.assert_array_equal(renorm.backward(dy), bn.backward(dy))
         np.testing.assert_array_equal(renorm.grad_weight, bn.grad_weight)
         np.testing.assert_array_equal(renorm.grad_bias, bn.grad_bias)
-        np.testing.assert_array_equal(renorm.running_var, bn.running_var)
+        np.testing.assert_array_equal(renorm.running_mean, bn.running_mean)
+    # the moving sigma is the paper's average of sigma_B, not batch norm's
+    # average of unbiased variances; with the same statistics, eval is batch norm
+    bn.load_state_dict(renorm.state_dict())
     renorm.eval()
     bn.eval()
     np.testing.assert_array_equal(renorm(x), bn(x))
@@ -65,7 +68,8 @@ def test_forward_backward_and_running_stats_match_the_formula(layout, shape, dty
     np.testing.assert_allclose(bn.grad_bias, db_ref, rtol=1e-5, atol=1e-4 if dtype == np.float32 else 1e-10)
     mean, var, count = ref.batch_stats(x, axis)
     np.testing.assert_allclose(bn.running_mean, 0.7 * rm + 0.3 * mean, *tol(dtype))
-    np.testing.assert_allclose(bn.running_var, 0.7 * rv + 0.3 * var * count / (count - 1), *tol(dtype))
+    sigma = 0.7 * np.sqrt(rv.astype(np.float64) + 1e-5) + 0.3 * np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(bn.running_var, sigma ** 2 - 1e-5, *tol(dtype))
 
 
 def test_gradients_match_finite_differences_with_r_and_d_fixed(rng):
@@ -119,3 +123,47 @@ def test_nan_channel_stays_in_its_channel(rng):
         y = bn(x)
     assert np.all(np.isnan(y[:, 1])) and np.all(np.isfinite(y[:, [0, 2]]))
     assert bn.running_mean[1] == before[1]
+
+
+@pytest.mark.parametrize("layout,shape", CASES)
+def test_several_steps_equal_the_papers_algorithm_1(layout, shape, rng):
+    """Outputs, gradients and moving statistics over steps whose batches
+    drift, against Algorithm 1 of Ioffe (2017) in float64; rmax and dmax
+    relaxed between steps as the paper does."""
+    axis = channel_axis(layout, len(shape))
+    bn = layer(layout, shape, np.float64, rng, rmax=1.0, dmax=0.0, momentum=0.2)
+    paper = ref.PaperRenorm(bn.running_mean, np.sqrt(bn.running_var + 1e-5), bn.weight, bn.bias,
+                            1e-5, 0.2)
+    clipped = False
+    for step, (rmax, dmax) in enumerate([(1.0, 0.0), (1.2, 0.2), (1.5, 0.5), (2.0, 1.0),
+                                         (3.0, 5.0)]):
+        bn.rmax, bn.dmax = rmax, dmax
+        x = random_input(rng, shape, np.float64, scale=1.0 + step, offset=step - 2.0)
+        dy = random_input(rng, shape, np.float64)
+        y_ref, dx_ref, dgamma, dbeta, r, d = paper.step(x, dy, axis, rmax, dmax)
+        clipped |= bool(np.any(r == rmax) or np.any(np.abs(d) == dmax))
+        np.testing.assert_allclose(bn(x), y_ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(bn.backward(dy), dx_ref, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(bn.grad_weight, dgamma, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(bn.grad_bias, dbeta, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(bn.running_mean, paper.mu, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.sqrt(bn.running_var + 1e-5), paper.sigma, rtol=1e-12)
+    assert clipped, "the test should exercise clipping"
+
+
+@pytest.mark.parametrize("m", [2, 4, 8])
+def test_r_is_unbiased_on_iid_batches(m):
+    """The moving sigma averages sigma_B (the paper), so r = sigma_B / sigma
+    has mean ~1 on i.i.d. batches even of 2 values per channel (averaging
+    unbiased variances instead made it 0.64 at m = 2)."""
+    rng = np.random.default_rng(m)
+    C = 512
+    bn = cbn.BatchRenorm1d(C, dtype=np.float64, rmax=1e6, dmax=1e6, momentum=0.01)
+    rs = []
+    for step in range(1500):
+        x = rng.standard_normal((m, C)) * 3.0 + 1.0
+        r, _ = bn.corrections(x.mean(axis=0), x.var(axis=0))
+        if step >= 500:
+            rs.append(r.mean())
+        bn(x)
+    assert abs(np.mean(rs) - 1.0) < 0.03, np.mean(rs)
