@@ -1,7 +1,20 @@
 # Per-channel coefficients of the affine maps in _elementwise.pxd, computed in
 # float64 and rounded once.
 from cython cimport floating
+from libc.float cimport DBL_MAX, FLT_MAX
 from libc.math cimport isfinite, sqrt
+
+
+cdef inline void store_clamped(floating* dst, double v) noexcept nogil:
+    """dst = v rounded to the input type, finite values kept finite: a scale
+    past its range (eps -> 0 on a constant channel: invstd ~ 1/sqrt(eps))
+    becomes its largest value, so (x - shift) * scale is 0, not 0 * inf = NaN."""
+    cdef double limit
+    if floating is float:
+        limit = FLT_MAX
+    else:
+        limit = DBL_MAX
+    dst[0] = <floating>min(max(v, -limit), limit) if v == v else <floating>v
 
 
 cdef inline double param_or(const floating* p, Py_ssize_t c, double default) noexcept nogil:
@@ -15,12 +28,12 @@ cdef inline void normalize_coefficients(double mean, double invstd, double gamma
 
     shift is the mean rounded to the input type, so x - shift is exact near the
     mean; offset absorbs the rounding of the mean. A constant channel gives
-    exactly beta.
+    exactly beta, whatever eps > 0.
     """
     cdef double a = gamma * invstd
     cdef floating m = <floating>mean
     shift[0] = m
-    scale[0] = <floating>a
+    store_clamped(scale, a)
     offset[0] = <floating>(beta + (<double>m - mean) * a)
 
 
@@ -43,11 +56,13 @@ cdef inline void grad_input_coefficients(double mean, double invstd, double gamm
     cdef double g = gamma * invstd
     cdef double c3
     shift[0] = m
-    k_dy[0] = <floating>g
+    store_clamped(k_dy, g)
     if batch_stats:
-        c3 = g * invstd * invstd * sum_dy_xmu / count
-        k_x[0] = <floating>(-c3)
-        k_0[0] = <floating>(-g * sum_dy / count + c3 * (mean - <double>m))
+        # sums first: on a constant channel sum_dy_xmu is 0 and c3 stays 0
+        # however large invstd^2 (eps -> 0)
+        c3 = sum_dy_xmu / count * invstd * invstd * g
+        store_clamped(k_x, -c3)
+        store_clamped(k_0, -g * sum_dy / count + c3 * (mean - <double>m))
     else:
         k_x[0] = 0
         k_0[0] = 0
