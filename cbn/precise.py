@@ -75,14 +75,13 @@ def precise_statistics(*layers):
     collectors = [_Collector(layer.num_features) for layer in layers]
     for layer, collector in zip(layers, collectors):
         start.set(layer, "_collector", collector)
-    start.apply()
     try:
+        start.apply()
         yield
-        result = _population_changes(layers, collectors, on_entry)
+        _population_changes(layers, collectors, on_entry).apply()
     except BaseException:
         restore.apply()
         raise
-    result.apply()
 
 
 def _population_changes(layers, collectors, on_entry):

@@ -2,7 +2,7 @@
 # float64 and rounded once.
 from cython cimport floating
 from libc.float cimport DBL_MAX, FLT_MAX
-from libc.math cimport isfinite, sqrt
+from libc.math cimport fabs, isfinite, sqrt
 
 
 cdef inline void store_clamped(floating* dst, double v) noexcept nogil:
@@ -21,6 +21,23 @@ cdef inline double param_or(const floating* p, Py_ssize_t c, double default) noe
     return default if p == NULL else <double>p[c]
 
 
+cdef inline void set_shift(floating* shift, double mean, double invstd) noexcept nogil:
+    """The shift K of (x - K) * scale: the mean rounded to the input type, so
+    that x - K is exact near it; 0 when the spread is past the square root of
+    the type's range (std above ~1.8e19 in float32) and the mean within one
+    std of 0, where x - mean could overflow (values of +-3e38) and the mean
+    holds no digits worth keeping."""
+    cdef double limit
+    if floating is float:
+        limit = FLT_MAX
+    else:
+        limit = DBL_MAX
+    if invstd * invstd * limit < 1.0 and fabs(mean) * invstd <= 1.0:
+        shift[0] = 0
+    else:
+        shift[0] = <floating>mean
+
+
 cdef inline void normalize_coefficients(double mean, double invstd, double gamma, double beta,
                                         floating* shift, floating* scale,
                                         floating* offset) noexcept nogil:
@@ -31,8 +48,9 @@ cdef inline void normalize_coefficients(double mean, double invstd, double gamma
     exactly beta, whatever eps > 0.
     """
     cdef double a = gamma * invstd
-    cdef floating m = <floating>mean
-    shift[0] = m
+    cdef floating m
+    set_shift(shift, mean, invstd)
+    m = shift[0]
     store_clamped(scale, a)
     offset[0] = <floating>(beta + (<double>m - mean) * a)
 
@@ -52,10 +70,11 @@ cdef inline void grad_input_coefficients(double mean, double invstd, double gamm
     with fixed statistics (eval): dx = gamma * invstd * dy.
     sum_dy_xmu is sum(dy * (x - mean)) with the exact (float64) mean.
     """
-    cdef floating m = <floating>mean
+    cdef floating m
     cdef double g = gamma * invstd
     cdef double c3
-    shift[0] = m
+    set_shift(shift, mean, invstd)
+    m = shift[0]
     store_clamped(k_dy, g)
     if batch_stats:
         # sums first: on a constant channel sum_dy_xmu is 0 and c3 stays 0

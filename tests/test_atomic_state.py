@@ -1,0 +1,321 @@
+"""Validate, compute, warn, then commit: no call leaves a half-changed layer.
+
+Over every public entry point that changes state and every layer type: a
+raise at any Python line of the call (simulated with a trace function that
+raises KeyboardInterrupt at the k-th line cbn executes, for every k), or a
+warning turned into an error, leaves the layer either exactly as it was or
+exactly as a complete call leaves it, never in between.
+"""
+import copy
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cbn
+import cbn.functional as F
+from fake_mpi import FakeWorld, run_ranks
+from helpers import random_input
+
+CBN_DIR = str(Path(cbn.__file__).resolve().parent)
+C = 3
+
+
+def make_layer(kind, training=True):
+    rng = np.random.default_rng(7)
+    ctor = {
+        "BatchNorm1d": lambda: cbn.BatchNorm1d(C),
+        "BatchNorm2d": lambda: cbn.BatchNorm2d(C),
+        "BatchNorm3d": lambda: cbn.BatchNorm3d(C),
+        "BatchNorm2d-ghost": lambda: cbn.BatchNorm2d(C, virtual_batch_size=2),
+        "BatchNorm2d-relu": lambda: cbn.BatchNorm2d(C, activation="relu"),
+        "BatchNorm2d-debiased": lambda: cbn.BatchNorm2d(C, bias_correction=True),
+        "BatchRenorm2d": lambda: cbn.BatchRenorm2d(C, rmax=2.0, dmax=1.0),
+        "SyncBatchNorm": lambda: cbn.SyncBatchNorm(C, FakeWorld(1).comm(0)),
+    }[kind]
+    bn = ctor()
+    bn.weight[...] = rng.uniform(0.5, 2.0, C)
+    bn.bias[...] = rng.standard_normal(C)
+    bn(input_for(bn, rng))                     # running statistics, saved forward, ...
+    bn.backward(np.ones_like(input_for(bn, rng)))   # ... and gradients that are not initial
+    return bn.train(training)
+
+
+LAYERS = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNorm2d-ghost", "BatchNorm2d-relu",
+          "BatchNorm2d-debiased", "BatchRenorm2d", "SyncBatchNorm"]
+
+
+def input_for(bn, rng, nan=False):
+    ndim = {cbn.BatchNorm1d: 3, cbn.BatchNorm3d: 5}.get(type(bn), 4)
+    x = random_input(rng, (4, C) + (3,) * (ndim - 2), np.float32)
+    if nan:
+        x[1, 1] = np.nan
+    return x
+
+
+def state(bn):
+    """Everything a call may change, by value; the saved forward by identity."""
+    arrays = {k: np.array(getattr(bn, k), copy=True) if getattr(bn, k) is not None else None
+              for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked",
+                        "grad_weight", "grad_bias")}
+    return arrays, bn._saved
+
+
+def same_values(a, b):
+    return all((a[k] is None and b[k] is None)
+               or (a[k] is not None and b[k] is not None and np.array_equal(a[k], b[k], equal_nan=True))
+               for k in a)
+
+
+class InterruptAtLine:
+    """A trace function raising KeyboardInterrupt at the k-th line run inside cbn."""
+
+    def __init__(self, k):
+        self.k, self.lines = k, 0
+
+    def __call__(self, frame, event, arg):
+        if not frame.f_code.co_filename.startswith(CBN_DIR):
+            return None
+        if event == "line":
+            self.lines += 1
+            if self.lines == self.k:
+                raise KeyboardInterrupt(f"at line event {self.k}")
+        return self
+
+
+def interrupt_everywhere(make, call, observe):
+    """For every line k of call(obj), run it on a fresh object interrupted at
+    line k; observe(obj) must then equal its value before or after a whole call."""
+    reference = make()
+    before = observe(reference)
+    call(reference)
+    after = observe(reference)
+    k = 0
+    while True:
+        k += 1
+        obj = make()
+        tracer = InterruptAtLine(k)
+        sys.settrace(tracer)
+        try:
+            call(obj)
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        finally:
+            sys.settrace(None)
+        seen = observe(obj)
+        assert seen in (before, after), f"half-changed after an interrupt at line {k}: {seen}"
+        if finished:
+            return k
+        assert k < 5000
+
+
+def fingerprint(bn):
+    """A comparable digest of state(): values as bytes, the saved forward as 'old'/'new'."""
+    arrays, saved = state(bn)
+    values = tuple((k, None if v is None else v.tobytes()) for k, v in sorted(arrays.items()))
+    return values, saved is bn.__dict__.get("_fingerprint_saved")
+
+
+def traced_case(kind, call):
+    rng_seed = 11
+
+    def make():
+        bn = make_layer(kind)
+        bn._fingerprint_saved = bn._saved   # marks the saved forward of before the call
+        return bn
+
+    def run(bn):
+        call(bn, np.random.default_rng(rng_seed))
+
+    return make, run
+
+
+CALLS = {
+    "forward-train": lambda bn, rng: bn(input_for(bn, rng)),
+    "forward-eval": lambda bn, rng: bn.eval()(input_for(bn, rng)) if False else bn(input_for(bn, rng)),
+    "backward": lambda bn, rng: bn.backward(np.ones_like(input_for(bn, rng))),
+    "load_state_dict": lambda bn, rng: bn.load_state_dict(
+        {k: v + 1 for k, v in bn.state_dict().items()}),
+    "reset_parameters": lambda bn, rng: bn.reset_parameters(),
+    "reset_running_stats": lambda bn, rng: bn.reset_running_stats(),
+}
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+@pytest.mark.parametrize("kind", LAYERS)
+def test_an_interrupt_at_any_line_leaves_all_or_nothing(kind, call):
+    make, run = traced_case(kind, CALLS[call])
+    lines = interrupt_everywhere(make, run, fingerprint)
+    assert lines > 1
+
+
+def test_an_interrupt_at_any_line_of_precise_statistics_leaves_all_or_nothing():
+    def make():
+        return [make_layer("BatchNorm2d"), make_layer("BatchNorm1d")]
+
+    def run(layers):
+        rng = np.random.default_rng(3)
+        with cbn.precise_statistics(*layers):
+            for bn in layers:
+                bn(input_for(bn, rng))
+
+    def observe(layers):
+        return [(bn.running_mean.tobytes(), bn.running_var.tobytes(), int(bn.num_batches_tracked),
+                 bn._collector is None) for bn in layers]
+
+    interrupt_everywhere(make, run, observe)
+
+
+def test_an_interrupt_at_any_line_of_the_functional_update_leaves_all_or_nothing():
+    x = random_input(np.random.default_rng(5), (4, C, 3, 3), np.float32)
+
+    def make():
+        return np.zeros(C, np.float32), np.ones(C, np.float32)
+
+    def run(stats):
+        F.batch_norm(x, *stats, training=True, momentum=0.3)
+
+    interrupt_everywhere(make, run, lambda stats: (stats[0].tobytes(), stats[1].tobytes()))
+
+
+# ---------------------------------------------------------------- warnings as errors
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_a_nan_batch_under_an_error_filter_changes_nothing(kind):
+    bn = make_layer(kind)
+    before = state(bn)
+    x = input_for(bn, np.random.default_rng(1), nan=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning, match="NaN or Inf"):
+            bn(x)
+    after = state(bn)
+    assert same_values(after[0], before[0]) and after[1] is before[1]
+    # the warning as a warning: the step is taken, the NaN channel keeps its statistics
+    with pytest.warns(RuntimeWarning, match=r"channel\(s\) \[1\]"):
+        bn(x)
+    assert int(bn.num_batches_tracked) == int(before[0]["num_batches_tracked"]) + 1
+    assert bn.running_mean[1] == before[0]["running_mean"][1]
+
+
+def test_a_nan_batch_under_an_error_filter_changes_no_synced_layer():
+    layers = [make_layer("SyncBatchNorm") for _ in range(2)]
+    befores = [state(bn) for bn in layers]
+    xs = [input_for(bn, np.random.default_rng(r), nan=(r == 0)) for r, bn in enumerate(layers)]
+
+    def step(rank, comm):
+        layers[rank].comm = comm
+        layers[rank](xs[rank])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # filters are process-wide: set outside the rank threads
+        with pytest.raises(RuntimeWarning):
+            run_ranks(2, step)
+    for bn, before in zip(layers, befores):
+        after = state(bn)
+        assert same_values(after[0], before[0]) and after[1] is before[1]
+
+
+def test_functional_running_statistics_unchanged_under_an_error_filter():
+    x = random_input(np.random.default_rng(2), (4, C, 3, 3), np.float32)
+    x[0, 2] = np.inf
+    mean, var = np.zeros(C, np.float32), np.ones(C, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning):
+            F.batch_norm(x, mean, var, training=True)
+    np.testing.assert_array_equal(mean, 0)
+    np.testing.assert_array_equal(var, 1)
+
+
+def test_precise_statistics_warning_as_error_restores_the_entry_state():
+    bn = make_layer("BatchNorm2d")
+    before = bn.state_dict()
+    x = input_for(bn, np.random.default_rng(4), nan=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning):
+            with cbn.precise_statistics(bn.eval()):
+                bn(x)
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    assert bn._collector is None
+
+
+# ---------------------------------------------------------------- backward
+
+
+EDITS = {
+    "in-place update": lambda bn: bn.weight.__isub__(0.5 * bn.grad_weight),
+    "load_state_dict": lambda bn: bn.load_state_dict({k: v * 2 + 1 for k, v in bn.state_dict().items()}),
+    "rebinding": lambda bn: setattr(bn, "weight", bn.weight * 3),
+    "reset_parameters": lambda bn: bn.reset_parameters(),
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("kind", LAYERS)
+def test_backward_differentiates_the_forward_that_ran(kind, training, edit):
+    bn = make_layer(kind, training)
+    rng = np.random.default_rng(9)
+    x = input_for(bn, rng)
+    dy = random_input(rng, x.shape, np.float32)
+    bn(x)
+    dx = bn.backward(dy)
+    grads = bn.grad_weight.copy(), bn.grad_bias.copy()
+    EDITS[edit](bn)
+    np.testing.assert_array_equal(bn.backward(dy), dx)
+    np.testing.assert_array_equal(bn.grad_weight, grads[0])
+    np.testing.assert_array_equal(bn.grad_bias, grads[1])
+
+
+# ---------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize("kind", ["BatchNorm2d", "BatchRenorm2d", "BatchNorm2d-ghost"])
+def test_concurrent_training_forwards_lose_no_update(kind):
+    bn = make_layer(kind)
+    bn.momentum = None                  # a cumulative average: every batch counts equally
+    start = int(bn.num_batches_tracked)
+    x = input_for(bn, np.random.default_rng(0)) * 1000   # large tensors release the GIL longer
+    per_thread, nthreads = 60, 4
+    barrier = threading.Barrier(nthreads)
+
+    def train():
+        barrier.wait()
+        for _ in range(per_thread):
+            bn(x)
+
+    threads = [threading.Thread(target=train) for _ in range(nthreads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert int(bn.num_batches_tracked) == start + per_thread * nthreads
+
+
+def test_eval_forwards_take_no_lock():
+    bn = make_layer("BatchNorm2d").eval()
+    x = input_for(bn, np.random.default_rng(0))
+    done = threading.Event()
+    with bn._lock:   # a training call in progress on another thread
+        t = threading.Thread(target=lambda: (bn(x), done.set()))
+        t.start()
+        assert done.wait(30), "an eval forward waited for the training lock"
+    t.join()
+
+
+def test_layers_with_their_lock_survive_copy_and_pickle():
+    import pickle
+    for kind in ("BatchNorm2d", "SyncBatchNorm"):
+        bn = make_layer(kind)
+        for clone in (copy.deepcopy(bn), pickle.loads(pickle.dumps(bn)) if kind != "SyncBatchNorm"
+                      else copy.deepcopy(bn)):
+            assert clone._lock is not bn._lock
+            clone(input_for(clone, np.random.default_rng(0)))
