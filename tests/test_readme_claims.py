@@ -1,0 +1,176 @@
+"""Each documented behaviour of README.md, checked: every test quotes the
+README sentence it backs, and the quote must still be in the README (so a
+reworded promise cannot silently lose its test)."""
+import copy
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cbn
+import cbn.functional as F
+from helpers import random_input
+
+README = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+
+
+def claim(sentence):
+    """Mark a test as backing ``sentence`` of the README (whitespace-normalised)."""
+    def mark(fn):
+        fn.readme_sentence = sentence
+        return fn
+    return mark
+
+
+@claim("a batch with fewer than two values per channel (an empty one included) raises `ValueError` there")
+def check_one_value_per_channel():
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        cbn.BatchNorm1d(3)(np.ones((1, 3), np.float32))
+
+
+@claim("eval mode with running statistics, which needs no batch statistics, returns an empty output for an empty input")
+def check_empty_eval():
+    assert cbn.BatchNorm1d(3).eval()(np.ones((0, 3), np.float32)).shape == (0, 3)
+
+
+@claim("`out=x` normalises in place, after which `backward` refuses (the input is gone), and `backward(dy, out=dy)` works in place.")
+def check_in_place():
+    rng = np.random.default_rng(0)
+    x = random_input(rng, (4, 3), np.float32)
+    bn = cbn.BatchNorm1d(3)
+    expected = copy.deepcopy(bn)(x)
+    assert bn(x, out=x) is x
+    np.testing.assert_array_equal(x, expected)
+    with pytest.raises(ValueError, match="out=x"):
+        bn.backward(np.ones_like(x))
+    dy = random_input(rng, (4, 3), np.float32)
+    bn(random_input(rng, (4, 3), np.float32))
+    assert bn.backward(dy, out=dy) is dy
+
+
+@claim("`out=` takes an array of the input's shape, dtype and memory order (`np.empty_like(x)`, whatever x's strides)")
+def check_out_empty_like():
+    x = np.asfortranarray(random_input(np.random.default_rng(1), (4, 3, 5), np.float32))
+    out = np.empty_like(x)
+    assert cbn.BatchNorm1d(3)(x, out=out) is out
+
+
+@claim("A raise at any point (a bad argument, a warning filter set to `\"error\"` as under `pytest -W error`, a `KeyboardInterrupt`) leaves the layer exactly as it was.")
+def check_error_filter():
+    bn = cbn.BatchNorm1d(3)
+    x = random_input(np.random.default_rng(2), (4, 3), np.float32)
+    bn(x)
+    before = bn.state_dict()
+    x[0, 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning):
+            bn(x)
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+@claim("updating `bn.weight` in place, rebinding it or loading a state dict between the two does not change the gradient")
+def check_backward_after_update():
+    rng = np.random.default_rng(3)
+    bn = cbn.BatchNorm1d(3)
+    x, dy = random_input(rng, (6, 3), np.float32), random_input(rng, (6, 3), np.float32)
+    bn(x)
+    dx = bn.backward(dy)
+    bn.weight -= 0.5 * bn.grad_weight
+    np.testing.assert_array_equal(bn.backward(dy), dx)
+
+
+@claim("Concurrent **training forwards** on one layer are serialised by a per-layer lock, so no running-statistics update and no `num_batches_tracked` increment is lost.")
+def check_training_lock():
+    import threading
+    bn = cbn.BatchNorm1d(3)
+    x = random_input(np.random.default_rng(4), (8, 3), np.float32)
+    threads = [threading.Thread(target=lambda: [bn(x) for _ in range(50)]) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert int(bn.num_batches_tracked) == 150
+
+
+@claim("a constant channel gives exactly `bias`, for any `eps > 0` (`eps = 0` is refused")
+def check_constant_channel():
+    bn = cbn.BatchNorm1d(2, eps=1e-300)
+    bn.bias[...] = [0.5, -2.0]
+    np.testing.assert_array_equal(bn(np.full((3, 2), 4.0, np.float32)), np.broadcast_to(bn.bias, (3, 2)))
+    with pytest.raises(ValueError, match="eps"):
+        cbn.BatchNorm1d(2, eps=0)
+
+
+@claim("a block whose float32 lanes would overflow (values beyond ~1.8e19) is redone in float64")
+def check_overflow():
+    x = (np.random.default_rng(5).standard_normal((50, 3)) * 1e19).astype(np.float32)
+    bn = cbn.BatchNorm1d(3)
+    y = bn(x)
+    wide = x.astype(np.float64)
+    np.testing.assert_allclose(y, (wide - wide.mean(0)) / wide.std(0), rtol=1e-5, atol=1e-5)
+
+
+@claim("eval mode ignores `virtual_batch_size`, also without running statistics")
+def check_ghost_eval():
+    x = random_input(np.random.default_rng(6), (6, 3), np.float32)
+    ghost = cbn.BatchNorm1d(3, track_running_stats=False, virtual_batch_size=4).eval()
+    np.testing.assert_array_equal(ghost(x), cbn.BatchNorm1d(3, track_running_stats=False).eval()(x))
+
+
+@claim("a state dict without `num_batches_tracked` (checkpoints from before PyTorch 0.4.1) loads, also with `strict=True`, and the count keeps its value")
+def check_missing_count():
+    bn = cbn.BatchNorm1d(3)
+    bn.num_batches_tracked = 7
+    state = bn.state_dict()
+    del state["num_batches_tracked"]
+    assert bn.load_state_dict(state).missing_keys == ["num_batches_tracked"]
+    assert int(bn.num_batches_tracked) == 7
+
+
+@claim("like PyTorch, `functional.batch_norm` ignores it in eval mode")
+def check_momentum_eval():
+    x = np.ones((2, 3), np.float32)
+    F.batch_norm(x, np.zeros(3, np.float32), np.ones(3, np.float32), momentum=5.0)
+
+
+@claim("**σ ← σ + α(σ_B − σ)**")
+def check_renorm_sigma():
+    x = random_input(np.random.default_rng(8), (4, 3), np.float64)
+    bn = cbn.BatchRenorm1d(3, dtype=np.float64, momentum=0.5)
+    bn(x)
+    sigma = 0.5 * np.sqrt(1 + 1e-5) + 0.5 * np.sqrt(x.var(0) + 1e-5)
+    np.testing.assert_allclose(bn.running_var, sigma ** 2 - 1e-5, rtol=1e-12)
+
+
+@claim("training statistics come from each run of k consecutive rows (x[i·k:(i+1)·k])")
+def check_ghost_rows():
+    x = random_input(np.random.default_rng(9), (8, 2), np.float64)
+    y = cbn.BatchNorm1d(2, dtype=np.float64, virtual_batch_size=4)(x)
+    first = x[:4]
+    np.testing.assert_allclose(y[:4], (first - first.mean(0)) / np.sqrt(first.var(0) + 1e-5), rtol=1e-12)
+
+
+@claim("Statistics of finite data stay finite and right wherever the variance fits the dtype")
+def check_finite_statistics():
+    x = (np.random.default_rng(10).standard_normal((40, 4, 3)) * 1.5e19).astype(np.float32)
+    _, mean, invstd = F.batch_norm_forward(x)
+    assert np.isfinite(mean).all() and np.isfinite(invstd).all()
+
+
+CLAIMS = [v for k, v in sorted(globals().items()) if k.startswith("check_")]
+
+
+@pytest.mark.parametrize("check", CLAIMS, ids=[c.__name__[6:] for c in CLAIMS])
+def test_readme_claim(check):
+    sentence = " ".join(check.readme_sentence.split())
+    assert sentence in README, f"the README no longer says: {sentence!r}"
+    check()
+
+
+def test_every_claim_is_distinct():
+    sentences = [c.readme_sentence for c in CLAIMS]
+    assert len(set(sentences)) == len(sentences) and not any(re.search(r"\s{2,}", s) for s in sentences)
