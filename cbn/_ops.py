@@ -24,8 +24,8 @@ def train_forward(canon, weight, bias, eps, output, relu=False):
     C = view.shape[1]
     stats = np.empty((3, C))
     coef = np.empty((3, C), view.dtype) if relu else None
-    _forward.train_forward(view, weight, bias, eps, output.view, stats, None, None, 0.0,
-                           threads_for(view.size), relu, coef)
+    _forward.train_forward(view, weight, bias, eps, output.view, stats, threads_for(view.size),
+                           relu, coef)
     return output.result(), stats, coef
 
 

@@ -295,7 +295,7 @@ class _BatchNorm:
         """
         axis = self._check_input(x)
         batch_stats = self.training or not self.track_running_stats
-        # virtual batches are a training device (as in Keras): eval mode
+        # virtual batches are a training device (as in tf-keras): eval mode
         # without running statistics normalises with the whole batch's
         k = self._virtual_batch_size if self.training else None
         if batch_stats:

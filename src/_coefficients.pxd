@@ -2,7 +2,7 @@
 # float64 and rounded once.
 from cython cimport floating
 from libc.float cimport DBL_MAX, FLT_MAX
-from libc.math cimport fabs, isfinite, sqrt
+from libc.math cimport fabs, sqrt
 
 
 cdef inline void store_clamped(floating* dst, double v) noexcept nogil:
@@ -85,15 +85,3 @@ cdef inline void grad_input_coefficients(double mean, double invstd, double gamm
     else:
         k_x[0] = 0
         k_0[0] = 0
-
-
-cdef inline bint update_running(floating* running_mean, floating* running_var, double mean,
-                                double unbiased_var, double momentum) noexcept nogil:
-    """PyTorch's update, r <- (1 - m) r + m * batch, unless the batch statistics
-    are not finite: then the running values are kept (returns False) instead
-    of being poisoned for the rest of training."""
-    if not (isfinite(mean) and isfinite(unbiased_var)):
-        return False
-    running_mean[0] = <floating>((1.0 - momentum) * running_mean[0] + momentum * mean)
-    running_var[0] = <floating>((1.0 - momentum) * running_var[0] + momentum * unbiased_var)
-    return True

@@ -17,7 +17,7 @@ from libc.string cimport memcpy
 from _arrays cimport (Geometry, checked, checked_like, checked_table, checked_threads,
                      checked_vector, data_or_null, free_scratch, geometry, input_typenum, run_bytes,
                      scratch)
-from _coefficients cimport inverse_std, normalize_coefficients, param_or, update_running
+from _coefficients cimport inverse_std, normalize_coefficients, param_or
 from _loops cimport CBN_RELU, CBN_STREAM, init_loops, rows_affine, runs_affine
 from _moments cimport (Moments, merge_partials, moments_zero, row_block, rows_moments,
                       strided_runs_moments)
@@ -250,38 +250,17 @@ cdef void affine_kernel(const floating* x, Geometry gx, floating* y, Geometry gy
         cl_affine(x, gx, y, gy, coef, nthreads)
 
 
-cdef Py_ssize_t update_all(floating* running_mean, floating* running_var, const double* mean,
-                           const double* var, double unbias, Py_ssize_t C,
-                           double momentum) noexcept nogil:
-    """Update every channel (var * unbias: the unbiased variance); returns how
-    many channels kept their values because their statistics were not finite."""
-    cdef Py_ssize_t c, skipped = 0
-    for c in range(C):
-        if not update_running(&running_mean[c], &running_var[c], mean[c], var[c] * unbias,
-                              momentum):
-            skipped += 1
-    return skipped
-
-
-cdef Py_ssize_t train_kernel(const floating* x, Geometry gx, floating* y, Geometry gy,
-                             bint channels_first, const floating* w, const floating* b,
-                             double eps, double* part, floating* typed, double* stats,
-                             floating* running_mean, floating* running_var, double momentum,
-                             int nthreads) noexcept nogil:
-    """typed: 3*C coefficients, then (channels-last) per-row-range buffers.
-    Returns the number of channels whose running statistics were left alone."""
-    cdef Py_ssize_t c, C = gx.C
-    cdef double count = <double>(gx.N * gx.S)
+cdef void train_kernel(const floating* x, Geometry gx, floating* y, Geometry gy,
+                       bint channels_first, const floating* w, const floating* b, double eps,
+                       double* part, floating* typed, double* stats, int nthreads) noexcept nogil:
+    """typed: 3*C coefficients, then (channels-last) per-row-range buffers."""
+    cdef Py_ssize_t C = gx.C
     if channels_first and fuse_by_channel(gx, sizeof(floating)):
         cf_train_by_channel(x, gx, y, gy, w, b, eps, typed, stats, nthreads)
     else:
         partial_moments(x, gx, channels_first, part, typed + 3 * C, nthreads)
         finish_training(part, gx, channels_first, w, b, eps, typed, stats, nthreads)
         affine_kernel(x, gx, y, gy, channels_first, typed, nthreads)
-    if running_mean == NULL:
-        return 0
-    return update_all(running_mean, running_var, stats, stats + 2 * C, count / (count - 1.0), C,
-                      momentum)
 
 
 # ---------------------------------------------------------------- entry points
@@ -378,14 +357,12 @@ def normalize(x, mean, var, double eps, weight, bias, y, int nthreads, bint relu
         free_scratch(coef)
 
 
-def train_forward(x, weight, bias, double eps, y, stats, running_mean, running_var,
-                  double momentum, int nthreads, bint relu=False, coef_out=None):
+def train_forward(x, weight, bias, double eps, y, stats, int nthreads, bint relu=False,
+                  coef_out=None):
     """Training forward: y, and stats = [mean, invstd, biased var] (float64 (3, C)).
 
-    When running_mean and running_var are given they are updated in place:
-    r <- (1 - momentum) * r + momentum * batch, with the unbiased variance;
-    channels whose batch statistics are not finite keep their values. Returns
-    the number of such channels. relu and coef_out as for normalize.
+    The running statistics are the caller's to update (cbn._ops), from stats.
+    relu and coef_out as for normalize.
     """
     cdef int typenum = input_typenum(x, "x")
     cdef cnp.ndarray xa = checked(x, "x", cnp.PyArray_NDIM(x), typenum, False)
@@ -397,23 +374,16 @@ def train_forward(x, weight, bias, double eps, y, stats, running_mean, running_v
     cdef cnp.ndarray sa = checked_table(stats, "stats", 3, C, cnp.NPY_FLOAT64, True)
     cdef cnp.ndarray wa = checked_vector(weight, "weight", C, typenum, False)
     cdef cnp.ndarray ba = checked_vector(bias, "bias", C, typenum, False)
-    cdef cnp.ndarray rma = checked_vector(running_mean, "running_mean", C, typenum, True)
-    cdef cnp.ndarray rva = checked_vector(running_var, "running_var", C, typenum, True)
     cdef bint cf = cnp.PyArray_NDIM(xa) == 3
     cdef double* s = <double*>cnp.PyArray_DATA(sa)
     cdef void* xp = cnp.PyArray_DATA(xa)
     cdef void* yp = cnp.PyArray_DATA(ya)
     cdef void* wp = data_or_null(wa)
     cdef void* bp = data_or_null(ba)
-    cdef void* rmp = data_or_null(rma)
-    cdef void* rvp = data_or_null(rva)
     cdef Py_ssize_t nd = scratch_doubles(gx, cf)
     cdef double* part
     cdef void* typed
-    cdef Py_ssize_t skipped = 0
     checked_threads(nthreads)
-    if (rma is None) != (rva is None):
-        raise ValueError("running_mean, running_var: expected both or neither")
     if gx.N * gx.S < 2:
         raise ValueError("x: expected more than 1 value per channel")
     cdef cnp.ndarray ca = (None if coef_out is None
@@ -423,41 +393,12 @@ def train_forward(x, weight, bias, double eps, y, stats, running_mean, running_v
     try:
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
-                skipped = train_kernel(<const float*>xp, gx, <float*>yp, gy, cf, <const float*>wp,
-                                       <const float*>bp, eps, part, <float*>typed, s,
-                                       <float*>rmp, <float*>rvp, momentum, nthreads)
+                train_kernel(<const float*>xp, gx, <float*>yp, gy, cf, <const float*>wp,
+                             <const float*>bp, eps, part, <float*>typed, s, nthreads)
             else:
-                skipped = train_kernel(<const double*>xp, gx, <double*>yp, gy, cf,
-                                       <const double*>wp, <const double*>bp, eps, part,
-                                       <double*>typed, s, <double*>rmp, <double*>rvp, momentum,
-                                       nthreads)
+                train_kernel(<const double*>xp, gx, <double*>yp, gy, cf, <const double*>wp,
+                             <const double*>bp, eps, part, <double*>typed, s, nthreads)
         if ca is not None:  # the coefficients are the first 3*C of typed
             memcpy(cnp.PyArray_DATA(ca), typed, 3 * C * cnp.PyArray_ITEMSIZE(xa))
     finally:
         free_scratch(part)
-    return skipped
-
-
-def update_running_stats(running_mean, running_var, mean, unbiased_var, double momentum):
-    """r <- (1 - momentum) r + momentum * batch for every channel whose batch
-    statistics (float64 (C,)) are finite; returns how many were not."""
-    if not cnp.PyArray_Check(running_mean):
-        raise TypeError("running_mean: expected a numpy.ndarray")
-    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>running_mean)
-    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
-        raise TypeError(f"running_mean: expected float32 or float64, got {running_mean.dtype}")
-    cdef cnp.ndarray rma = checked(running_mean, "running_mean", 1, typenum, True)
-    cdef Py_ssize_t C = cnp.PyArray_DIMS(rma)[0]
-    cdef cnp.ndarray rva = checked_vector(running_var, "running_var", C, typenum, True)
-    cdef cnp.ndarray ma = checked_vector(mean, "mean", C, cnp.NPY_FLOAT64, False)
-    cdef cnp.ndarray va = checked_vector(unbiased_var, "unbiased_var", C, cnp.NPY_FLOAT64, False)
-    if rva is None or ma is None or va is None:
-        raise TypeError("running_var, mean, unbiased_var: expected arrays, got None")
-    cdef const double* m = <const double*>cnp.PyArray_DATA(ma)
-    cdef const double* v = <const double*>cnp.PyArray_DATA(va)
-    if typenum == cnp.NPY_FLOAT32:
-        return update_all(<float*>cnp.PyArray_DATA(rma), <float*>cnp.PyArray_DATA(rva), m, v, 1.0,
-                          C, momentum)
-    return update_all(<double*>cnp.PyArray_DATA(rma), <double*>cnp.PyArray_DATA(rva), m, v, 1.0, C,
-                      momentum)
-

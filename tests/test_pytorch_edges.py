@@ -97,9 +97,9 @@ def test_renormalisation_with_virtual_batches_takes_r_and_d_per_virtual_batch(dt
 
 def test_ghost_batches_are_consecutive_rows_with_unbiased_variances(rng):
     """README: virtual batches are runs of k consecutive rows (the ghost
-    batch norm paper's chunks; Keras takes rows j, j + N/k, ...), and the
+    batch norm paper's chunks; tf-keras takes rows j, j + N/k, ...), and the
     running variance averages their unbiased variances (PyTorch's convention;
-    Keras averages biased ones)."""
+    tf-keras averages biased ones)."""
     x = random_input(rng, (8, 2), np.float64)
     bn = cbn.BatchNorm1d(2, dtype=np.float64, virtual_batch_size=4, momentum=1.0)
     y = bn(x)
