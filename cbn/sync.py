@@ -350,8 +350,9 @@ def allreduce_gradients(layers_or_arrays, comm=None, average=True):
     comm.Allreduce(sent, total)
     if average:
         total /= comm.Get_size()
-    start = 0
+    changes, start = Changes(), 0   # every array updated, or none (e.g. on KeyboardInterrupt)
     for a in arrays:
-        a[...] = total[start:start + a.size].reshape(a.shape)
+        changes.copy(a, total[start:start + a.size].reshape(a.shape))
         start += a.size
+    changes.apply()
     return arrays

@@ -120,35 +120,37 @@ def fingerprint(bn):
     return values, saved is bn.__dict__.get("_fingerprint_saved")
 
 
-def traced_case(kind, call):
-    rng_seed = 11
-
+def traced_case(kind, call, training):
     def make():
-        bn = make_layer(kind)
+        bn = make_layer(kind, training)
+        if not training:   # the saved forward is an eval one
+            bn(input_for(bn, np.random.default_rng(12)))
         bn._fingerprint_saved = bn._saved   # marks the saved forward of before the call
         return bn
 
     def run(bn):
-        call(bn, np.random.default_rng(rng_seed))
+        call(bn, np.random.default_rng(11))
 
     return make, run
 
 
 CALLS = {
-    "forward-train": lambda bn, rng: bn(input_for(bn, rng)),
-    "forward-eval": lambda bn, rng: bn.eval()(input_for(bn, rng)) if False else bn(input_for(bn, rng)),
-    "backward": lambda bn, rng: bn.backward(np.ones_like(input_for(bn, rng))),
-    "load_state_dict": lambda bn, rng: bn.load_state_dict(
-        {k: v + 1 for k, v in bn.state_dict().items()}),
-    "reset_parameters": lambda bn, rng: bn.reset_parameters(),
-    "reset_running_stats": lambda bn, rng: bn.reset_running_stats(),
+    "forward-train": (True, lambda bn, rng: bn(input_for(bn, rng))),
+    "forward-eval": (False, lambda bn, rng: bn(input_for(bn, rng))),
+    "backward": (True, lambda bn, rng: bn.backward(np.ones_like(input_for(bn, rng)))),
+    "backward-eval": (False, lambda bn, rng: bn.backward(np.ones_like(input_for(bn, rng)))),
+    "load_state_dict": (True, lambda bn, rng: bn.load_state_dict(
+        {k: v + 1 for k, v in bn.state_dict().items()})),
+    "reset_parameters": (True, lambda bn, rng: bn.reset_parameters()),
+    "reset_running_stats": (True, lambda bn, rng: bn.reset_running_stats()),
 }
 
 
 @pytest.mark.parametrize("call", list(CALLS))
 @pytest.mark.parametrize("kind", LAYERS)
 def test_an_interrupt_at_any_line_leaves_all_or_nothing(kind, call):
-    make, run = traced_case(kind, CALLS[call])
+    training, fn = CALLS[call]
+    make, run = traced_case(kind, fn, training)
     lines = interrupt_everywhere(make, run, fingerprint)
     assert lines > 1
 
@@ -319,3 +321,94 @@ def test_layers_with_their_lock_survive_copy_and_pickle():
                       else copy.deepcopy(bn)):
             assert clone._lock is not bn._lock
             clone(input_for(clone, np.random.default_rng(0)))
+
+
+# ---------------------------------------------------------------- one validator per kind of state
+
+
+VECTORS = {   # values of the layer's dtype that the kernels can use as they are
+    "finite": [0.5, 1.0, 2.0], "zeros": [0.0, 0.0, 0.0], "negative": [-1.0, 1.0, 1.0],
+    "nan": [1.0, np.nan, 1.0], "inf": [1.0, 1.0, np.inf], "-inf": [-np.inf, 1.0, 1.0],
+    "denormal": [1e-45, 1.0, 1.0], "max": [3.4e38, 1.0, 1.0], "shape-4": [1.0] * 4,
+    "shape-2d": [[1.0], [1.0], [1.0]], "empty": [],
+}
+
+
+def accepted(fn):
+    try:
+        fn()
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+@pytest.mark.parametrize("value", list(VECTORS))
+@pytest.mark.parametrize("key", ["weight", "bias", "running_mean", "running_var"])
+def test_setters_accept_exactly_what_load_state_dict_accepts(key, value):
+    bn = make_layer("BatchNorm2d")
+    array = np.array(VECTORS[value], np.float32)
+    by_setter = accepted(lambda: setattr(bn, key, array.copy()))
+    by_load = accepted(lambda: bn.load_state_dict({key: array.copy()}, strict=False))
+    assert by_setter == by_load
+
+
+COUNTS = [0, 5, 2 ** 63 - 1, 2 ** 63, -1, 1.5, 1e20, np.float32(3), np.float64(7.0),
+          np.int8(-2), np.uint64(2 ** 63), np.array(4), np.array([4]), np.ones(2), "3", True,
+          float("nan")]
+
+
+@pytest.mark.parametrize("count", COUNTS, ids=repr)
+def test_the_count_setter_accepts_exactly_what_load_state_dict_accepts(count):
+    bn = make_layer("BatchNorm2d")
+    by_setter = accepted(lambda: setattr(bn, "num_batches_tracked", count))
+    by_load = accepted(lambda: bn.load_state_dict({"num_batches_tracked": count}, strict=False))
+    assert by_setter == by_load
+
+
+def read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("case,value,words", [
+    ("strided", lambda: np.ones(6, np.float32)[::2], "contiguous"),
+    ("unaligned", lambda: np.ones(13, np.uint8)[1:].view(np.float32), "aligned"),
+    ("read-only", lambda: read_only(np.ones(3, np.float32)), "writable"),
+    ("float64", lambda: np.ones(3), "dtype float32"),
+])
+def test_setters_bind_so_refuse_what_the_kernels_cannot_use_as_it_is(case, value, words):
+    """load_state_dict copies and converts these; a setter binds the array
+    itself and refuses them, naming the real problem."""
+    bn = make_layer("BatchNorm2d")
+    with pytest.raises((TypeError, ValueError), match=f"weight: expected .*{words}"):
+        bn.weight = value()
+    bn.load_state_dict({"weight": value()}, strict=False)
+
+
+class TwoIdenticalRanks:
+    """A communicator whose other rank sent the same values (in this thread,
+    so that the trace function sees every line)."""
+
+    def Get_size(self):
+        return 2
+
+    def Get_rank(self):
+        return 0
+
+    def Allgather(self, sendbuf, recvbuf):
+        recvbuf[...] = sendbuf
+
+    def Allreduce(self, sendbuf, recvbuf):
+        recvbuf[...] = 2 * sendbuf
+
+
+def test_allreduce_gradients_updates_every_array_or_none():
+    arrays = [np.arange(3.0), np.arange(4, dtype=np.float32)]
+
+    def make():
+        return [a.copy() for a in arrays]
+
+    def run(items):
+        cbn.allreduce_gradients(items, TwoIdenticalRanks(), average=False)
+
+    interrupt_everywhere(make, run, lambda items: [a.tobytes() for a in items])
