@@ -21,9 +21,14 @@ class Changes:
         self.assignments = []
 
     def copy(self, target, values):
-        """target[...] = values (broadcast), converted to target's dtype and copied now."""
-        values = np.broadcast_to(np.asarray(values, dtype=target.dtype), target.shape)
-        self.copies.append((target, np.array(values)))
+        """target[...] = values: an array of target's shape and dtype that
+        nothing else changes before apply() (a new result or a copy), or
+        anything else, broadcast, converted and copied now."""
+        if not (type(values) is np.ndarray and values.dtype == target.dtype
+                and values.shape == target.shape):
+            values = np.array(np.broadcast_to(np.asarray(values, dtype=target.dtype),
+                                              target.shape))
+        self.copies.append((target, values))
 
     def set(self, obj, name, value):
         """obj.name = value (a plain attribute, not a property)."""

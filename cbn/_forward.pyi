@@ -17,3 +17,6 @@ def normalize(x: NDArray[T], mean: NDArray[np.float32] | F64, var: NDArray[np.fl
 def train_forward(x: NDArray[T], weight: NDArray[T] | None, bias: NDArray[T] | None, eps: float,
                   y: NDArray[T], stats: F64, nthreads: int, relu: bool = ...,
                   coef_out: NDArray[T] | None = ...) -> None: ...
+def moved_running_stats(running_mean: NDArray[T], running_var: NDArray[T], mean: F64, var: F64,
+                        var_scale: float, momentum: float
+                        ) -> tuple[NDArray[T], NDArray[T], NDArray[np.bool_] | None]: ...

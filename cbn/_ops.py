@@ -72,6 +72,19 @@ def grad_sums(canon, dy, mean, relu=None):
     return out
 
 
+def moved_running_stats(running_mean, running_var, mean, var, momentum, var_scale=1.0):
+    """PyTorch's update as new arrays: r <- (1 - momentum) * r + momentum * batch
+    for mean and var * var_scale (float64 (C,); var_scale e.g. count / (count
+    - 1) for the unbiased variance), in float64, rounded once to the running
+    statistics' dtype. Channels whose new values are not finite (a NaN/Inf
+    batch, or a value past the dtype's range) keep their current values
+    instead of being poisoned for the rest of training. Returns (mean, var,
+    kept): kept is a bool (C,) mask of those channels, or None if there are
+    none."""
+    return _forward.moved_running_stats(running_mean, running_var, mean, var, var_scale,
+                                        momentum)
+
+
 def moving_average(running, target, momentum):
     """(1 - momentum) * running + momentum * target, in float64 (C,)."""
     with np.errstate(over="ignore", invalid="ignore"):
@@ -82,17 +95,17 @@ def moving_average(running, target, momentum):
 def rounded_running_stats(running_mean, running_var, mean, var):
     """New running statistics: float64 mean and var rounded once to the
     running statistics' dtype, as new arrays. Channels where either is not
-    finite (a NaN/Inf batch, or a value overflowing the dtype) keep their
-    current values instead of being poisoned for the rest of training.
-    Returns (mean, var, kept): kept is a bool (C,) mask of those channels."""
+    finite keep their current values. Returns (mean, var, kept) as
+    moved_running_stats."""
     dtype = running_mean.dtype
     with np.errstate(over="ignore", invalid="ignore"):
         new_mean = np.asarray(mean, np.float64).astype(dtype)
         new_var = np.asarray(var, np.float64).astype(dtype)
     kept = ~(np.isfinite(new_mean) & np.isfinite(new_var))
-    if kept.any():
-        new_mean[kept] = running_mean[kept]
-        new_var[kept] = running_var[kept]
+    if not kept.any():
+        return new_mean, new_var, None
+    new_mean[kept] = running_mean[kept]
+    new_var[kept] = running_var[kept]
     return new_mean, new_var, kept
 
 

@@ -374,31 +374,30 @@ class _BatchNorm:
 
     def _running_targets(self, pieces):
         """What this training step moves the running statistics towards, as
-        (mean, unbiased variance) float64 (C,) arrays: the batch's, or with
+        (mean, var, var_scale): float64 (C,) arrays, the variance to use being
+        var * var_scale. The batch's mean and unbiased variance, or with
         virtual batches the means over them of their means and of their
         unbiased variances (PyTorch's unbiased convention, per virtual batch)."""
         count = pieces[0].canon.count
+        unbias = count / (count - 1.0)
         if len(pieces) == 1:
-            return pieces[0].stats[0], pieces[0].stats[2] * (count / (count - 1.0))
+            return pieces[0].stats[0], pieces[0].stats[2], unbias
         means = np.mean([p.stats[0] for p in pieces], axis=0)
-        unbiased = np.mean([p.stats[2] * (count / (count - 1.0)) for p in pieces], axis=0)
-        return means, unbiased
+        unbiased = np.mean([p.stats[2] * unbias for p in pieces], axis=0)
+        return means, unbiased, 1.0
 
-    def _updated_running_stats(self, mean, unbiased_var):
-        """(new running mean, new running var, kept mask): PyTorch's
-        r <- (1 - m) r + m * batch, see _ops.rounded_running_stats."""
-        m = self._step_momentum()
-        return _ops.rounded_running_stats(
-            self._running_mean, self._running_var,
-            _ops.moving_average(self._running_mean, mean, m),
-            _ops.moving_average(self._running_var, unbiased_var, m))
+    def _updated_running_stats(self, mean, var, var_scale):
+        """(new running mean, new running var, kept mask or None): PyTorch's
+        r <- (1 - m) r + m * batch, see _ops.moved_running_stats."""
+        return _ops.moved_running_stats(self._running_mean, self._running_var, mean, var,
+                                        self._step_momentum(), var_scale)
 
-    def _stage_running_update(self, changes, mean, unbiased_var):
+    def _stage_running_update(self, changes, mean, var, var_scale=1.0):
         """Stage this training step's update of the running statistics and
         the count, warning first about channels left unchanged."""
-        new_mean, new_var, kept = self._updated_running_stats(mean, unbiased_var)
-        if kept.any():
-            self._warn_kept(kept, np.isfinite(mean) & np.isfinite(unbiased_var))
+        new_mean, new_var, kept = self._updated_running_stats(mean, var, var_scale)
+        if kept is not None:
+            self._warn_kept(kept, np.isfinite(mean) & np.isfinite(var))
         changes.copy(self._running_mean, new_mean)
         changes.copy(self._running_var, new_var)
         changes.set(self, "_num_batches_tracked", self._num_batches_tracked + 1)

@@ -126,11 +126,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     y, stats, _ = _ops.train_forward(canon, weight, bias, eps, output)
     if running_mean is not None:
         count = canon.count
-        unbiased = stats[2] * (count / (count - 1.0))
-        new_mean, new_var, kept = _ops.rounded_running_stats(
-            running_mean, running_var, _ops.moving_average(running_mean, stats[0], momentum),
-            _ops.moving_average(running_var, unbiased, momentum))
-        if kept.any():
+        new_mean, new_var, kept = _ops.moved_running_stats(mean_in, var_in, stats[0], stats[2],
+                                                           momentum, count / (count - 1.0))
+        if kept is not None:
             warnings.warn(f"batch_norm: channel(s) {np.flatnonzero(kept).tolist()} have batch "
                           f"statistics that are not finite (NaN or Inf in the input) or running "
                           f"statistics that would overflow {x.dtype}; their running statistics "

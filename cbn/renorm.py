@@ -109,12 +109,12 @@ class _BatchRenorm(_BatchNorm):
         return y, _Piece(canon, stats, scaled_weight, coef, (r, d))
 
     def _running_targets(self, pieces):
-        """(mean_B, sigma_B) of the batch, or their means over virtual batches."""
+        """(mean_B, sigma_B, 1) of the batch, or the means over virtual batches."""
         means = np.mean([p.stats[0] for p in pieces], axis=0)
         sigmas = np.mean([np.sqrt(p.stats[2] + self._eps) for p in pieces], axis=0)
-        return means, sigmas
+        return means, sigmas, 1.0
 
-    def _updated_running_stats(self, mean, sigma_b):
+    def _updated_running_stats(self, mean, sigma_b, _):
         """The paper's update of the moving mean and sigma, stored as
         running_var = sigma^2 - eps."""
         a = self._step_momentum()

@@ -212,8 +212,8 @@ class SyncBatchNorm(_BatchNorm):
                                  self.activation == "relu")
         changes = Changes()
         if self.track_running_stats:
-            self._stage_running_update(changes, total.mean,
-                                       var * (total.count / (total.count - 1.0)))
+            self._stage_running_update(changes, total.mean, var,
+                                       total.count / (total.count - 1.0))
         stats = np.empty((3, C))
         stats[0] = total.mean
         stats[1] = 1.0 / np.sqrt(var + self._eps)

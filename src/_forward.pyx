@@ -12,6 +12,7 @@
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport isfinite
 from libc.string cimport memcpy
 
 from _arrays cimport (Geometry, checked, checked_like, checked_table, checked_threads,
@@ -402,3 +403,62 @@ def train_forward(x, weight, bias, double eps, y, stats, int nthreads, bint relu
             memcpy(cnp.PyArray_DATA(ca), typed, 3 * C * cnp.PyArray_ITEMSIZE(xa))
     finally:
         free_scratch(part)
+
+
+cdef Py_ssize_t moved_all(const floating* running_mean, const floating* running_var,
+                          const double* mean, const double* var, double var_scale,
+                          double momentum, floating* new_mean, floating* new_var,
+                          cnp.npy_bool* kept, Py_ssize_t C) noexcept nogil:
+    """new = (1 - momentum) * running + momentum * batch per channel, in float64,
+    rounded once (the batch's var multiplied by var_scale first); a channel whose new values are not finite (NaN/Inf batch
+    statistics, or values past the type's range) keeps its running ones."""
+    cdef Py_ssize_t c, count = 0
+    cdef floating m, v
+    for c in range(C):
+        m = <floating>((1.0 - momentum) * running_mean[c] + momentum * mean[c])
+        v = <floating>((1.0 - momentum) * running_var[c] + momentum * (var[c] * var_scale))
+        kept[c] = not (isfinite(m) and isfinite(v))
+        if kept[c]:
+            m = running_mean[c]
+            v = running_var[c]
+            count += 1
+        new_mean[c] = m
+        new_var[c] = v
+    return count
+
+
+def moved_running_stats(running_mean, running_var, mean, var, double var_scale, double momentum):
+    """The running statistics moved towards the batch's (float64 (C,) mean, and
+    var * var_scale, e.g. count / (count - 1)), as new arrays: (new_mean,
+    new_var, kept), kept a bool (C,) array marking the channels left as they
+    were, or None when there are none. The running statistics are not changed."""
+    if not cnp.PyArray_Check(running_mean):
+        raise TypeError("running_mean: expected a numpy.ndarray")
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>running_mean)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        raise TypeError(f"running_mean: expected float32 or float64, got {running_mean.dtype}")
+    cdef cnp.ndarray rma = checked(running_mean, "running_mean", 1, typenum, False)
+    cdef Py_ssize_t C = cnp.PyArray_DIMS(rma)[0]
+    cdef cnp.ndarray rva = checked_vector(running_var, "running_var", C, typenum, False)
+    cdef cnp.ndarray ma = checked_vector(mean, "mean", C, cnp.NPY_FLOAT64, False)
+    cdef cnp.ndarray va = checked_vector(var, "var", C, cnp.NPY_FLOAT64, False)
+    if rva is None or ma is None or va is None:
+        raise TypeError("running_var, mean, var: expected arrays, got None")
+    cdef cnp.npy_intp dims[1]
+    dims[0] = C
+    cdef cnp.ndarray nma = cnp.PyArray_SimpleNew(1, dims, typenum)
+    cdef cnp.ndarray nva = cnp.PyArray_SimpleNew(1, dims, typenum)
+    cdef cnp.ndarray ka = cnp.PyArray_SimpleNew(1, dims, cnp.NPY_BOOL)
+    cdef const double* m = <const double*>cnp.PyArray_DATA(ma)
+    cdef const double* v = <const double*>cnp.PyArray_DATA(va)
+    cdef cnp.npy_bool* k = <cnp.npy_bool*>cnp.PyArray_DATA(ka)
+    cdef Py_ssize_t kept
+    if typenum == cnp.NPY_FLOAT32:
+        kept = moved_all(<const float*>cnp.PyArray_DATA(rma),
+                         <const float*>cnp.PyArray_DATA(rva), m, v, var_scale, momentum,
+                         <float*>cnp.PyArray_DATA(nma), <float*>cnp.PyArray_DATA(nva), k, C)
+    else:
+        kept = moved_all(<const double*>cnp.PyArray_DATA(rma),
+                         <const double*>cnp.PyArray_DATA(rva), m, v, var_scale, momentum,
+                         <double*>cnp.PyArray_DATA(nma), <double*>cnp.PyArray_DATA(nva), k, C)
+    return nma, nva, (ka if kept else None)

@@ -63,7 +63,7 @@ def parallel_copy(const unsigned char[::1] src, unsigned char[::1] dst, int nthr
             memcpy(&dst[start], &src[start], min(chunk, n - start))
 
 
-def commit(copies, assignments):
+def commit(list copies, list assignments):
     """Apply a call's changes to layer state at once, after checking them all.
 
     copies: (dst, src) pairs of arrays of equal shape and dtype, dst[...] = src;
@@ -73,20 +73,27 @@ def commit(copies, assignments):
     handler, a trace function) can stop it half-way: the state is either all
     old or all new.
     """
-    cdef list pending_copies = []
-    cdef list pending_sets = []
     cdef cnp.ndarray dst, src
-    for target, source in copies:
-        if (not isinstance(target, cnp.ndarray) or not isinstance(source, cnp.ndarray)
-                or target.shape != source.shape or target.dtype != source.dtype):
+    cdef tuple pair, triple
+    cdef list namespaces = []
+    cdef int d
+    for pair in copies:
+        dst, src = pair
+        if (cnp.PyArray_NDIM(dst) != cnp.PyArray_NDIM(src)
+                or cnp.PyArray_TYPE(dst) != cnp.PyArray_TYPE(src)):
             raise ValueError(f"copies: expected arrays of equal shapes and dtypes, got "
-                             f"{target!r:.60} and {source!r:.60}")
-        if not target.flags.writeable:
+                             f"{(<object>dst).dtype} {(<object>dst).shape} and "
+                             f"{(<object>src).dtype} {(<object>src).shape}")
+        for d in range(cnp.PyArray_NDIM(dst)):
+            if cnp.PyArray_DIMS(dst)[d] != cnp.PyArray_DIMS(src)[d]:
+                raise ValueError(f"copies: expected arrays of equal shapes, got "
+                                 f"{(<object>dst).shape} and {(<object>src).shape}")
+        if not cnp.PyArray_ISWRITEABLE(dst):
             raise ValueError("copies: expected writable destinations, got a read-only one")
-        pending_copies.append((target, source))
-    for obj, name, value in assignments:
-        pending_sets.append((obj.__dict__, name, value))
-    for dst, src in pending_copies:
-        cnp.PyArray_CopyInto(dst, src)
-    for namespace, name, value in pending_sets:
-        (<dict?>namespace)[name] = value
+    for triple in assignments:
+        namespaces.append(<dict?>(triple[0].__dict__))
+    for pair in copies:
+        cnp.PyArray_CopyInto(<cnp.ndarray>pair[0], <cnp.ndarray>pair[1])
+    for d in range(len(assignments)):
+        triple = <tuple>assignments[d]
+        (<dict>namespaces[d])[triple[1]] = triple[2]
