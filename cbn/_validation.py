@@ -43,14 +43,19 @@ def check_bool(value, name):
     return bool(value)
 
 
-def check_eps(eps):
-    """A finite float > 0: eps = 0 divides by zero on a constant channel (PyTorch
-    refuses it in training too)."""
+def check_eps(eps, dtype):
+    """A finite float, at least dtype's smallest normal number (float32:
+    1.2e-38). eps = 0 divides by zero on a constant channel (PyTorch refuses
+    it in training too), and below that bound 1 / sqrt(var + eps) can exceed
+    the dtype's range, so no scale of that dtype would normalise data whose
+    spread is as small."""
+    smallest = float(np.finfo(dtype).tiny)
+    expected = f"a finite float >= {smallest:.3g} ({np.dtype(dtype).name}'s smallest normal number)"
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps: expected a finite float > 0, got {describe(eps)}")
+        raise TypeError(f"eps: expected {expected}, got {describe(eps)}")
     eps = float(eps)
-    if not (math.isfinite(eps) and eps > 0.0):
-        raise ValueError(f"eps: expected a finite float > 0, got {eps}")
+    if not (math.isfinite(eps) and eps >= smallest):
+        raise ValueError(f"eps: expected {expected}, got {eps}")
     return eps
 
 

@@ -147,12 +147,13 @@ class _BatchNorm:
 
     @property
     def eps(self):
-        """Added to the variance before its square root; a finite float > 0."""
+        """Added to the variance before its square root: a finite float, at
+        least the dtype's smallest normal number (1.2e-38 for float32)."""
         return self._eps
 
     @eps.setter
     def eps(self, value):
-        self._eps = check_eps(value)
+        self._eps = check_eps(value, self._dtype)
 
     @property
     def momentum(self):

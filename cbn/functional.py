@@ -91,7 +91,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         Weight of the new batch in the running averages, in [0, 1]; checked
         in training only (eval mode ignores it, as PyTorch).
     eps : float
-        Added to the variance; a finite float > 0.
+        Added to the variance: a finite float, at least x's dtype's smallest
+        normal number (1.2e-38 for float32).
     layout : {"NCHW", "NHWC"}
         Where the channels are.
     out : numpy.ndarray, optional
@@ -104,7 +105,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     """
     axis = _check_x(x, layout)
     C, weight, bias = _check_params(x, axis, weight, bias)
-    eps = check_eps(eps)
+    eps = check_eps(eps, x.dtype)
     training = bool(training)
     if training:   # PyTorch ignores momentum in eval mode; so does cbn
         momentum = check_momentum(momentum, allow_none=False)
@@ -148,7 +149,7 @@ def batch_norm_forward(x, weight=None, bias=None, eps=1e-5, layout="NCHW", out=N
     """
     axis = _check_x(x, layout)
     _, weight, bias = _check_params(x, axis, weight, bias)
-    eps = check_eps(eps)
+    eps = check_eps(eps, x.dtype)
     check_batch_for_statistics(x, axis)
     check_out_overlap(out, x, "x")
     canon = canonicalize(x, layout)

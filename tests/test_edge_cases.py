@@ -119,7 +119,8 @@ def test_an_unaligned_parameter_is_refused_at_assignment(name):
     bn(random_input(rng_for(7), (5, 3), np.float32))             # the layer still works
 
 
-# 8. eps must be positive; a constant channel gives exactly bias for any eps > 0
+# 8. eps must be positive (at least the dtype's smallest normal number); a constant
+#    channel gives exactly bias for any eps accepted
 
 @pytest.mark.parametrize("call", [
     lambda: cbn.BatchNorm2d(3, eps=0.0),
@@ -128,15 +129,40 @@ def test_an_unaligned_parameter_is_refused_at_assignment(name):
     lambda: F.batch_norm_forward(np.ones((2, 3), np.float32), eps=0.0),
 ])
 def test_eps_zero_is_refused(call):
-    with pytest.raises(ValueError, match=r"eps: expected a finite float > 0, got 0.0"):
+    with pytest.raises(ValueError, match=r"eps: expected a finite float >= 1.18e-38 \(float32's "
+                                          r"smallest normal number\), got 0.0"):
         call()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("eps", [1e-5, 1e-30, 1e-45, 1e-300, 5e-324])
+def test_eps_below_the_smallest_normal_number_is_refused(dtype):
+    tiny = float(np.finfo(dtype).tiny)
+    cbn.BatchNorm1d(2, eps=tiny, dtype=dtype)
+    with pytest.raises(ValueError, match="eps: expected a finite float >="):
+        cbn.BatchNorm1d(2, eps=tiny / 2, dtype=dtype)
+    with pytest.raises(ValueError, match="eps: expected a finite float >="):
+        F.batch_norm_forward(np.ones((3, 2), dtype), eps=tiny / 2)
+
+
+def test_denormal_data_with_the_smallest_eps_is_normalised_exactly():
+    """The smallest eps accepted keeps 1/sqrt(var + eps) within float32."""
+    rng = rng_for(12)
+    tiny = float(np.finfo(np.float32).tiny)
+    for scale in (1e-40, 1e-44):
+        x = (rng.standard_normal((64, 3, 5)) * scale).astype(np.float32)
+        wide = x.astype(np.float64)
+        mean, var = wide.mean(axis=(0, 2), keepdims=True), wide.var(axis=(0, 2), keepdims=True)
+        y = cbn.BatchNorm1d(3, eps=tiny)(x)
+        np.testing.assert_allclose(y, (wide - mean) / np.sqrt(var + tiny), rtol=1e-5,
+                                   atol=1e-6 * np.abs((wide - mean) / np.sqrt(var + tiny)).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("eps", [1e-5, 1e-30, "tiny"])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_a_constant_channel_gives_exactly_bias_for_any_eps(dtype, eps, layout):
     """README: "a constant channel gives exactly `bias`"."""
+    eps = float(np.finfo(dtype).tiny) if eps == "tiny" else eps
     bn = cbn.BatchNorm2d(2, eps=eps, dtype=dtype, layout=layout)
     bn.bias[...] = [0.25, -3.0]
     shape = (3, 2, 2, 2)
