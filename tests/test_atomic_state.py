@@ -412,3 +412,25 @@ def test_allreduce_gradients_updates_every_array_or_none():
         cbn.allreduce_gradients(items, TwoIdenticalRanks(), average=False)
 
     interrupt_everywhere(make, run, lambda items: [a.tobytes() for a in items])
+
+
+@pytest.mark.parametrize("virtual_batch_size", [None, 2])
+def test_synced_backward_differentiates_the_forward_that_ran(virtual_batch_size):
+    rng = np.random.default_rng(13)
+    xs = [random_input(rng, (4, C, 3, 3), np.float32) for _ in range(2)]
+    dys = [random_input(rng, (4, C, 3, 3), np.float32) for _ in range(2)]
+
+    def step(rank, comm):
+        bn = cbn.SyncBatchNorm(C, comm, virtual_batch_size=virtual_batch_size)
+        bn.weight[...] = [0.5, 1.5, 2.0]
+        bn(xs[rank])
+        first = bn.backward(dys[rank]), bn.grad_weight.copy()
+        bn.weight -= 0.5 * bn.grad_weight
+        bn.load_state_dict({k: v + 1 for k, v in bn.state_dict().items()})
+        second = bn.backward(dys[rank]), bn.grad_weight.copy()
+        return first, second
+
+    results, _ = run_ranks(2, step)
+    for first, second in results:
+        np.testing.assert_array_equal(first[0], second[0])
+        np.testing.assert_array_equal(first[1], second[1])
