@@ -78,7 +78,7 @@ cdef struct Geometry:
     Py_ssize_t S
     Py_ssize_t sn
     Py_ssize_t sc
-    int flags     # how an output is written: CBN_STREAM, CBN_RELU (cbn_loops.h)
+    int flags     # how an output is written: CBN_STREAM, CBN_RELU, CBN_FIXED (cbn_loops.h)
 
 
 cdef inline Geometry geometry(cnp.ndarray a) noexcept:

@@ -9,7 +9,7 @@ from _arrays cimport (Geometry, checked, checked_like, checked_table, checked_th
                      checked_vector, data_or_null, free_scratch, geometry, input_typenum, run_bytes,
                      scratch)
 from _coefficients cimport grad_input_coefficients, param_or
-from _loops cimport CBN_STREAM, init_loops, rows_grad_input, runs_grad_input, runs_grad_sums
+from _loops cimport CBN_FIXED, CBN_STREAM, init_loops, rows_grad_input, runs_grad_input, runs_grad_sums
 from _gradsums cimport rows_grad_sums_f64
 from _moments cimport row_block
 from _plan cimport channel_parts, fuse_by_channel, part_start, row_parts, streams
@@ -83,7 +83,7 @@ cdef inline void cf_run_grad_input(const floating* dy, Geometry gd, const floati
     cdef floating rc[3]
     runs_grad_input(dy + n * gd.sn + c * gd.sc, 0, x + n * gx.sn + c * gx.sc, 0,
                     dx + n * gg.sn + c * gg.sc, 0, 1, gx.S, coef[c], coef[C + c], coef[2 * C + c],
-                    coef[3 * C + c], relu_of(relu, C, c, rc), gg.flags & CBN_STREAM)
+                    coef[3 * C + c], relu_of(relu, C, c, rc), gg.flags)
 
 
 cdef void cf_grad_input(const floating* dy, Geometry gd, const floating* x, Geometry gx,
@@ -116,7 +116,7 @@ cdef inline void cf_channel_backward(const floating* dy, Geometry gd, const floa
                      sums[C + c], batch_stats)
     runs_grad_input(dy + c * gd.sc, gd.sn, x + c * gx.sc, gx.sn, dx + c * gg.sc, gg.sn, gx.N, gx.S,
                     coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c], r,
-                    gg.flags & CBN_STREAM)
+                    gg.flags)
 
 
 cdef void cf_backward_by_channel(const floating* dy, Geometry gd, const floating* x,
@@ -180,7 +180,7 @@ cdef inline void cl_block_grad_input(const floating* dy, Geometry gd, const floa
     cdef Py_ssize_t r0 = (nblocks - 1 - i) * block
     rows_grad_input(dy + r0 * gd.sn, gd.sn, x + r0 * gx.sn, gx.sn, dx + r0 * gg.sn, gg.sn,
                     min(block, gx.N - r0), C, coef, coef + C, coef + 2 * C, coef + 3 * C, relu,
-                    gg.flags & CBN_STREAM)
+                    gg.flags)
 
 
 cdef void cl_grad_input(const floating* dy, Geometry gd, const floating* x, Geometry gx,
@@ -311,8 +311,9 @@ def backward(dy, x, stats, weight, bint batch_stats, dx, grads, int nthreads, re
     cdef cnp.ndarray da = checked_like(dy, "dy", xa, False)
     cdef cnp.ndarray ga = checked_like(dx, "dx", xa, True)
     cdef Geometry gx = geometry(xa), gd = geometry(da), gg = geometry(ga)
-    gg.flags = CBN_STREAM if streams(cnp.PyArray_NBYTES(ga),
-                                     run_bytes(gg, cnp.PyArray_ITEMSIZE(ga))) else 0
+    gg.flags = ((CBN_STREAM if streams(cnp.PyArray_NBYTES(ga),
+                                       run_bytes(gg, cnp.PyArray_ITEMSIZE(ga))) else 0)
+                | (0 if batch_stats else CBN_FIXED))
     cdef cnp.ndarray sa = checked_table(stats, "stats", 2, gx.C, cnp.NPY_FLOAT64, False)
     cdef cnp.ndarray wa = checked_vector(weight, "weight", gx.C, typenum, False)
     cdef void* rp = relu_data(relu, gx.C, typenum)
@@ -375,8 +376,9 @@ def grad_input(dy, x, stats, weight, sums, double count, bint batch_stats, dx, i
     cdef cnp.ndarray da = checked_like(dy, "dy", xa, False)
     cdef cnp.ndarray ga = checked_like(dx, "dx", xa, True)
     cdef Geometry gx = geometry(xa), gd = geometry(da), gg = geometry(ga)
-    gg.flags = CBN_STREAM if streams(cnp.PyArray_NBYTES(ga),
-                                     run_bytes(gg, cnp.PyArray_ITEMSIZE(ga))) else 0
+    gg.flags = ((CBN_STREAM if streams(cnp.PyArray_NBYTES(ga),
+                                       run_bytes(gg, cnp.PyArray_ITEMSIZE(ga))) else 0)
+                | (0 if batch_stats else CBN_FIXED))
     cdef cnp.ndarray sa = checked_table(stats, "stats", 2, gx.C, cnp.NPY_FLOAT64, False)
     cdef cnp.ndarray ua = checked_table(sums, "sums", 2, gx.C, cnp.NPY_FLOAT64, False)
     cdef cnp.ndarray wa = checked_vector(weight, "weight", gx.C, typenum, False)

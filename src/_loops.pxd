@@ -6,6 +6,7 @@ from libc.stdlib cimport getenv
 cdef extern from "cbn_loops.h" nogil:
     int CBN_STREAM
     int CBN_RELU
+    int CBN_FIXED
     void cbn_loops_init(int allow_avx2)
     const char* cbn_loops_isa()
     float cbn_runs_sum_f32(const float* p, Py_ssize_t stride, Py_ssize_t nruns, Py_ssize_t n)
@@ -29,11 +30,11 @@ cdef extern from "cbn_loops.h" nogil:
     void cbn_runs_grad_input_f32(const float* dy, Py_ssize_t dstride, const float* x,
                                  Py_ssize_t xstride, float* dx, Py_ssize_t gstride,
                                  Py_ssize_t nruns, Py_ssize_t n, float shift, float k_dy,
-                                 float k_x, float k_0, const float* relu, int stream)
+                                 float k_x, float k_0, const float* relu, int flags)
     void cbn_runs_grad_input_f64(const double* dy, Py_ssize_t dstride, const double* x,
                                  Py_ssize_t xstride, double* dx, Py_ssize_t gstride,
                                  Py_ssize_t nruns, Py_ssize_t n, double shift, double k_dy,
-                                 double k_x, double k_0, const double* relu, int stream)
+                                 double k_x, double k_0, const double* relu, int flags)
     void cbn_rows_affine_f32(const float* x, Py_ssize_t xstride, float* y, Py_ssize_t ystride,
                              Py_ssize_t nrows, Py_ssize_t C, const float* shift,
                              const float* scale, const float* offset, int flags)
@@ -44,12 +45,12 @@ cdef extern from "cbn_loops.h" nogil:
                                  Py_ssize_t xstride, float* dx, Py_ssize_t gstride,
                                  Py_ssize_t nrows, Py_ssize_t C, const float* shift,
                                  const float* k_dy, const float* k_x, const float* k_0,
-                                 const float* relu, int stream)
+                                 const float* relu, int flags)
     void cbn_rows_grad_input_f64(const double* dy, Py_ssize_t dstride, const double* x,
                                  Py_ssize_t xstride, double* dx, Py_ssize_t gstride,
                                  Py_ssize_t nrows, Py_ssize_t C, const double* shift,
                                  const double* k_dy, const double* k_x, const double* k_0,
-                                 const double* relu, int stream)
+                                 const double* relu, int flags)
     void cbn_rows_sum_f32(float* acc, const float* x, Py_ssize_t stride, Py_ssize_t nrows,
                           Py_ssize_t C)
     void cbn_rows_sum_f64(double* acc, const double* x, Py_ssize_t stride, Py_ssize_t nrows,
@@ -108,14 +109,15 @@ cdef inline void runs_grad_input(const floating* dy, Py_ssize_t dstride, const f
                                  Py_ssize_t xstride, floating* dx, Py_ssize_t gstride,
                                  Py_ssize_t nruns, Py_ssize_t n, floating shift, floating k_dy,
                                  floating k_x, floating k_0, const floating* relu,
-                                 int stream) noexcept nogil:
-    """dx = g * k_dy + (x - shift) * k_x + k_0 over the runs, g = dy gated by relu."""
+                                 int flags) noexcept nogil:
+    """dx = g * k_dy + (x - shift) * k_x + k_0 over the runs, g = dy gated by relu;
+    flags: CBN_STREAM, CBN_FIXED (eval: dx = g * k_dy)."""
     if floating is float:
         cbn_runs_grad_input_f32(dy, dstride, x, xstride, dx, gstride, nruns, n, shift, k_dy, k_x,
-                                k_0, relu, stream)
+                                k_0, relu, flags)
     else:
         cbn_runs_grad_input_f64(dy, dstride, x, xstride, dx, gstride, nruns, n, shift, k_dy, k_x,
-                                k_0, relu, stream)
+                                k_0, relu, flags)
 
 
 cdef inline void rows_affine(const floating* x, Py_ssize_t xstride, floating* y,
@@ -133,14 +135,14 @@ cdef inline void rows_grad_input(const floating* dy, Py_ssize_t dstride, const f
                                  Py_ssize_t xstride, floating* dx, Py_ssize_t gstride,
                                  Py_ssize_t nrows, Py_ssize_t C, const floating* shift,
                                  const floating* k_dy, const floating* k_x, const floating* k_0,
-                                 const floating* relu, int stream) noexcept nogil:
+                                 const floating* relu, int flags) noexcept nogil:
     """Per channel: dx = g * k_dy + (x - shift) * k_x + k_0, over nrows rows."""
     if floating is float:
         cbn_rows_grad_input_f32(dy, dstride, x, xstride, dx, gstride, nrows, C, shift, k_dy, k_x,
-                                k_0, relu, stream)
+                                k_0, relu, flags)
     else:
         cbn_rows_grad_input_f64(dy, dstride, x, xstride, dx, gstride, nrows, C, shift, k_dy, k_x,
-                                k_0, relu, stream)
+                                k_0, relu, flags)
 
 
 cdef inline void rows_sum(floating* acc, const floating* x, Py_ssize_t stride, Py_ssize_t nrows,

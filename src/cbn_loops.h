@@ -38,6 +38,8 @@
 /* flags of the normalising loops */
 #define CBN_STREAM 1   /* non-temporal stores (see cbn_stream_threshold) */
 #define CBN_RELU 2     /* write max(y, 0) */
+#define CBN_FIXED 4    /* grad_input with fixed (eval) statistics: dx = g * k_dy, x only
+                          gates a fused ReLU, so a NaN in x cannot reach dx through 0 * NaN */
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>

@@ -233,11 +233,13 @@ ATTR static void F(runs_affine)(const T *x, ptrdiff_t xstride, T *y, ptrdiff_t y
     if (flags & CBN_STREAM) CBN_SFENCE();
 }
 
-/* dx = g * k_dy + (x - shift) * k_x + k_0, g = dy (gated by relu) */
+/* dx = g * k_dy + (x - shift) * k_x + k_0, g = dy (gated by relu); with
+ * CBN_FIXED (eval) dx = g * k_dy */
 ATTR static inline void F(grad_input_run)(const T *restrict g, const T *restrict q,
                                           T *restrict o, ptrdiff_t n, T shift, T k_dy, T k_x,
-                                          T k_0, const T *relu, int stream)
+                                          T k_0, const T *relu, int flags)
 {
+    const int stream = flags & CBN_STREAM, fixed = flags & CBN_FIXED;
     const V sv = F(splat)(shift), dv = F(splat)(k_dy), xv = F(splat)(k_x), zv = F(splat)(k_0);
     const T rs = relu ? relu[0] : 0, ra = relu ? relu[1] : 0, rb = relu ? relu[2] : 0;
     const V rsv = F(splat)(rs), rav = F(splat)(ra), rbv = F(splat)(rb);
@@ -247,34 +249,34 @@ ATTR static inline void F(grad_input_run)(const T *restrict g, const T *restrict
         const ptrdiff_t end = head + (n - head) / (CBN_LINE / sizeof(T)) * (CBN_LINE / sizeof(T));
         for (; i < head; i++) {
             T gi = relu ? F(gate1)(g[i], (q[i] - rs) * ra + rb) : g[i];
-            o[i] = gi * k_dy + (q[i] - shift) * k_x + k_0;
+            o[i] = fixed ? gi * k_dy : gi * k_dy + (q[i] - shift) * k_x + k_0;
         }
         for (; i < end; i += W) {
             V qv = F(load)(q + i), gv = F(load)(g + i);
             if (relu) gv = F(gate)(gv, (qv - rsv) * rav + rbv);
-            V v = gv * dv + (qv - sv) * xv + zv;
+            V v = fixed ? gv * dv : gv * dv + (qv - sv) * xv + zv;
             STREAM(o + i, v);
         }
     }
     for (; i + W <= n; i += W) {
         V qv = F(load)(q + i), gv = F(load)(g + i);
         if (relu) gv = F(gate)(gv, (qv - rsv) * rav + rbv);
-        F(store)(o + i, gv * dv + (qv - sv) * xv + zv);
+        F(store)(o + i, fixed ? gv * dv : gv * dv + (qv - sv) * xv + zv);
     }
     for (; i < n; i++) {
         T gi = relu ? F(gate1)(g[i], (q[i] - rs) * ra + rb) : g[i];
-        o[i] = gi * k_dy + (q[i] - shift) * k_x + k_0;
+        o[i] = fixed ? gi * k_dy : gi * k_dy + (q[i] - shift) * k_x + k_0;
     }
 }
 
 ATTR static void F(runs_grad_input)(const T *dy, ptrdiff_t dstride, const T *x, ptrdiff_t xstride,
                                     T *dx, ptrdiff_t gstride, ptrdiff_t nruns, ptrdiff_t n,
-                                    T shift, T k_dy, T k_x, T k_0, const T *relu, int stream)
+                                    T shift, T k_dy, T k_x, T k_0, const T *relu, int flags)
 {
     for (ptrdiff_t r = 0; r < nruns; r++)
         F(grad_input_run)(dy + r * dstride, x + r * xstride, dx + r * gstride, n, shift, k_dy,
-                          k_x, k_0, relu, stream);
-    if (stream) CBN_SFENCE();
+                          k_x, k_0, relu, flags);
+    if (flags & CBN_STREAM) CBN_SFENCE();
 }
 
 /* ---------------------------------------------------------------- rows (channels-last) */
@@ -317,13 +319,14 @@ ATTR static void F(rows_affine)(const T *x, ptrdiff_t xstride, T *y, ptrdiff_t y
 }
 
 /* dx[c] = g[c] * k_dy[c] + (x[c] - shift[c]) * k_x[c] + k_0[c], g = dy (gated by relu:
- * three C-long arrays of forward coefficients) */
+ * three C-long arrays of forward coefficients); with CBN_FIXED (eval) dx[c] = g[c] * k_dy[c] */
 ATTR static void F(rows_grad_input)(const T *dy, ptrdiff_t dstride, const T *x, ptrdiff_t xstride,
                                     T *dx, ptrdiff_t gstride, ptrdiff_t nrows, ptrdiff_t C,
                                     const T *restrict shift, const T *restrict k_dy,
                                     const T *restrict k_x, const T *restrict k_0,
-                                    const T *relu, int stream)
+                                    const T *relu, int flags)
 {
+    const int stream = flags & CBN_STREAM, fixed = flags & CBN_FIXED;
     const T *rs = relu, *ra = relu ? relu + C : NULL, *rb = relu ? relu + 2 * C : NULL;
     for (ptrdiff_t r = 0; r < nrows; r++) {
         const T *restrict g = dy + r * dstride, *restrict q = x + r * xstride;
@@ -334,15 +337,16 @@ ATTR static void F(rows_grad_input)(const T *dy, ptrdiff_t dstride, const T *x, 
             end = head + (C - head) / (CBN_LINE / sizeof(T)) * (CBN_LINE / sizeof(T));
             for (; c < head; c++) {
                 T gc = relu ? F(gate1)(g[c], (q[c] - rs[c]) * ra[c] + rb[c]) : g[c];
-                o[c] = gc * k_dy[c] + (q[c] - shift[c]) * k_x[c] + k_0[c];
+                o[c] = fixed ? gc * k_dy[c] : gc * k_dy[c] + (q[c] - shift[c]) * k_x[c] + k_0[c];
             }
         }
         for (; c + W <= C; c += W) {
             V qv = F(load)(q + c), gv = F(load)(g + c);
             if (relu)
                 gv = F(gate)(gv, (qv - F(load)(rs + c)) * F(load)(ra + c) + F(load)(rb + c));
-            V v = gv * F(load)(k_dy + c) + (qv - F(load)(shift + c)) * F(load)(k_x + c)
-                  + F(load)(k_0 + c);
+            V v = fixed ? gv * F(load)(k_dy + c)
+                        : gv * F(load)(k_dy + c) + (qv - F(load)(shift + c)) * F(load)(k_x + c)
+                              + F(load)(k_0 + c);
             if (c < end)
                 STREAM(o + c, v);
             else
@@ -350,7 +354,7 @@ ATTR static void F(rows_grad_input)(const T *dy, ptrdiff_t dstride, const T *x, 
         }
         for (; c < C; c++) {
             T gc = relu ? F(gate1)(g[c], (q[c] - rs[c]) * ra[c] + rb[c]) : g[c];
-            o[c] = gc * k_dy[c] + (q[c] - shift[c]) * k_x[c] + k_0[c];
+            o[c] = fixed ? gc * k_dy[c] : gc * k_dy[c] + (q[c] - shift[c]) * k_x[c] + k_0[c];
         }
     }
     if (stream) CBN_SFENCE();

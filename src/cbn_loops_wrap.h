@@ -34,10 +34,10 @@ static inline void G(runs_affine)(const T *x, ptrdiff_t xs, T *y, ptrdiff_t ys, 
 
 static inline void G(runs_grad_input)(const T *dy, ptrdiff_t ds, const T *x, ptrdiff_t xs, T *dx,
                                       ptrdiff_t gs, ptrdiff_t nruns, ptrdiff_t n, T shift,
-                                      T k_dy, T k_x, T k_0, const T *relu, int stream)
+                                      T k_dy, T k_x, T k_0, const T *relu, int flags)
 {
     CBN_PICK(runs_grad_input)(dy, ds, x, xs, dx, gs, nruns, n, shift, k_dy, k_x, k_0, relu,
-                              stream);
+                              flags);
 }
 
 static inline void G(rows_affine)(const T *x, ptrdiff_t xs, T *y, ptrdiff_t ys, ptrdiff_t nrows,
@@ -50,10 +50,10 @@ static inline void G(rows_affine)(const T *x, ptrdiff_t xs, T *y, ptrdiff_t ys, 
 static inline void G(rows_grad_input)(const T *dy, ptrdiff_t ds, const T *x, ptrdiff_t xs, T *dx,
                                       ptrdiff_t gs, ptrdiff_t nrows, ptrdiff_t C, const T *shift,
                                       const T *k_dy, const T *k_x, const T *k_0, const T *relu,
-                                      int stream)
+                                      int flags)
 {
     CBN_PICK(rows_grad_input)(dy, ds, x, xs, dx, gs, nrows, C, shift, k_dy, k_x, k_0, relu,
-                              stream);
+                              flags);
 }
 
 static inline void G(rows_sum)(T *acc, const T *x, ptrdiff_t stride, ptrdiff_t nrows, ptrdiff_t C)

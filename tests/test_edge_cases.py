@@ -222,3 +222,30 @@ def test_denormal_float32_inputs_match_the_float64_reference():
     wide = x.astype(np.float64)
     mean, var = wide.mean(axis=(0, 2), keepdims=True), wide.var(axis=(0, 2), keepdims=True)
     np.testing.assert_allclose(y, (wide - mean) / np.sqrt(var + 1e-5), atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eval_backward_does_not_read_x_except_to_gate_the_relu(activation, layout, dtype):
+    """Eval mode: dx = dy * weight / sqrt(running_var + eps), as PyTorch; a NaN
+    or Inf in x used to reach dx through (x - mean) * 0. With the fused ReLU
+    a non-finite pre-activation stops the gradient (NaN > 0 is false)."""
+    rng = rng_for(13)
+    shape = (6, 3, 40) if layout == "NCHW" else (6, 40, 3)
+    x = random_input(rng, shape, dtype)
+    x[0, 0, 0], x[1, 1, 1] = np.nan, np.inf
+    dy = random_input(rng, shape, dtype)
+    bn = cbn.BatchNorm1d(3, dtype=dtype, layout=layout, activation=activation).eval()
+    bn.weight[...] = [0.5, -2.0, 1.5]
+    bn.running_var[...] = [0.25, 4.0, 2.0]
+    y = bn(x)
+    dx = bn.backward(dy)
+    axis = 1 if layout == "NCHW" else 2
+    scale = np.expand_dims(bn.weight / np.sqrt(bn.running_var.astype(np.float64) + 1e-5),
+                           (0, 2) if layout == "NCHW" else (0, 1))
+    expected = dy * scale
+    if activation == "relu":
+        expected = np.where(y > 0, expected, 0)
+    np.testing.assert_allclose(dx, expected, rtol=1e-6 if dtype == np.float32 else 1e-12)
+    assert axis in (1, 2)

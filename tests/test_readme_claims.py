@@ -161,6 +161,157 @@ def check_finite_statistics():
     assert np.isfinite(mean).all() and np.isfinite(invstd).all()
 
 
+@claim("Training mode normalises with the batch mean and biased variance and stores the unbiased variance in `running_var`")
+def check_training_statistics():
+    x = random_input(np.random.default_rng(11), (5, 3), np.float64)
+    bn = cbn.BatchNorm1d(3, dtype=np.float64, momentum=1.0)
+    np.testing.assert_allclose(bn(x), (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5), rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, x.var(0, ddof=1), rtol=1e-12)
+
+
+@claim("its backward is the diagonal `dx = dy * weight / sqrt(running_var + eps)`")
+def check_eval_backward():
+    rng = np.random.default_rng(12)
+    bn = cbn.BatchNorm1d(3, dtype=np.float64).eval()
+    bn.weight[...] = [0.5, 2.0, -1.0]
+    bn.running_var[...] = [0.25, 4.0, 1.0]
+    x, dy = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    bn(x)
+    np.testing.assert_allclose(bn.backward(dy), dy * bn.weight / np.sqrt(bn.running_var + 1e-5),
+                               rtol=1e-12)
+
+
+@claim("an NCHW array stored channels-last (PyTorch's `channels_last`) is normalised without a copy, and the output has the input's memory order")
+def check_channels_last_storage():
+    x = np.ascontiguousarray(random_input(np.random.default_rng(13), (2, 4, 3, 5), np.float32)
+                             .transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    y = cbn.BatchNorm2d(4)(x)
+    assert y.strides == x.strides
+    np.testing.assert_allclose(y, cbn.BatchNorm2d(4)(np.ascontiguousarray(x)), rtol=1e-5, atol=1e-6)
+
+
+@claim("Strided views (e.g. `x[::2]`, negative strides) are read in place")
+def check_strided_views():
+    base = random_input(np.random.default_rng(14), (8, 3, 4, 4), np.float64)
+    for view in (base[::2], base[:, :, ::-1]):
+        np.testing.assert_array_equal(cbn.BatchNorm2d(3, dtype=np.float64)(view),
+                                      cbn.BatchNorm2d(3, dtype=np.float64)(view.copy()))
+
+
+@claim("Inputs must have the layer's dtype, float32 or float64: nothing is cast silently.")
+def check_no_cast():
+    with pytest.raises(TypeError, match="x: expected dtype float32, got float64"):
+        cbn.BatchNorm1d(3)(np.ones((4, 3)))
+
+
+@claim("Results are bitwise identical for any thread count")
+def check_threads_bitwise():
+    x = random_input(np.random.default_rng(15), (8, 16, 32, 32), np.float32)  # > 64k values
+    results = []
+    for n in (1, 2):
+        cbn.set_num_threads(n)
+        try:
+            bn = cbn.BatchNorm2d(16)
+            results.append((bn(x), bn.backward(x), bn.running_var.copy()))
+        finally:
+            cbn.set_num_threads(None)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+@claim("one pickled between a forward and its backward carries the input that backward needs")
+def check_pickle_between():
+    import pickle
+    rng = np.random.default_rng(16)
+    bn = cbn.BatchNorm1d(3)
+    x, dy = random_input(rng, (5, 3), np.float32), random_input(rng, (5, 3), np.float32)
+    bn(x)
+    clone = pickle.loads(pickle.dumps(bn))
+    np.testing.assert_array_equal(clone.backward(dy), bn.backward(dy))
+
+
+@claim("print(bn.running_mean) # after one step: exactly this batch's mean")
+def check_debiased_first_step():
+    x = random_input(np.random.default_rng(17), (10, 4), np.float32) + 5
+    bn = cbn.BatchNorm1d(4, bias_correction=True)
+    bn(x)
+    np.testing.assert_array_equal(bn.running_mean, F.batch_norm_forward(x)[1].astype(np.float32))
+
+
+@claim("and `num_batches_tracked` is restored to its value on entry. If the block raises (or a layer saw no batch), every layer is left exactly as it was.")
+def check_precise_entry():
+    rng = np.random.default_rng(18)
+    bn = cbn.BatchNorm1d(3)
+    bn(random_input(rng, (4, 3), np.float32))
+    with cbn.precise_statistics(bn):
+        bn(random_input(rng, (4, 3), np.float32))
+    assert int(bn.num_batches_tracked) == 1
+    before = bn.state_dict()
+    with pytest.raises(KeyError):
+        with cbn.precise_statistics(bn):
+            bn(random_input(rng, (4, 3), np.float32))
+            raise KeyError
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+@claim("return new (weight, bias) such that the layer followed by `bn` in eval mode equals the folded layer")
+def check_folding():
+    rng = np.random.default_rng(19)
+    bn = cbn.BatchNorm1d(4, dtype=np.float64).eval()
+    bn.running_mean[...], bn.running_var[...] = rng.standard_normal(4), rng.uniform(0.5, 2, 4)
+    w, b, x = rng.standard_normal((4, 6)), rng.standard_normal(4), rng.standard_normal((5, 6))
+    w2, b2 = cbn.fold_linear(w, b, bn)
+    np.testing.assert_allclose(x @ w2.T + b2, bn(x @ w.T + b), rtol=1e-12, atol=1e-12)
+
+
+@claim("NaN passes through the forward (as `torch.relu`) and stops the gradient.")
+def check_relu_nan():
+    x = random_input(np.random.default_rng(20), (4, 2, 3), np.float32)
+    x[0, 0, 0] = np.nan
+    bn = cbn.BatchNorm1d(2, activation="relu").eval()
+    y = bn(x)
+    assert np.isnan(y[0, 0, 0])
+    assert bn.backward(np.ones_like(x))[0, 0, 0] == 0
+
+
+@claim("their output is NaN as in PyTorch, other channels are unaffected, `num_batches_tracked` still counts, and a `RuntimeWarning` names the channels.")
+def check_nan_batch():
+    x = random_input(np.random.default_rng(21), (6, 3), np.float32)
+    x[2, 1] = np.nan
+    bn = cbn.BatchNorm1d(3)
+    with pytest.warns(RuntimeWarning, match=r"channel\(s\) \[1\]"):
+        y = bn(x)
+    assert np.isnan(y[:, 1]).all() and np.isfinite(y[:, [0, 2]]).all()
+    assert int(bn.num_batches_tracked) == 1 and bn.running_mean[1] == 0
+
+
+@claim("`state_dict()` returns copies, not views of the live arrays.")
+def check_state_dict_copies():
+    bn = cbn.BatchNorm1d(3)
+    bn.state_dict()["running_mean"][...] = 7
+    np.testing.assert_array_equal(bn.running_mean, 0)
+
+
+@claim("The layer keeps a reference to the last input for `backward`; modifying that array in place before `backward` changes the gradient.")
+def check_input_reference():
+    rng = np.random.default_rng(22)
+    x, dy = random_input(rng, (6, 3), np.float32), random_input(rng, (6, 3), np.float32)
+    bn = cbn.BatchNorm1d(3)
+    bn(x)
+    before = bn.backward(dy)
+    x *= 2
+    assert not np.array_equal(bn.backward(dy), before)
+
+
+@claim("With one process, or in eval mode (also with `track_running_stats=False`, as in PyTorch: each process then normalises with its own shard's statistics), it is `BatchNorm` and communicates nothing.")
+def check_sync_one_process():
+    from fake_mpi import FakeWorld
+    x = random_input(np.random.default_rng(23), (4, 3, 2, 2), np.float32)
+    sync = cbn.SyncBatchNorm(3, FakeWorld(1).comm(0))
+    np.testing.assert_array_equal(sync(x), cbn.BatchNorm2d(3)(x))
+
+
 CLAIMS = [v for k, v in sorted(globals().items()) if k.startswith("check_")]
 
 
