@@ -29,15 +29,16 @@ def train_forward(canon, weight, bias, eps, output, relu=False):
     return output.result(), stats, coef
 
 
-def normalize(canon, mean, var, eps, weight, bias, output, relu=False):
+def normalize(canon, mean, var, eps, weight, bias, output, relu=False, count=0.0):
     """y = weight * (x - mean) / sqrt(var + eps) + bias (mean/var float32 or float64 (C,)).
 
-    Returns (y, coef) as train_forward.
+    count: values per channel when mean and var are the batch's own (biased)
+    statistics, else 0 (running statistics). Returns (y, coef) as train_forward.
     """
     view = canon.view
     coef = np.empty((3, view.shape[1]), view.dtype) if relu else None
     _forward.normalize(view, mean, var, eps, weight, bias, output.view, threads_for(view.size),
-                       relu, coef)
+                       relu, coef, count)
     return output.result(), coef
 
 

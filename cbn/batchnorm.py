@@ -15,7 +15,7 @@ from . import _ops
 from ._commit import Changes
 from ._layout import canonicalize, channel_axis, check_layout
 from ._moments import Moments, merge_all
-from ._state import checked_bound_vector, checked_count, layer_state, load_layer_state
+from ._state import INT64_MAX, checked_bound_vector, checked_count, layer_state, load_layer_state
 from ._validation import (
     check_batch_for_statistics,
     check_bool,
@@ -82,6 +82,23 @@ class SavedForward(NamedTuple):
     pieces: tuple
     batch_stats: bool
     overwritten: bool
+
+
+class ForwardParameters(NamedTuple):
+    """What one forward normalises with, copied from the layer in one step
+    (under its lock), so that a concurrent commit is seen whole or not at all
+    and backward differentiates with what the forward used: weight, bias,
+    running_mean, running_var (arrays or None) and eps."""
+
+    weight: object
+    bias: object
+    running_mean: object
+    running_var: object
+    eps: float
+
+
+def _copy(array):
+    return None if array is None else array.copy()
 
 
 class _BatchNorm:
@@ -305,32 +322,40 @@ class _BatchNorm:
         canon = canonicalize(x, self.layout)
         output = canon.output(out, orders=(x,))
         if (self.training and self.track_running_stats) or self._collector is not None:
+            # reads, computes from and replaces shared state: one call at a time
             with self._lock:
-                return self._forward(x, canon, output, k, batch_stats, overwritten)
-        return self._forward(x, canon, output, k, batch_stats, overwritten)
+                return self._forward(x, canon, output, k, batch_stats, overwritten,
+                                     self._parameters(), self._collector)
+        with self._lock:   # a consistent snapshot; the kernels run without the lock
+            parameters = self._parameters()
+        return self._forward(x, canon, output, k, batch_stats, overwritten, parameters, None)
 
-    def _forward(self, x, canon, output, k, batch_stats, overwritten):
+    def _parameters(self):
+        """A ForwardParameters of copies (call with the lock held)."""
+        return ForwardParameters(_copy(self._weight), _copy(self._bias), _copy(self._running_mean),
+                                 _copy(self._running_var), self._eps)
+
+    def _forward(self, x, canon, output, k, batch_stats, overwritten, parameters, collector):
         """forward() once its arguments are checked: compute, warn, then commit."""
         relu = self.activation == "relu"
-        weight = None if self._weight is None else self._weight.copy()
+        p = parameters
         changes = Changes()
         if not batch_stats:
-            running_mean, running_var = self._running_mean.copy(), self._running_var.copy()
-            y, coef = _ops.normalize(canon, running_mean, running_var, self._eps, weight,
-                                     self._bias, output, relu)
-            pieces = (_Piece(canon, (running_mean, running_var, self._eps), weight, coef),)
-            if self._collector is not None:
-                self._collector.stage_add(changes, _ops.moments(canon))
+            y, coef = _ops.normalize(canon, p.running_mean, p.running_var, p.eps, p.weight,
+                                     p.bias, output, relu)
+            pieces = (_Piece(canon, (p.running_mean, p.running_var, p.eps), p.weight, coef),)
+            if collector is not None:
+                collector.stage_add(changes, _ops.moments(canon))
         else:
             if k is None or k == x.shape[0]:
-                y, piece = self._normalize_batch(canon, output, relu, weight)
+                y, piece = self._normalize_batch(canon, output, relu, p)
                 pieces = (piece,)
             else:
-                y, pieces = self._normalize_virtual_batches(x, canon, k, output, relu, weight)
+                y, pieces = self._normalize_virtual_batches(x, canon, k, output, relu, p)
             if self.training and self.track_running_stats:
                 self._stage_running_update(changes, *self._running_targets(pieces))
-            if self._collector is not None:
-                self._collector.stage_add(changes, merge_all(p.moments() for p in pieces))
+            if collector is not None:
+                collector.stage_add(changes, merge_all(piece.moments() for piece in pieces))
         changes.set(self, "_saved", SavedForward(canon, pieces, batch_stats, overwritten))
         changes.apply()
         return y
@@ -352,14 +377,15 @@ class _BatchNorm:
             return 1.0 if t == 1 else m / -math.expm1(t * math.log1p(-m))
         return m
 
-    def _normalize_batch(self, canon, output, relu, weight):
+    def _normalize_batch(self, canon, output, relu, parameters):
         """Normalise one batch with its statistics: (y, _Piece); changes nothing.
 
-        weight: the copy of the layer's weight this forward uses."""
-        y, stats, coef = _ops.train_forward(canon, weight, self._bias, self._eps, output, relu)
-        return y, _Piece(canon, stats, weight, coef)
+        parameters: the ForwardParameters this forward uses."""
+        p = parameters
+        y, stats, coef = _ops.train_forward(canon, p.weight, p.bias, p.eps, output, relu)
+        return y, _Piece(canon, stats, p.weight, coef)
 
-    def _normalize_virtual_batches(self, x, canon, k, output, relu, weight):
+    def _normalize_virtual_batches(self, x, canon, k, output, relu, parameters):
         """Ghost batch norm: each run of k consecutive rows normalised with its
         own statistics; returns (y, pieces) and changes nothing."""
         y = output.array
@@ -368,7 +394,7 @@ class _BatchNorm:
             rows = slice(start, start + k)
             piece_canon = canonicalize(x[rows], self.layout)
             piece_output = piece_canon.output(y[rows], orders=(y[rows],))
-            _, piece = self._normalize_batch(piece_canon, piece_output, relu, weight)
+            _, piece = self._normalize_batch(piece_canon, piece_output, relu, parameters)
             piece.rows = rows
             pieces.append(piece)
         return output.result(), tuple(pieces)
@@ -396,6 +422,10 @@ class _BatchNorm:
     def _stage_running_update(self, changes, mean, var, var_scale=1.0):
         """Stage this training step's update of the running statistics and
         the count, warning first about channels left unchanged."""
+        if self._num_batches_tracked >= INT64_MAX:
+            raise ValueError(f"num_batches_tracked: expected a count below 2**63 - 1, so that "
+                             f"this training step can be counted in PyTorch's int64 buffer, got "
+                             f"{self._num_batches_tracked}")
         new_mean, new_var, kept = self._updated_running_stats(mean, var, var_scale)
         if kept is not None:
             self._warn_kept(kept, np.isfinite(mean) & np.isfinite(var))
@@ -496,8 +526,10 @@ class _BatchNorm:
     # ------------------------------------------------------------ state
 
     def state_dict(self):
-        """Copies of the parameters and buffers, under PyTorch's keys."""
-        return layer_state(self)
+        """Copies of the parameters and buffers, under PyTorch's keys, taken in
+        one step (a concurrent training step or load is seen whole or not at all)."""
+        with self._lock:
+            return layer_state(self)
 
     def load_state_dict(self, state_dict, strict=True):
         """Load a dict like state_dict()'s (values: anything np.asarray takes).

@@ -34,8 +34,9 @@ def _check_x(x, layout, name="x"):
 
 
 def _channel_vector(v, name, dtype, C, writable=False):
-    """A (C,) array of ``dtype``, any strides (as PyTorch takes them), as a
-    contiguous array the kernels can read (v itself when it already is)."""
+    """A (C,) array of ``dtype``, any strides or alignment (as PyTorch takes
+    them), as a contiguous aligned array the kernels can read (v itself when
+    it already is)."""
     if not isinstance(v, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray of shape ({C},), got {describe(v)}")
     if v.dtype != dtype:
@@ -47,7 +48,7 @@ def _channel_vector(v, name, dtype, C, writable=False):
                          f"read-only one")
     if v.flags.c_contiguous and v.flags.aligned:
         return v
-    return np.ascontiguousarray(v)
+    return np.array(v, order="C")   # a new array: contiguous and aligned
 
 
 def _check_params(x, axis, weight, bias):

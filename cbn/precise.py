@@ -63,25 +63,38 @@ def precise_statistics(*layers):
                              f"(already collecting statistics)")
     if len({id(layer) for layer in layers}) != len(layers):
         raise ValueError("layers: expected distinct layers, got a layer more than once")
-    on_entry = [(layer.running_mean.copy(), layer.running_var.copy(),
-                 layer._num_batches_tracked) for layer in layers]
+    collectors = [_Collector(layer.num_features) for layer in layers]
+    start = Changes()
+    for layer, collector in zip(layers, collectors):
+        start.set(layer, "_collector", collector)
+    with _locked(layers):
+        on_entry = [(layer.running_mean.copy(), layer.running_var.copy(),
+                     layer._num_batches_tracked) for layer in layers]
     restore = Changes()
     for layer, (mean, var, tracked) in zip(layers, on_entry):
         restore.copy(layer.running_mean, mean)
         restore.copy(layer.running_var, var)
         restore.set(layer, "_num_batches_tracked", tracked)
         restore.set(layer, "_collector", None)
-    start = Changes()
-    collectors = [_Collector(layer.num_features) for layer in layers]
-    for layer, collector in zip(layers, collectors):
-        start.set(layer, "_collector", collector)
     try:
-        start.apply()
+        with _locked(layers):
+            start.apply()
         yield
-        _population_changes(layers, collectors, on_entry).apply()
+        with _locked(layers):   # no training step of another thread between these
+            _population_changes(layers, collectors, on_entry).apply()
     except BaseException:
-        restore.apply()
+        with _locked(layers):
+            restore.apply()
         raise
+
+
+@contextlib.contextmanager
+def _locked(layers):
+    """Every layer's lock held, taken in a fixed order."""
+    with contextlib.ExitStack() as held:
+        for layer in sorted(layers, key=id):
+            held.enter_context(layer._lock)
+        yield
 
 
 def _population_changes(layers, collectors, on_entry):

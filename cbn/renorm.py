@@ -67,9 +67,10 @@ class _BatchRenorm(_BatchNorm):
     def dmax(self, value):
         self._dmax = _check_limit(value, "dmax", 0.0)
 
-    def _moving_sigma(self):
+    @staticmethod
+    def _moving_sigma(running_var, eps):
         """sigma = sqrt(running_var + eps), float64 (C,)."""
-        return np.sqrt(self._running_var.astype(np.float64) + self._eps)
+        return np.sqrt(running_var.astype(np.float64) + eps)
 
     def corrections(self, mean, var):
         """(r, d) for batch statistics mean and biased var (float64 (C,) arrays).
@@ -84,27 +85,34 @@ class _BatchRenorm(_BatchNorm):
         r, d : numpy.ndarray
             float64 (C,) corrections; (1, 0) without running statistics.
         """
+        with self._lock:
+            parameters = self._parameters()
+        return self._corrections(mean, var, parameters)
+
+    def _corrections(self, mean, var, parameters):
+        p = parameters
         C = self.num_features
-        if not self.track_running_stats:  # nothing to correct towards
+        if p.running_mean is None:  # nothing to correct towards
             return np.ones(C), np.zeros(C)
-        sigma = self._moving_sigma()
-        r = np.clip(np.sqrt(var + self._eps) / sigma, 1.0 / self._rmax, self._rmax)
-        d = np.clip((mean - self._running_mean) / sigma, -self._dmax, self._dmax)
+        sigma = self._moving_sigma(p.running_var, p.eps)
+        r = np.clip(np.sqrt(var + p.eps) / sigma, 1.0 / self._rmax, self._rmax)
+        d = np.clip((mean - p.running_mean) / sigma, -self._dmax, self._dmax)
         return r, d
 
-    def _normalize_batch(self, canon, output, relu, weight):
+    def _normalize_batch(self, canon, output, relu, parameters):
+        p = parameters
         moments = _ops.moments(canon)
         var = moments.m2 / moments.count
-        r, d = self.corrections(moments.mean, var)
-        gamma = 1.0 if weight is None else weight.astype(np.float64)
-        beta = 0.0 if self._bias is None else self._bias.astype(np.float64)
+        r, d = self._corrections(moments.mean, var, p)
+        gamma = 1.0 if p.weight is None else p.weight.astype(np.float64)
+        beta = 0.0 if p.bias is None else p.bias.astype(np.float64)
         scaled_weight = (gamma * r).astype(self._dtype)
         bias = (beta + gamma * d).astype(self._dtype)
-        y, coef = _ops.normalize(canon, moments.mean, var, self._eps, scaled_weight, bias, output,
-                                 relu)
+        y, coef = _ops.normalize(canon, moments.mean, var, p.eps, scaled_weight, bias, output,
+                                 relu, moments.count)
         stats = np.empty((3, self.num_features))
         stats[0] = moments.mean
-        stats[1] = 1.0 / np.sqrt(var + self._eps)
+        stats[1] = 1.0 / np.sqrt(var + p.eps)
         stats[2] = var
         return y, _Piece(canon, stats, scaled_weight, coef, (r, d))
 
@@ -118,7 +126,7 @@ class _BatchRenorm(_BatchNorm):
         """The paper's update of the moving mean and sigma, stored as
         running_var = sigma^2 - eps."""
         a = self._step_momentum()
-        sigma = _ops.moving_average(self._moving_sigma(), sigma_b, a)
+        sigma = _ops.moving_average(self._moving_sigma(self._running_var, self._eps), sigma_b, a)
         return _ops.rounded_running_stats(
             self._running_mean, self._running_var,
             _ops.moving_average(self._running_mean, mean, a),

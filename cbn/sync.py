@@ -207,18 +207,18 @@ class SyncBatchNorm(_BatchNorm):
         total = merge_all(Moments(g[1], g[2:C + 2], g[C + 2:]) for g in gathered)  # rank order
         self._check_global_count(total)
         var = total.m2 / total.count
-        weight = None if self._weight is None else self._weight.copy()
-        y, coef = _ops.normalize(canon, total.mean, var, self._eps, weight, self._bias, output,
-                                 self.activation == "relu")
+        p = self._parameters()
+        y, coef = _ops.normalize(canon, total.mean, var, p.eps, p.weight, p.bias, output,
+                                 self.activation == "relu", total.count)
         changes = Changes()
         if self.track_running_stats:
             self._stage_running_update(changes, total.mean, var,
                                        total.count / (total.count - 1.0))
         stats = np.empty((3, C))
         stats[0] = total.mean
-        stats[1] = 1.0 / np.sqrt(var + self._eps)
+        stats[1] = 1.0 / np.sqrt(var + p.eps)
         stats[2] = var
-        piece = _Piece(canon, stats, weight, coef, global_count=total.count)
+        piece = _Piece(canon, stats, p.weight, coef, global_count=total.count)
         changes.set(self, "_saved", SavedForward(canon, (piece,), True, overwritten))
         if self._collector is not None:
             self._collector.stage_add(changes, total)
@@ -242,9 +242,9 @@ class SyncBatchNorm(_BatchNorm):
             overwritten = out is not None and check_out_overlap(out, x, "x")
             canon = canonicalize(x, self.layout)
             output = canon.output(out, orders=(x,))
-            weight = None if self._weight is None else self._weight.copy()
             y, pieces = self._normalize_virtual_batches(x, canon, k, output,
-                                                        self.activation == "relu", weight)
+                                                        self.activation == "relu",
+                                                        self._parameters())
         except (TypeError, ValueError) as exc:
             error = exc
         moments = [p.moments() for p in pieces]

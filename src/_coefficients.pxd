@@ -21,35 +21,36 @@ cdef inline double param_or(const floating* p, Py_ssize_t c, double default) noe
     return default if p == NULL else <double>p[c]
 
 
-cdef inline void set_shift(floating* shift, double mean, double invstd) noexcept nogil:
+cdef inline void set_shift(floating* shift, double mean, double max_dev) noexcept nogil:
     """The shift K of (x - K) * scale: the mean rounded to the input type, so
-    that x - K is exact near it; 0 when the spread is past the square root of
-    the type's range (std above ~1.8e19 in float32) and the mean within one
-    std of 0, where x - mean could overflow (values of +-3e38) and the mean
-    holds no digits worth keeping."""
+    that x - K is exact near it; 0 when x - mean could overflow the type
+    (max_dev, a bound on |x - mean| such as sqrt(M2), past half its range:
+    values near +-3e38 in float32). x * scale cannot overflow then, and the
+    mean is within 2 sqrt(count) standard deviations of 0, so few digits are
+    lost to the cancellation with the offset."""
     cdef double limit
     if floating is float:
         limit = FLT_MAX
     else:
         limit = DBL_MAX
-    if invstd * invstd * limit < 1.0 and fabs(mean) * invstd <= 1.0:
+    if max_dev > 0.5 * limit:
         shift[0] = 0
     else:
         shift[0] = <floating>mean
 
 
 cdef inline void normalize_coefficients(double mean, double invstd, double gamma, double beta,
-                                        floating* shift, floating* scale,
+                                        double max_dev, floating* shift, floating* scale,
                                         floating* offset) noexcept nogil:
     """y = gamma * (x - mean) * invstd + beta as (x - shift) * scale + offset.
 
-    shift is the mean rounded to the input type, so x - shift is exact near the
-    mean; offset absorbs the rounding of the mean. A constant channel gives
-    exactly beta, whatever eps > 0.
+    shift is the mean rounded to the input type (see set_shift; max_dev bounds
+    |x - mean|, 0 when unknown), so x - shift is exact near the mean; offset
+    absorbs the rounding of the mean. A constant channel gives exactly beta.
     """
     cdef double a = gamma * invstd
     cdef floating m
-    set_shift(shift, mean, invstd)
+    set_shift(shift, mean, max_dev)
     m = shift[0]
     store_clamped(scale, a)
     offset[0] = <floating>(beta + (<double>m - mean) * a)
@@ -73,7 +74,7 @@ cdef inline void grad_input_coefficients(double mean, double invstd, double gamm
     cdef floating m
     cdef double g = gamma * invstd
     cdef double c3
-    set_shift(shift, mean, invstd)
+    set_shift(shift, mean, sqrt(count) / invstd)   # |x - mean| <= sqrt(M2 + count * eps)
     m = shift[0]
     store_clamped(k_dy, g)
     if batch_stats:

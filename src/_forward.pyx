@@ -12,7 +12,7 @@
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport isfinite
+from libc.math cimport isfinite, sqrt
 from libc.string cimport memcpy
 
 from _arrays cimport (Geometry, checked, checked_like, checked_table, checked_threads,
@@ -34,10 +34,10 @@ cdef inline double read_double(const void* p, bint f32, Py_ssize_t c) noexcept n
 
 
 cdef inline void set_coefficients(floating* coef, Py_ssize_t C, Py_ssize_t c, double mean,
-                                  double invstd, const floating* w,
+                                  double invstd, double max_dev, const floating* w,
                                   const floating* b) noexcept nogil:
-    """coef holds shift, scale, offset, each C long."""
-    normalize_coefficients(mean, invstd, param_or(w, c, 1.0), param_or(b, c, 0.0),
+    """coef holds shift, scale, offset, each C long; max_dev bounds |x - mean|."""
+    normalize_coefficients(mean, invstd, param_or(w, c, 1.0), param_or(b, c, 0.0), max_dev,
                            &coef[c], &coef[C + c], &coef[2 * C + c])
 
 
@@ -100,7 +100,7 @@ cdef inline void cf_channel_train(const floating* x, Geometry gx, floating* y, G
     stats[c] = acc.mean
     stats[2 * C + c] = acc.m2 / acc.count
     stats[C + c] = inverse_std(stats[2 * C + c], eps)
-    set_coefficients(coef, C, c, acc.mean, stats[C + c], w, b)
+    set_coefficients(coef, C, c, acc.mean, stats[C + c], sqrt(acc.m2), w, b)
     runs_affine(x + c * gx.sc, gx.sn, y + c * gy.sc, gy.sn, gx.N, gx.S, coef[c], coef[C + c],
                 coef[2 * C + c], gy.flags)
 
@@ -228,7 +228,7 @@ cdef inline void channel_training(const double* part, Geometry g, bint channels_
     stats[c] = acc.mean
     stats[2 * C + c] = acc.m2 / acc.count
     stats[C + c] = inverse_std(stats[2 * C + c], eps)
-    set_coefficients(coef, C, c, stats[c], stats[C + c], w, b)
+    set_coefficients(coef, C, c, stats[c], stats[C + c], sqrt(acc.m2), w, b)
 
 
 cdef void finish_training(const double* part, Geometry g, bint channels_first, const floating* w,
@@ -296,18 +296,25 @@ def moments(x, out, int nthreads):
 
 cdef void normalize_kernel(const floating* x, Geometry gx, floating* y, Geometry gy,
                            bint channels_first, const void* mean, const void* var,
-                           bint stats_f32, double eps, const floating* w, const floating* b,
-                           floating* coef, int nthreads) noexcept nogil:
+                           bint stats_f32, double eps, double count, const floating* w,
+                           const floating* b, floating* coef, int nthreads) noexcept nogil:
+    """count: the values per channel mean and var came from (for sqrt(M2), the
+    bound set_shift needs), or 0 when they are not this batch's."""
     cdef Py_ssize_t c, C = gx.C
+    cdef double v
     for c in range(C):
-        set_coefficients(coef, C, c, read_double(mean, stats_f32, c),
-                         inverse_std(read_double(var, stats_f32, c), eps), w, b)
+        v = read_double(var, stats_f32, c)
+        set_coefficients(coef, C, c, read_double(mean, stats_f32, c), inverse_std(v, eps),
+                         sqrt(v * count), w, b)
     affine_kernel(x, gx, y, gy, channels_first, coef, nthreads)
 
 
 def normalize(x, mean, var, double eps, weight, bias, y, int nthreads, bint relu=False,
-              coef_out=None):
+              coef_out=None, double count=0.0):
     """y = weight * (x - mean) / sqrt(var + eps) + bias (then max(y, 0) if relu).
+
+    count: values per channel when mean and var (biased) are x's own
+    statistics (batch renormalisation, synchronised statistics), else 0.
 
     mean, var: (C,) float32 or float64 (the same), e.g. running statistics.
     coef_out: a (3, C) array of x's dtype receiving the coefficients used,
@@ -347,11 +354,12 @@ def normalize(x, mean, var, double eps, weight, bias, y, int nthreads, bint relu
     try:
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
-                normalize_kernel(<const float*>xp, gx, <float*>yp, gy, cf, mp, vp, f32, eps,
+                normalize_kernel(<const float*>xp, gx, <float*>yp, gy, cf, mp, vp, f32, eps, count,
                                  <const float*>wp, <const float*>bp, <float*>coef, nthreads)
             else:
                 normalize_kernel(<const double*>xp, gx, <double*>yp, gy, cf, mp, vp, f32, eps,
-                                 <const double*>wp, <const double*>bp, <double*>coef, nthreads)
+                                 count, <const double*>wp, <const double*>bp, <double*>coef,
+                                 nthreads)
         if ca is not None:
             memcpy(cnp.PyArray_DATA(ca), coef, 3 * gx.C * cnp.PyArray_ITEMSIZE(xa))
     finally:

@@ -249,3 +249,41 @@ def test_eval_backward_does_not_read_x_except_to_gate_the_relu(activation, layou
         expected = np.where(y > 0, expected, 0)
     np.testing.assert_allclose(dx, expected, rtol=1e-6 if dtype == np.float32 else 1e-12)
     assert axis in (1, 2)
+
+
+def test_a_training_step_at_the_largest_count_is_refused_and_changes_nothing():
+    bn = cbn.BatchNorm1d(3)
+    bn.num_batches_tracked = 2 ** 63 - 1
+    before = bn.state_dict()
+    with pytest.raises(ValueError, match="num_batches_tracked: expected a count below 2\\*\\*63 - 1"):
+        bn(random_input(rng_for(14), (5, 3), np.float32))
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    bn.load_state_dict(bn.state_dict())
+
+
+@pytest.mark.parametrize("name", ["running_mean", "weight"])
+@pytest.mark.parametrize("training", [True, False])
+def test_functional_takes_unaligned_vectors(name, training):
+    x = random_input(rng_for(15), (6, 5), np.float64)
+    vectors = {"running_mean": np.zeros(5), "running_var": np.ones(5), "weight": np.full(5, 2.0)}
+    expected = F.batch_norm(x, *(v.copy() for v in vectors.values()), training=training)
+    unaligned = np.ndarray((5,), np.float64, buffer=bytearray(41), offset=1)
+    unaligned[...] = vectors[name]
+    assert not unaligned.flags.aligned
+    vectors[name] = unaligned
+    np.testing.assert_array_equal(F.batch_norm(x, *vectors.values(), training=training), expected)
+    if training and name == "running_mean":
+        assert unaligned.any()                                 # updated in place
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_skewed_values_near_float32_max_normalise(layout):
+    """x - mean overflows float32 here (mean 2.94e38, one value -3e38): the
+    kernels then normalise x * scale + offset instead."""
+    x = np.full((100, 2), 3e38, np.float32)
+    x[0] = -3e38
+    with pytest.warns(RuntimeWarning, match="would overflow float32"):
+        y = cbn.BatchNorm1d(2, layout=layout)(x)
+    wide = x.astype(np.float64)
+    np.testing.assert_allclose(y, (wide - wide.mean(0)) / wide.std(0), rtol=1e-5)

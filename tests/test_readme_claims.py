@@ -85,15 +85,10 @@ def check_backward_after_update():
 
 @claim("Concurrent **training forwards** on one layer are serialised by a per-layer lock, so no running-statistics update and no `num_batches_tracked` increment is lost.")
 def check_training_lock():
-    import threading
+    from test_atomic_state import train_concurrently
     bn = cbn.BatchNorm1d(3)
-    x = random_input(np.random.default_rng(4), (8, 3), np.float32)
-    threads = [threading.Thread(target=lambda: [bn(x) for _ in range(50)]) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert int(bn.num_batches_tracked) == 150
+    steps = train_concurrently(bn, random_input(np.random.default_rng(4), (8, 3), np.float32))
+    assert int(bn.num_batches_tracked) == steps
 
 
 @claim("a constant channel gives exactly `bias`, for any `eps` the layer accepts")
