@@ -83,12 +83,18 @@ def check_backward_after_update():
     np.testing.assert_array_equal(bn.backward(dy), dx)
 
 
-@claim("Concurrent **training forwards** on one layer are serialised by a per-layer lock, so no running-statistics update and no `num_batches_tracked` increment is lost.")
+@claim("Concurrent **training forwards** on one layer are serialised by that lock, so no running-statistics update and no `num_batches_tracked` increment is lost.")
 def check_training_lock():
     from test_atomic_state import train_concurrently
     bn = cbn.BatchNorm1d(3)
     steps = train_concurrently(bn, random_input(np.random.default_rng(4), (8, 3), np.float32))
     assert int(bn.num_batches_tracked) == steps
+
+
+@claim("each sees a concurrent `load_state_dict` or training step whole or not at all, as `state_dict()` does")
+def check_consistent_snapshots():
+    from test_atomic_state import test_a_commit_is_seen_whole_by_concurrent_readers
+    test_a_commit_is_seen_whole_by_concurrent_readers()
 
 
 @claim("a constant channel gives exactly `bias`, for any `eps` the layer accepts")
