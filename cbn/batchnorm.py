@@ -324,15 +324,23 @@ class _BatchNorm:
         if (self.training and self.track_running_stats) or self._collector is not None:
             # reads, computes from and replaces shared state: one call at a time
             with self._lock:
+                # held throughout: only the weight (kept for backward) and what
+                # an eval piece keeps need copies
                 return self._forward(x, canon, output, k, batch_stats, overwritten,
-                                     self._parameters(), self._collector)
+                                     self._parameters(copy_all=not batch_stats), self._collector)
         with self._lock:   # a consistent snapshot; the kernels run without the lock
             parameters = self._parameters()
         return self._forward(x, canon, output, k, batch_stats, overwritten, parameters, None)
 
-    def _parameters(self):
-        """A ForwardParameters of copies (call with the lock held)."""
-        return ForwardParameters(_copy(self._weight), _copy(self._bias), _copy(self._running_mean),
+    def _parameters(self, copy_all=True):
+        """A ForwardParameters (call with the lock held): copies, or with
+        copy_all=False the layer's own bias and running statistics (for a
+        caller that holds the lock until it is done with them)."""
+        weight = None if self._weight is None else self._weight.copy()
+        if not copy_all:
+            return ForwardParameters(weight, self._bias, self._running_mean, self._running_var,
+                                     self._eps)
+        return ForwardParameters(weight, _copy(self._bias), _copy(self._running_mean),
                                  _copy(self._running_var), self._eps)
 
     def _forward(self, x, canon, output, k, batch_stats, overwritten, parameters, collector):

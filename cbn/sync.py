@@ -207,7 +207,7 @@ class SyncBatchNorm(_BatchNorm):
         total = merge_all(Moments(g[1], g[2:C + 2], g[C + 2:]) for g in gathered)  # rank order
         self._check_global_count(total)
         var = total.m2 / total.count
-        p = self._parameters()
+        p = self._parameters(copy_all=False)   # the lock is held
         y, coef = _ops.normalize(canon, total.mean, var, p.eps, p.weight, p.bias, output,
                                  self.activation == "relu", total.count)
         changes = Changes()
@@ -244,7 +244,7 @@ class SyncBatchNorm(_BatchNorm):
             output = canon.output(out, orders=(x,))
             y, pieces = self._normalize_virtual_batches(x, canon, k, output,
                                                         self.activation == "relu",
-                                                        self._parameters())
+                                                        self._parameters(copy_all=False))
         except (TypeError, ValueError) as exc:
             error = exc
         moments = [p.moments() for p in pieces]
