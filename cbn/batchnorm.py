@@ -345,6 +345,7 @@ class _BatchNorm:
 
     def _forward(self, x, canon, output, k, batch_stats, overwritten, parameters, collector):
         """forward() once its arguments are checked: compute, warn, then commit."""
+        self._check_count_room()   # before any kernel writes the output
         relu = self.activation == "relu"
         p = parameters
         changes = Changes()
@@ -430,16 +431,20 @@ class _BatchNorm:
     def _stage_running_update(self, changes, mean, var, var_scale=1.0):
         """Stage this training step's update of the running statistics and
         the count, warning first about channels left unchanged."""
-        if self._num_batches_tracked >= INT64_MAX:
-            raise ValueError(f"num_batches_tracked: expected a count below 2**63 - 1, so that "
-                             f"this training step can be counted in PyTorch's int64 buffer, got "
-                             f"{self._num_batches_tracked}")
+        self._check_count_room()
         new_mean, new_var, kept = self._updated_running_stats(mean, var, var_scale)
         if kept is not None:
             self._warn_kept(kept, np.isfinite(mean) & np.isfinite(var))
         changes.copy(self._running_mean, new_mean)
         changes.copy(self._running_var, new_var)
         changes.set(self, "_num_batches_tracked", self._num_batches_tracked + 1)
+
+    def _check_count_room(self):
+        """A training step must be countable in PyTorch's int64 buffer."""
+        if self.training and self.track_running_stats and self._num_batches_tracked >= INT64_MAX:
+            raise ValueError(f"num_batches_tracked: expected a count below 2**63 - 1, so that "
+                             f"this training step can be counted in PyTorch's int64 buffer, got "
+                             f"{self._num_batches_tracked}")
 
     def _warn_kept(self, kept, finite_batch):
         """One RuntimeWarning naming the channels whose running statistics

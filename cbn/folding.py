@@ -28,12 +28,13 @@ def _fold(weight, bias, bn, name):
             raise TypeError(f"bias: expected a float numpy.ndarray or None, got {describe(bias)}")
         if bias.shape != (C,):
             raise ValueError(f"bias: expected shape ({C},), got {bias.shape}")
-    scale = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    state = bn.state_dict()   # one consistent snapshot, also while another thread trains bn
+    scale = 1.0 / np.sqrt(state["running_var"].astype(np.float64) + bn.eps)
     if bn.affine:
-        scale = scale * bn.weight
-    shift = -bn.running_mean.astype(np.float64) * scale
+        scale = scale * state["weight"]
+    shift = -state["running_mean"].astype(np.float64) * scale
     if bn.affine:
-        shift = shift + bn.bias
+        shift = shift + state["bias"]
     if bias is not None:
         shift = shift + bias.astype(np.float64) * scale
     folded_weight = weight.astype(np.float64) * scale.reshape((C,) + (1,) * (weight.ndim - 1))

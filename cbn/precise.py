@@ -67,9 +67,9 @@ def precise_statistics(*layers):
     start = Changes()
     for layer, collector in zip(layers, collectors):
         start.set(layer, "_collector", collector)
-    with _locked(layers):
-        on_entry = [(layer.running_mean.copy(), layer.running_var.copy(),
-                     layer._num_batches_tracked) for layer in layers]
+    on_entry = _with_locks(layers, lambda: [(layer.running_mean.copy(),
+                                             layer.running_var.copy(),
+                                             layer._num_batches_tracked) for layer in layers])
     restore = Changes()
     for layer, (mean, var, tracked) in zip(layers, on_entry):
         restore.copy(layer.running_mean, mean)
@@ -77,24 +77,29 @@ def precise_statistics(*layers):
         restore.set(layer, "_num_batches_tracked", tracked)
         restore.set(layer, "_collector", None)
     try:
-        with _locked(layers):
-            start.apply()
+        _with_locks(layers, start.apply)
         yield
-        with _locked(layers):   # no training step of another thread between these
-            _population_changes(layers, collectors, on_entry).apply()
+        # read and replace with no training step of another thread in between
+        _with_locks(layers, lambda: _population_changes(layers, collectors, on_entry).apply())
     except BaseException:
-        with _locked(layers):
-            restore.apply()
+        _with_locks(layers, restore.apply)
         raise
 
 
-@contextlib.contextmanager
-def _locked(layers):
-    """Every layer's lock held, taken in a fixed order."""
-    with contextlib.ExitStack() as held:
-        for layer in sorted(layers, key=id):
-            held.enter_context(layer._lock)
-        yield
+def _with_locks(layers, fn):
+    """fn() with every layer's lock held: each distinct lock once (a shallow
+    copy shares its layer's), in a fixed order."""
+    locks = sorted({id(layer._lock): layer._lock for layer in layers}.values(), key=id)
+    return _holding(locks, fn)
+
+
+def _holding(locks, fn):
+    # plain `with` on the locks themselves: their __exit__ is C code, so no
+    # KeyboardInterrupt can fall between a release and the code after it
+    if not locks:
+        return fn()
+    with locks[0]:
+        return _holding(locks[1:], fn)
 
 
 def _population_changes(layers, collectors, on_entry):

@@ -192,6 +192,7 @@ class SyncBatchNorm(_BatchNorm):
         error, local = None, Moments.empty(C)
         try:
             self._check_input(x)
+            self._check_count_room()
             overwritten = out is not None and check_out_overlap(out, x, "x")
             canon = canonicalize(x, self.layout)
             output = canon.output(out, orders=(x,))   # a bad out is refused before the collective
@@ -237,6 +238,7 @@ class SyncBatchNorm(_BatchNorm):
         error, pieces = None, ()
         try:
             axis = self._check_input(x)
+            self._check_count_room()
             if x.shape[0]:
                 self._check_batch(x, axis, k)
             overwritten = out is not None and check_out_overlap(out, x, "x")

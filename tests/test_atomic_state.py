@@ -72,26 +72,36 @@ def same_values(a, b):
 
 
 class InterruptAtLine:
-    """A trace function raising KeyboardInterrupt at the k-th line run inside cbn.
+    """A trace function raising KeyboardInterrupt at the k-th point where cbn
+    could be interrupted: a line it runs, or the start of a Python function
+    it calls (CPython handles signals when a Python function starts, e.g. a
+    Python-level __exit__).
 
-    Not at a `with` statement's own line: CPython also reports the exit of a
-    with block there, after the block's cleanup scope, so an exception raised
-    by the tracer skips __exit__ (a lock would stay held), where a real
-    KeyboardInterrupt cannot arrive (signals are handled after __exit__
-    returns)."""
+    Not at a `with` statement's own line: CPython reports the exit of a with
+    block there too, after the block's cleanup scope, so an exception raised
+    by the tracer would skip __exit__, where a real KeyboardInterrupt cannot
+    arrive for the C-level context managers cbn uses there (its locks); a
+    Python-level __exit__ is covered by the call events."""
 
     def __init__(self, k):
         self.k, self.lines = k, 0
 
+    def tick(self):
+        self.lines += 1
+        if self.lines == self.k:
+            raise KeyboardInterrupt(f"at interruption point {self.k}")
+
     def __call__(self, frame, event, arg):
         code = frame.f_code
         if not code.co_filename.startswith(CBN_DIR):
+            caller = frame.f_back
+            if event == "call" and caller is not None and \
+                    caller.f_code.co_filename.startswith(CBN_DIR):
+                self.tick()
             return None
         if event == "line" and not linecache.getline(code.co_filename,
                                                      frame.f_lineno).lstrip().startswith("with "):
-            self.lines += 1
-            if self.lines == self.k:
-                raise KeyboardInterrupt(f"at line event {self.k}")
+            self.tick()
         return self
 
 

@@ -287,3 +287,33 @@ def test_skewed_values_near_float32_max_normalise(layout):
         y = cbn.BatchNorm1d(2, layout=layout)(x)
     wide = x.astype(np.float64)
     np.testing.assert_allclose(y, (wide - wide.mean(0)) / wide.std(0), rtol=1e-5)
+
+
+def test_a_refused_training_step_does_not_write_out():
+    bn = cbn.BatchNorm1d(3)
+    bn.num_batches_tracked = 2 ** 63 - 1
+    x = random_input(rng_for(16), (5, 3), np.float32)
+    before = x.copy()
+    with pytest.raises(ValueError, match="num_batches_tracked"):
+        bn(x, out=x)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_precise_statistics_over_layers_sharing_a_lock_does_not_deadlock():
+    """A shallow copy of a SyncBatchNorm shares its arrays and its lock."""
+    import copy
+    import threading
+    from fake_mpi import FakeWorld
+    a = cbn.SyncBatchNorm(3, FakeWorld(1).comm(0))
+    b = copy.copy(a)
+    done = threading.Event()
+
+    def run():
+        with cbn.precise_statistics(a, b):
+            a(random_input(rng_for(17), (4, 3), np.float32))
+            b(random_input(rng_for(18), (4, 3), np.float32))
+        done.set()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert done.wait(30), "precise_statistics deadlocked on a shared lock"
