@@ -103,9 +103,6 @@ class Output:
         self.view = view
         self.target = target
 
-    def array_and_view(self):
-        return self.array, self.view
-
     def result(self):
         """The user-facing result, once the kernels have written ``view``."""
         if self.target is None:
@@ -161,7 +158,8 @@ class Canonical:
         if view is not None:
             return Output(out, view)
         if any(memory_order(out) == memory_order(a) for a in orders):
-            return Output(*self.output().array_and_view(), target=out)
+            fresh = self.output()
+            return Output(fresh.array, fresh.view, target=out)
         order = "channels-first" if self.kind == CHANNELS_FIRST else "channels-last"
         raise ValueError(f"{name}: expected the memory order of the input (as np.empty_like "
                          f"gives) or a {order} one with a contiguous innermost axis, got strides "
