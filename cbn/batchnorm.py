@@ -143,7 +143,7 @@ class _BatchNorm:
         self._collector = None
         # serialises the calls that read and then replace state (training
         # forwards, loads): concurrent ones lose no update; eval forwards
-        # only read, and do not take it
+        # hold it only to copy what they normalise with, not in the kernels
         self._lock = threading.Lock()
 
     def __getstate__(self):
@@ -430,8 +430,8 @@ class _BatchNorm:
 
     def _stage_running_update(self, changes, mean, var, var_scale=1.0):
         """Stage this training step's update of the running statistics and
-        the count, warning first about channels left unchanged."""
-        self._check_count_room()
+        the count, warning first about channels left unchanged (every
+        training path checked _check_count_room before its kernels ran)."""
         new_mean, new_var, kept = self._updated_running_stats(mean, var, var_scale)
         if kept is not None:
             self._warn_kept(kept, np.isfinite(mean) & np.isfinite(var))

@@ -16,6 +16,15 @@ from helpers import random_input
 README = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
 
 
+def forward_once(seed, shape=(6, 3)):
+    """A BatchNorm1d after one training forward of random x; (bn, x, dy)."""
+    rng = np.random.default_rng(seed)
+    x, dy = random_input(rng, shape, np.float32), random_input(rng, shape, np.float32)
+    bn = cbn.BatchNorm1d(shape[1])
+    bn(x)
+    return bn, x, dy
+
+
 def claim(sentence):
     """Mark a test as backing ``sentence`` of the README (whitespace-normalised)."""
     def mark(fn):
@@ -74,10 +83,7 @@ def check_error_filter():
 
 @claim("updating `bn.weight` in place, rebinding it or loading a state dict between the two does not change the gradient")
 def check_backward_after_update():
-    rng = np.random.default_rng(3)
-    bn = cbn.BatchNorm1d(3)
-    x, dy = random_input(rng, (6, 3), np.float32), random_input(rng, (6, 3), np.float32)
-    bn(x)
+    bn, _, dy = forward_once(3)
     dx = bn.backward(dy)
     bn.weight -= 0.5 * bn.grad_weight
     np.testing.assert_array_equal(bn.backward(dy), dx)
@@ -223,10 +229,7 @@ def check_threads_bitwise():
 @claim("one pickled between a forward and its backward carries the input that backward needs")
 def check_pickle_between():
     import pickle
-    rng = np.random.default_rng(16)
-    bn = cbn.BatchNorm1d(3)
-    x, dy = random_input(rng, (5, 3), np.float32), random_input(rng, (5, 3), np.float32)
-    bn(x)
+    bn, _, dy = forward_once(16, (5, 3))
     clone = pickle.loads(pickle.dumps(bn))
     np.testing.assert_array_equal(clone.backward(dy), bn.backward(dy))
 
@@ -296,10 +299,7 @@ def check_state_dict_copies():
 
 @claim("The layer keeps a reference to the last input for `backward`; modifying that array in place before `backward` changes the gradient.")
 def check_input_reference():
-    rng = np.random.default_rng(22)
-    x, dy = random_input(rng, (6, 3), np.float32), random_input(rng, (6, 3), np.float32)
-    bn = cbn.BatchNorm1d(3)
-    bn(x)
+    bn, x, dy = forward_once(22)
     before = bn.backward(dy)
     x *= 2
     assert not np.array_equal(bn.backward(dy), before)
