@@ -24,8 +24,8 @@ def train_forward(canon, weight, bias, eps, output, relu=False):
     C = view.shape[1]
     stats = np.empty((3, C))
     coef = np.empty((3, C), view.dtype) if relu else None
-    _forward.train_forward(view, weight, bias, eps, output.view, stats, threads_for(view.size),
-                           relu, coef)
+    _forward.train_forward(view, output.view, weight, bias, eps, stats, coef,
+                           threads_for(view.size))
     return output.result(), stats, coef
 
 
@@ -36,9 +36,12 @@ def normalize(canon, mean, var, eps, weight, bias, output, relu=False, count=0.0
     statistics, else 0 (running statistics). Returns (y, coef) as train_forward.
     """
     view = canon.view
+    stats = np.empty((2, view.shape[1]))
+    stats[0] = mean
+    stats[1] = var
     coef = np.empty((3, view.shape[1]), view.dtype) if relu else None
-    _forward.normalize(view, mean, var, eps, weight, bias, output.view, threads_for(view.size),
-                       relu, coef, count)
+    _forward.normalize(view, output.view, weight, bias, eps, stats, count, coef,
+                       threads_for(view.size))
     return output.result(), coef
 
 
@@ -60,8 +63,8 @@ def backward(canon, dy, stats, weight, batch_stats, output, param_grads=True, re
     view = canon.view
     dyv = canon.like(dy)
     grads = np.empty((2, view.shape[1]), view.dtype) if param_grads else None
-    _backward.backward(dyv, view, stats, weight, batch_stats, output.view, grads,
-                       threads_for(view.size), relu)
+    _backward.backward(dyv, view, output.view, stats, weight, batch_stats, grads, relu,
+                       threads_for(view.size))
     return output.result(), grads
 
 
@@ -69,7 +72,7 @@ def grad_sums(canon, dy, mean, relu=None):
     """sum(g) and sum(g * (x - mean)) per channel, float64 (2, C)."""
     view = canon.view
     out = np.empty((2, view.shape[1]))
-    _backward.grad_sums(canon.like(dy), view, mean, out, threads_for(view.size), relu)
+    _backward.grad_sums(canon.like(dy), view, mean, out, relu, threads_for(view.size))
     return out
 
 
@@ -125,6 +128,6 @@ def grad_input(canon, dy, stats, weight, sums, count, output, relu=None):
     """dx of training-mode batch norm from given sums [sum(g), sum(g * (x - mean))]
     (float64 (2, C)) and count (values per channel), e.g. over several processes."""
     view = canon.view
-    _backward.grad_input(canon.like(dy), view, stats, weight, sums, float(count), True,
-                         output.view, threads_for(view.size), relu)
+    _backward.grad_input(canon.like(dy), view, output.view, stats, weight, sums, float(count),
+                         relu, threads_for(view.size))
     return output.result()

@@ -62,43 +62,42 @@ cdef inline cnp.ndarray checked_vector(object a, str name, Py_ssize_t C, int typ
     return arr
 
 
-cdef inline void* data_or_null(cnp.ndarray a) noexcept:
-    return NULL if a is None else cnp.PyArray_DATA(a)
-
-
 cdef inline Py_ssize_t elem_stride(cnp.ndarray a, int dim) noexcept:
     return cnp.PyArray_STRIDES(a)[dim] // cnp.PyArray_ITEMSIZE(a)
 
 
-cdef struct Geometry:
+cdef struct Tensor:
+    # An array's data and geometry in one of the two canonical views:
     # channels-first (3-D): N runs of S per channel; strides sn (batch), sc (channel)
     # channels-last (2-D): N rows of C channels, row stride sn; S = 1, sc = 1
+    void* data
     Py_ssize_t N
     Py_ssize_t C
     Py_ssize_t S
-    Py_ssize_t sn
+    Py_ssize_t sn   # strides in elements
     Py_ssize_t sc
-    int flags     # how an output is written: CBN_STREAM, CBN_RELU, CBN_FIXED (cbn_loops.h)
+    int flags       # how an output is written: CBN_STREAM, CBN_RELU, CBN_FIXED (cbn_loops.h)
 
 
-cdef inline Geometry geometry(cnp.ndarray a) noexcept:
-    cdef Geometry g
-    g.N = cnp.PyArray_DIMS(a)[0]
-    g.C = cnp.PyArray_DIMS(a)[1]
-    g.sn = elem_stride(a, 0)
+cdef inline Tensor tensor(cnp.ndarray a) noexcept:
+    cdef Tensor t
+    t.data = cnp.PyArray_DATA(a)
+    t.N = cnp.PyArray_DIMS(a)[0]
+    t.C = cnp.PyArray_DIMS(a)[1]
+    t.sn = elem_stride(a, 0)
     if cnp.PyArray_NDIM(a) == 3:
-        g.S = cnp.PyArray_DIMS(a)[2]
-        g.sc = elem_stride(a, 1)
+        t.S = cnp.PyArray_DIMS(a)[2]
+        t.sc = elem_stride(a, 1)
     else:
-        g.S = 1
-        g.sc = 1
-    g.flags = 0
-    return g
+        t.S = 1
+        t.sc = 1
+    t.flags = 0
+    return t
 
 
-cdef inline Py_ssize_t run_bytes(Geometry g, Py_ssize_t itemsize) noexcept:
+cdef inline Py_ssize_t run_bytes(Tensor t, Py_ssize_t itemsize) noexcept:
     """Bytes of one contiguous run (channels-first) or row (channels-last)."""
-    return (g.S if g.S > 1 else g.C) * itemsize
+    return (t.S if t.S > 1 else t.C) * itemsize
 
 
 cdef inline int input_typenum(object x, str name) except -1:

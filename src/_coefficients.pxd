@@ -1,8 +1,11 @@
-# Per-channel coefficients of the affine maps in _elementwise.pxd, computed in
-# float64 and rounded once.
+# Per-channel coefficients of the affine maps the loops apply (cbn_loops.h),
+# computed in float64 from a Job's tables and rounded once to x's dtype; x
+# (the input's data) only selects the type.
 from cython cimport floating
 from libc.float cimport DBL_MAX, FLT_MAX
-from libc.math cimport fabs, sqrt
+from libc.math cimport sqrt
+
+from _job cimport Job
 
 
 cdef inline void store_clamped(floating* dst, double v) noexcept nogil:
@@ -39,50 +42,58 @@ cdef inline void set_shift(floating* shift, double mean, double max_dev) noexcep
         shift[0] = <floating>mean
 
 
-cdef inline void normalize_coefficients(double mean, double invstd, double gamma, double beta,
-                                        double max_dev, floating* shift, floating* scale,
-                                        floating* offset) noexcept nogil:
-    """y = gamma * (x - mean) * invstd + beta as (x - shift) * scale + offset.
+cdef inline void normalize_coefficients(const floating* x, const Job* job, Py_ssize_t c,
+                                        double mean, double invstd, double max_dev) noexcept nogil:
+    """Channel c of y = gamma * (x - mean) * invstd + beta as (x - shift) * scale + offset,
+    into job.tables.coef (3, C), gamma and beta from the tables.
 
     shift is the mean rounded to the input type (see set_shift; max_dev bounds
     |x - mean|, 0 when unknown), so x - shift is exact near the mean; offset
     absorbs the rounding of the mean. A constant channel gives exactly beta.
     """
-    cdef double a = gamma * invstd
-    cdef floating m
-    set_shift(shift, mean, max_dev)
-    m = shift[0]
-    store_clamped(scale, a)
-    offset[0] = <floating>(beta + (<double>m - mean) * a)
+    cdef Py_ssize_t C = job.x.C
+    cdef floating* coef = <floating*>job.tables.coef
+    cdef double a = param_or(<const floating*>job.tables.weight, c, 1.0) * invstd
+    cdef double beta = param_or(<const floating*>job.tables.bias, c, 0.0)
+    set_shift(&coef[c], mean, max_dev)
+    store_clamped(&coef[C + c], a)
+    coef[2 * C + c] = <floating>(beta + (<double>coef[c] - mean) * a)
 
 
 cdef inline double inverse_std(double var, double eps) noexcept nogil:
     return 1.0 / sqrt(var + eps)
 
 
-cdef inline void grad_input_coefficients(double mean, double invstd, double gamma, double count,
-                                         double sum_dy, double sum_dy_xmu, bint batch_stats,
-                                         floating* shift, floating* k_dy, floating* k_x,
-                                         floating* k_0) noexcept nogil:
-    """dx = dy * k_dy + (x - shift) * k_x + k_0.
+cdef inline void grad_input_coefficients(const floating* x, const Job* job,
+                                         Py_ssize_t c) noexcept nogil:
+    """Channel c of dx = g * k_dy + (x - shift) * k_x + k_0, into job.tables.coef
+    (4, C) [shift, k_dy, k_x, k_0], from stats [mean, invstd], gamma, and (with
+    batch statistics) sums [sum(g), sum(g * (x - mean))] over count values.
 
-    With batch statistics (training):
-      dx = gamma * invstd * (dy - sum_dy / M - (x - mean) * invstd^2 * sum_dy_xmu / M)
-    with fixed statistics (eval): dx = gamma * invstd * dy.
-    sum_dy_xmu is sum(dy * (x - mean)) with the exact (float64) mean.
+    With batch statistics (training), xhat = (x - mean) * invstd and M = count:
+      dx = gamma * invstd * (g - sum(g) / M - xhat * sum(g * xhat) / M)
+         = g * k_dy - (x - mean) * c3 - k_dy * sum(g) / M
+      with k_dy = gamma * invstd and c3 = sum(g * (x - mean)) / M * invstd^2 * k_dy;
+      x - mean = (x - shift) + (shift - mean) gives k_x = -c3 and
+      k_0 = -k_dy * sum(g) / M + c3 * (mean - shift).
+    With fixed statistics (eval): dx = gamma * invstd * g (k_x = k_0 = 0).
+    sum(g * (x - mean)) is taken with the exact (float64) mean.
     """
-    cdef floating m
-    cdef double g = gamma * invstd
+    cdef Py_ssize_t C = job.x.C
+    cdef floating* coef = <floating*>job.tables.coef
+    cdef double mean = job.tables.stats[c], invstd = job.tables.stats[C + c]
+    cdef double count = job.count
+    cdef double g = param_or(<const floating*>job.tables.weight, c, 1.0) * invstd
     cdef double c3
-    set_shift(shift, mean, sqrt(count) / invstd)   # |x - mean| <= sqrt(M2 + count * eps)
-    m = shift[0]
-    store_clamped(k_dy, g)
-    if batch_stats:
-        # sums first: on a constant channel sum_dy_xmu is 0 and c3 stays 0
-        # however large invstd^2 (eps -> 0)
-        c3 = sum_dy_xmu / count * invstd * invstd * g
-        store_clamped(k_x, -c3)
-        store_clamped(k_0, -g * sum_dy / count + c3 * (mean - <double>m))
+    set_shift(&coef[c], mean, sqrt(count) / invstd)   # |x - mean| <= sqrt(M2 + count * eps)
+    store_clamped(&coef[C + c], g)
+    if job.batch_stats:
+        # sums first: on a constant channel sum(g * (x - mean)) is 0 and c3
+        # stays 0 however large invstd^2 (eps -> 0)
+        c3 = job.tables.sums[C + c] / count * invstd * invstd * g
+        store_clamped(&coef[2 * C + c], -c3)
+        store_clamped(&coef[3 * C + c],
+                      -g * job.tables.sums[c] / count + c3 * (mean - <double>coef[c]))
     else:
-        k_x[0] = 0
-        k_0[0] = 0
+        coef[2 * C + c] = 0
+        coef[3 * C + c] = 0

@@ -121,12 +121,16 @@ cdef inline Py_ssize_t row_block(Py_ssize_t C, Py_ssize_t itemsize) noexcept nog
 
 cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize_t r0,
                               Py_ssize_t r1, Py_ssize_t C, floating* scratch,
-                              double* count, double* mean, double* m2) noexcept nogil:
-    """Fold rows r0..r1 of a channels-last (M, C) array into per-channel mean/m2.
+                              double* partial) noexcept nogil:
+    """Fold rows r0..r1 of a channels-last (M, C) array into partial: the
+    count, then C means, then C values of M2.
 
     scratch holds 3*C values of the input type; blocks are centred as
     described at the top of this file.
     """
+    cdef double* count = partial
+    cdef double* mean = partial + 1
+    cdef double* m2 = partial + 1 + C
     cdef floating* shift = scratch
     cdef floating* s1 = scratch + C
     cdef floating* s2 = scratch + 2 * C

@@ -3,7 +3,7 @@
 # are merged in a fixed order: results are bitwise identical for any number of
 # threads.
 
-from _arrays cimport Geometry
+from _arrays cimport Tensor
 
 cdef enum:
     MIN_CHANNEL_UNITS = 32       # channels-first: split channels over N below this many ...
@@ -28,7 +28,7 @@ cdef inline Py_ssize_t channel_parts(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) n
     return max(1, min(parts, N))
 
 
-cdef inline bint fuse_by_channel(Geometry g, Py_ssize_t bytes_per_value) noexcept nogil:
+cdef inline bint fuse_by_channel(Tensor g, Py_ssize_t bytes_per_value) noexcept nogil:
     """Channels-first: statistics and output of one channel at a time (its values
     still in cache for the second pass) rather than separate passes, the output
     pass in memory order. Fusing saves a DRAM read once the input outgrows L2;

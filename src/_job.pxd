@@ -1,0 +1,165 @@
+# One kernel call's arguments as a record (Job), filled and checked at the
+# entry point, and the one loop that runs a kernel's body per work unit.
+#
+# Design:
+# A. Every kernel takes (x, job) and every loop body (x, job, i): x is the
+#    input's data typed float or double, which picks the fused
+#    specialisation; everything else is in the job. The entry point checks
+#    each argument once (through the NumPy C API: tens of nanoseconds, where
+#    typed memoryviews cost ~0.7 us each) and dispatches on the dtype once.
+# B. for_each runs body(x, job, i) for i in range(n): a plain loop on one
+#    thread, since an OpenMP region costs ~0.7 us even with one thread (more
+#    than a small tensor's arithmetic), else a static prange. The work units
+#    depend on the shape only (_plan.pxd), so results do not depend on the
+#    thread count.
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memset
+
+from _arrays cimport (Tensor, checked, checked_like, checked_table, checked_threads,
+                     checked_vector, input_typenum, run_bytes, scratch, tensor)
+from _loops cimport CBN_STREAM
+from _plan cimport PARALLEL_CHANNELS, channel_parts, part_start, row_parts, streams
+
+
+cdef struct Tables:
+    # Per-channel tables: C values per row, row after row; x's dtype unless float64 is said.
+    const void* weight      # (C,), or NULL for 1
+    const void* bias        # (C,), or NULL for 0
+    const void* relu_coef   # backward with a fused ReLU: the forward's (3, C) coef, else NULL
+    void* coef              # forward (3, C) [shift, scale, offset]:
+                            #   y = (x - shift) * scale + offset
+                            # backward (4, C) [shift, k_dy, k_x, k_0]: see grad_input_coefficients
+    double* stats           # float64 [mean, invstd, biased var] (3, C); backward reads (2, C)
+    double* sums            # float64 (2, C) [sum(g), sum(g * (x - mean))], g = dy (ReLU-gated)
+    double* moments         # float64 (2, C) [mean, M2]
+    void* param_grads       # backward: (2, C) [sum(g * xhat), sum(g)], or NULL
+
+
+cdef struct Job:
+    Tensor x                # the forward's input
+    Tensor dy               # backward: the output's gradient
+    Tensor out              # forward: y; backward: dx
+    Tables tables
+    bint f32                # x is float32 (else float64)
+    bint channels_first     # x is (N, C, S) runs (else (M, C) rows)
+    bint batch_stats        # backward: stats are x's own (training), not fixed (eval)
+    double eps
+    double count            # values per channel behind given statistics, or 0 (see normalize)
+    Py_ssize_t parts        # pieces a channel's reduction is split into (_plan.pxd)
+    double* part            # float64 partial results, per piece
+    void* rows              # channels-last: per-piece row buffers, x's dtype
+    int nthreads
+
+
+cdef inline cnp.ndarray begin(Job* job, object x, int nthreads):
+    """Zero job, then fill x, its dtype, layout and pieces, and the thread count, checked."""
+    cdef int typenum = input_typenum(x, "x")
+    cdef cnp.ndarray xa = checked(x, "x", cnp.PyArray_NDIM(x), typenum, False)
+    memset(job, 0, sizeof(Job))
+    job.x = tensor(xa)
+    job.f32 = typenum == cnp.NPY_FLOAT32
+    job.channels_first = cnp.PyArray_NDIM(xa) == 3
+    job.parts = (channel_parts(job.x.N, job.x.C, job.x.S) if job.channels_first
+                 else row_parts(job.x.N))
+    job.nthreads = checked_threads(nthreads)
+    return xa
+
+
+cdef inline Tensor operand(object a, str name, cnp.ndarray x):
+    """A read-only array of x's shape and dtype."""
+    return tensor(checked_like(a, name, x, False))
+
+
+cdef inline Tensor output(object a, str name, cnp.ndarray x, int flags):
+    """A writable array of x's shape and dtype; flags plus CBN_STREAM where
+    its size makes streaming stores pay (_plan.streams)."""
+    cdef cnp.ndarray arr = checked_like(a, name, x, True)
+    cdef Tensor t = tensor(arr)
+    if streams(cnp.PyArray_NBYTES(arr), run_bytes(t, cnp.PyArray_ITEMSIZE(arr))):
+        flags |= CBN_STREAM
+    t.flags = flags
+    return t
+
+
+cdef inline const void* vector_data(object a, str name, cnp.ndarray x) except? NULL:
+    """A (C,) array of x's dtype, or NULL for None."""
+    if a is None:
+        return NULL
+    return cnp.PyArray_DATA(checked_vector(a, name, cnp.PyArray_DIMS(x)[1],
+                                           cnp.PyArray_TYPE(x), False))
+
+
+cdef inline void* table_data(object a, str name, Py_ssize_t rows, cnp.ndarray x,
+                             bint writable) except? NULL:
+    """A C-contiguous (rows, C) array of x's dtype, or NULL for None."""
+    if a is None:
+        return NULL
+    return cnp.PyArray_DATA(checked_table(a, name, rows, cnp.PyArray_DIMS(x)[1],
+                                          cnp.PyArray_TYPE(x), writable))
+
+
+cdef inline double* f64_vector(object a, str name, cnp.ndarray x) except NULL:
+    """A float64 (C,) array."""
+    cdef cnp.ndarray arr = checked(a, name, 1, cnp.NPY_FLOAT64, False)
+    if cnp.PyArray_DIMS(arr)[0] != cnp.PyArray_DIMS(x)[1]:
+        raise ValueError(f"{name}: expected shape ({cnp.PyArray_DIMS(x)[1]},), "
+                         f"got {(<object>arr).shape}")
+    return <double*>cnp.PyArray_DATA(arr)
+
+
+cdef inline double* f64_table(object a, str name, Py_ssize_t rows, cnp.ndarray x,
+                              bint writable) except NULL:
+    """A C-contiguous float64 (rows, C) array."""
+    return <double*>cnp.PyArray_DATA(checked_table(a, name, rows, cnp.PyArray_DIMS(x)[1],
+                                                   cnp.NPY_FLOAT64, writable))
+
+
+cdef inline void* allocate(Job* job, Py_ssize_t doubles, Py_ssize_t coef_rows,
+                           Py_ssize_t row_values) except NULL:
+    """One block of scratch: job.part (doubles float64 values), then
+    job.tables.coef (coef_rows * C values of x's dtype), then job.rows
+    (row_values of them). Returns the block, for free_scratch."""
+    cdef Py_ssize_t itemsize = 4 if job.f32 else 8
+    cdef Py_ssize_t coef_bytes = coef_rows * job.x.C * itemsize
+    cdef char* block = <char*>scratch(doubles * sizeof(double) + coef_bytes
+                                      + row_values * itemsize)
+    job.part = <double*>block
+    job.tables.coef = block + doubles * sizeof(double)
+    job.rows = block + doubles * sizeof(double) + coef_bytes
+    return block
+
+
+cdef inline void for_each(void (*body)(const floating*, const Job*, Py_ssize_t) noexcept nogil,
+                          const floating* x, const Job* job, Py_ssize_t n,
+                          int nthreads) noexcept nogil:
+    """body(x, job, i) for every i in range(n), on nthreads threads (see B above)."""
+    cdef Py_ssize_t i
+    if nthreads == 1:
+        for i in range(n):
+            body(x, job, i)
+    else:
+        for i in prange(n, num_threads=nthreads, schedule="static"):
+            body(x, job, i)
+
+
+cdef inline int channel_threads(const Job* job) noexcept nogil:
+    """Threads for per-channel finishing work (merges, square roots): only many channels pay."""
+    return job.nthreads if job.x.C >= PARALLEL_CHANNELS else 1
+
+
+cdef inline Py_ssize_t piece_start(const Job* job, Py_ssize_t k) noexcept nogil:
+    """The first batch index (channels-first) or row (channels-last) of piece k."""
+    return part_start(job.x.N, job.parts, k)
+
+
+cdef inline Py_ssize_t row_blocks(const Job* job, Py_ssize_t block) noexcept nogil:
+    """Blocks of block rows (the last one shorter) covering channels-last x."""
+    return (job.x.N + block - 1) // block
+
+
+cdef inline Py_ssize_t block_start(const Job* job, Py_ssize_t block, Py_ssize_t i) noexcept nogil:
+    """The first row of the i-th block, taken last first: after a reduction
+    the most recently read rows are the likeliest to be still in cache."""
+    return (row_blocks(job, block) - 1 - i) * block
