@@ -7,10 +7,11 @@ from cython cimport floating
 
 from _arrays cimport free_scratch
 from _coefficients cimport grad_input_coefficients
-from _job cimport (Job, allocate, begin, f64_table, f64_vector, for_each, operand, output,
-                   block_start, piece_start, row_blocks, table_data, vector_data)
-from _loops cimport (CBN_FIXED, init_loops, rows_grad_input, rows_grad_sums, runs_grad_input,
-                     runs_grad_sums)
+from _job cimport (Job, allocate, begin, block_at, f64_table, f64_vector, for_each, operand,
+                   output, block_start, piece_start, row_blocks, sample_units, table_data,
+                   unit_runs, vector_data)
+from _loops cimport (CBN_FIXED, cbn_block, init_loops, rows_grad_input, rows_grad_sums,
+                     runs_grad_input, runs_grad_sums)
 from _moments cimport row_block
 from _plan cimport fuse_by_channel
 
@@ -24,16 +25,11 @@ cdef enum Kernel:
     GRAD_INPUT
 
 
-cdef inline const floating* relu_of(const floating* x, const Job* job, Py_ssize_t c,
-                                    floating* buf) noexcept nogil:
-    """Channel c's forward coefficients {shift, scale, offset} of a fused ReLU, or NULL."""
-    cdef const floating* relu = <const floating*>job.tables.relu_coef
-    if relu == NULL:
+cdef inline const void* relu_at(const Job* job, Py_ssize_t c) noexcept nogil:
+    """Channel c's column of the forward's coefficients of a fused ReLU, or NULL."""
+    if job.tables.relu_coef == NULL:
         return NULL
-    buf[0] = relu[c]
-    buf[1] = relu[job.x.C + c]
-    buf[2] = relu[2 * job.x.C + c]
-    return buf
+    return <const char*>job.tables.relu_coef + c * (4 if job.f32 else 8)
 
 
 # ---------------------------------------------------------------- channels-first
@@ -41,46 +37,34 @@ cdef inline const floating* relu_of(const floating* x, const Job* job, Py_ssize_
 cdef void cf_unit_sums(const floating* x, const Job* job, Py_ssize_t u) noexcept nogil:
     """part[2u], part[2u+1] = sums of unit u = c * parts + k (channel c, batch range k)."""
     cdef Py_ssize_t c = u // job.parts, k = u % job.parts
-    cdef Py_ssize_t n0 = piece_start(job, k), n1 = piece_start(job, k + 1)
-    cdef floating rc[3]
+    cdef Py_ssize_t n0 = piece_start(job, k)
+    cdef cbn_block runs = block_at(job, n0, piece_start(job, k + 1) - n0, c)
     job.part[2 * u] = 0.0
     job.part[2 * u + 1] = 0.0
-    runs_grad_sums(<const floating*>job.dy.data + n0 * job.dy.sn + c * job.dy.sc, job.dy.sn,
-                   x + n0 * job.x.sn + c * job.x.sc, job.x.sn, n1 - n0, job.x.S,
-                   (<const floating*>job.tables.coef)[c], relu_of(x, job, c, rc),
+    runs_grad_sums(&runs, (<const floating*>job.tables.coef)[c], relu_at(job, c),
                    &job.part[2 * u], &job.part[2 * u + 1])
 
 
-cdef void cf_run_grad_input(const floating* x, const Job* job, Py_ssize_t i) noexcept nogil:
-    """Run i = n * C + c: memory order, sequential for contiguous data."""
-    cdef Py_ssize_t C = job.x.C, n = i // C, c = i % C
-    cdef const floating* coef = <const floating*>job.tables.coef
-    cdef floating rc[3]
-    runs_grad_input(<const floating*>job.dy.data + n * job.dy.sn + c * job.dy.sc, 0,
-                    x + n * job.x.sn + c * job.x.sc, 0,
-                    <floating*>job.out.data + n * job.out.sn + c * job.out.sc, 0, 1, job.x.S,
-                    coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c],
-                    relu_of(x, job, c, rc), job.out.flags)
+cdef void cf_unit_grad_input(const floating* x, const Job* job, Py_ssize_t u) noexcept nogil:
+    """Unit u of the elementwise pass (see unit_runs)."""
+    cdef Py_ssize_t c0
+    cdef cbn_block runs = unit_runs(job, u, &c0)
+    runs_grad_input(&runs, <const floating*>job.tables.coef + c0, relu_at(job, c0))
 
 
 cdef void cf_channel_backward(const floating* x, const Job* job, Py_ssize_t c) noexcept nogil:
     """Sums, then dx, of channel c while its values are in cache."""
     cdef Py_ssize_t C = job.x.C
-    cdef floating* coef = <floating*>job.tables.coef
     cdef double* sums = job.tables.sums
     cdef floating shift = <floating>job.tables.stats[c]
-    cdef floating rc[3]
-    cdef const floating* relu = relu_of(x, job, c, rc)
-    cdef const floating* dy = <const floating*>job.dy.data + c * job.dy.sc
+    cdef const void* relu = relu_at(job, c)
+    cdef cbn_block runs = block_at(job, 0, job.x.N, c)
     sums[c] = 0.0
     sums[C + c] = 0.0
-    runs_grad_sums(dy, job.dy.sn, x + c * job.x.sc, job.x.sn, job.x.N, job.x.S, shift, relu,
-                   &sums[c], &sums[C + c])
+    runs_grad_sums(&runs, shift, relu, &sums[c], &sums[C + c])
     sums[C + c] = sums[C + c] - (job.tables.stats[c] - <double>shift) * sums[c]
     grad_input_coefficients(x, job, c)
-    runs_grad_input(dy, job.dy.sn, x + c * job.x.sc, job.x.sn,
-                    <floating*>job.out.data + c * job.out.sc, job.out.sn, job.x.N, job.x.S,
-                    coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c], relu, job.out.flags)
+    runs_grad_input(&runs, <const floating*>job.tables.coef + c, relu)
 
 
 # ---------------------------------------------------------------- channels-last
@@ -89,39 +73,35 @@ cdef void cl_part_sums(const floating* x, const Job* job, Py_ssize_t k) noexcept
     """part[2Ck :] = (sum(g)[C], sum(g * (x - shift))[C]) of row range k: blocks
     of rows summed in x's dtype (into the 2C row buffers of range k), merged in
     float64."""
-    cdef Py_ssize_t C = job.x.C, c, nb
+    cdef Py_ssize_t C = job.x.C, c
     cdef Py_ssize_t block = row_block(C, sizeof(floating))
     cdef Py_ssize_t r = piece_start(job, k), r1 = piece_start(job, k + 1)
     cdef double* s_g = job.part + k * 2 * C
     cdef double* s_gx = s_g + C
     cdef floating* b_g = <floating*>job.rows + k * 2 * C
     cdef floating* b_gx = b_g + C
+    cdef cbn_block rows
     for c in range(C):
         s_g[c] = 0.0
         s_gx[c] = 0.0
     while r < r1:
-        nb = min(block, r1 - r)
+        rows = block_at(job, r, min(block, r1 - r), 0)
         for c in range(C):
             b_g[c] = 0
             b_gx[c] = 0
-        rows_grad_sums(b_g, b_gx, <const floating*>job.dy.data + r * job.dy.sn, job.dy.sn,
-                       x + r * job.x.sn, job.x.sn, nb, C, <const floating*>job.tables.coef,
-                       <const floating*>job.tables.relu_coef)
+        rows_grad_sums(&rows, job.tables.coef, job.tables.relu_coef, b_g, b_gx)
         for c in range(C):
             s_g[c] += b_g[c]
             s_gx[c] += b_gx[c]
-        r += nb
+        r += rows.count
 
 
 cdef void cl_block_grad_input(const floating* x, const Job* job, Py_ssize_t i) noexcept nogil:
     """Block i of rows (see block_start)."""
-    cdef Py_ssize_t C = job.x.C, block = row_block(C, sizeof(floating))
+    cdef Py_ssize_t block = row_block(job.x.C, sizeof(floating))
     cdef Py_ssize_t r0 = block_start(job, block, i)
-    cdef const floating* coef = <const floating*>job.tables.coef
-    rows_grad_input(<const floating*>job.dy.data + r0 * job.dy.sn, job.dy.sn, x + r0 * job.x.sn,
-                    job.x.sn, <floating*>job.out.data + r0 * job.out.sn, job.out.sn,
-                    min(block, job.x.N - r0), C, coef, coef + C, coef + 2 * C, coef + 3 * C,
-                    <const floating*>job.tables.relu_coef, job.out.flags)
+    cdef cbn_block rows = block_at(job, r0, min(block, job.x.N - r0), 0)
+    rows_grad_input(&rows, job.tables.coef, job.tables.relu_coef)
 
 
 # ---------------------------------------------------------------- kernels
@@ -167,7 +147,7 @@ cdef void grad_input_kernel(const floating* x, const Job* job) noexcept nogil:
     for c in range(job.x.C):
         grad_input_coefficients(x, job, c)
     if job.channels_first:
-        for_each(cf_run_grad_input[floating], x, job, job.x.N * job.x.C, job.nthreads)
+        for_each(cf_unit_grad_input[floating], x, job, sample_units(job), job.nthreads)
     else:
         block = row_block(job.x.C, sizeof(floating))
         for_each(cl_block_grad_input[floating], x, job, row_blocks(job, block), job.nthreads)

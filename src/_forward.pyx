@@ -13,9 +13,10 @@ from libc.string cimport memcpy
 
 from _arrays cimport checked, checked_vector, free_scratch
 from _coefficients cimport inverse_std, normalize_coefficients
-from _job cimport (Job, allocate, begin, channel_threads, f64_table, for_each, output,
-                   block_start, piece_start, row_blocks, table_data, vector_data)
-from _loops cimport CBN_RELU, init_loops, rows_affine, runs_affine
+from _job cimport (Job, allocate, begin, block_at, channel_threads, f64_table, for_each, output,
+                   block_start, piece_start, row_blocks, sample_units, table_data, unit_runs,
+                   vector_data)
+from _loops cimport CBN_RELU, cbn_block, init_loops, rows_affine, runs_affine
 from _moments cimport (Moments, merge_partials, moments_zero, row_block, rows_moments,
                       strided_runs_moments)
 from _plan cimport fuse_by_channel
@@ -43,24 +44,20 @@ cdef void cf_unit_moments(const floating* x, const Job* job, Py_ssize_t u) noexc
     job.part[3 * u + 2] = acc.m2
 
 
-cdef void cf_run_affine(const floating* x, const Job* job, Py_ssize_t i) noexcept nogil:
-    """Run i = n * C + c: memory order, sequential for contiguous data."""
-    cdef Py_ssize_t C = job.x.C, n = i // C, c = i % C
-    cdef const floating* coef = <const floating*>job.tables.coef
-    runs_affine(x + n * job.x.sn + c * job.x.sc, 0,
-                <floating*>job.out.data + n * job.out.sn + c * job.out.sc, 0, 1, job.x.S,
-                coef[c], coef[C + c], coef[2 * C + c], job.out.flags)
+cdef void cf_unit_affine(const floating* x, const Job* job, Py_ssize_t u) noexcept nogil:
+    """Unit u of the elementwise pass (see unit_runs)."""
+    cdef Py_ssize_t c0
+    cdef cbn_block runs = unit_runs(job, u, &c0)
+    runs_affine(&runs, <const floating*>job.tables.coef + c0)
 
 
 cdef void cf_channel_train(const floating* x, const Job* job, Py_ssize_t c) noexcept nogil:
     """Statistics, then normalisation, of channel c while its values are in cache."""
-    cdef Py_ssize_t C = job.x.C
-    cdef const floating* coef = <const floating*>job.tables.coef
     cdef Moments acc = moments_zero()
+    cdef cbn_block runs = block_at(job, 0, job.x.N, c)
     strided_runs_moments(x + c * job.x.sc, job.x.N, job.x.sn, job.x.S, &acc)
     set_channel_stats(x, job, c, acc)
-    runs_affine(x + c * job.x.sc, job.x.sn, <floating*>job.out.data + c * job.out.sc, job.out.sn,
-                job.x.N, job.x.S, coef[c], coef[C + c], coef[2 * C + c], job.out.flags)
+    runs_affine(&runs, <const floating*>job.tables.coef + c)
 
 
 # ---------------------------------------------------------------- channels-last
@@ -77,12 +74,10 @@ cdef void cl_part_moments(const floating* x, const Job* job, Py_ssize_t k) noexc
 
 cdef void cl_block_affine(const floating* x, const Job* job, Py_ssize_t i) noexcept nogil:
     """Block i of rows (see block_start)."""
-    cdef Py_ssize_t C = job.x.C, block = row_block(C, sizeof(floating))
+    cdef Py_ssize_t block = row_block(job.x.C, sizeof(floating))
     cdef Py_ssize_t r0 = block_start(job, block, i)
-    cdef const floating* coef = <const floating*>job.tables.coef
-    rows_affine(x + r0 * job.x.sn, job.x.sn, <floating*>job.out.data + r0 * job.out.sn,
-                job.out.sn, min(block, job.x.N - r0), C, coef, coef + C, coef + 2 * C,
-                job.out.flags)
+    cdef cbn_block rows = block_at(job, r0, min(block, job.x.N - r0), 0)
+    rows_affine(&rows, job.tables.coef)
 
 
 # ---------------------------------------------------------------- per channel
@@ -143,7 +138,7 @@ cdef void affine(const floating* x, const Job* job) noexcept nogil:
     """out = (x - shift) * scale + offset with the coefficient table."""
     cdef Py_ssize_t block
     if job.channels_first:
-        for_each(cf_run_affine[floating], x, job, job.x.N * job.x.C, job.nthreads)
+        for_each(cf_unit_affine[floating], x, job, sample_units(job), job.nthreads)
     else:
         block = row_block(job.x.C, sizeof(floating))
         for_each(cl_block_affine[floating], x, job, row_blocks(job, block), job.nthreads)

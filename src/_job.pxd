@@ -19,8 +19,9 @@ from libc.string cimport memset
 
 from _arrays cimport (Tensor, checked, checked_like, checked_table, checked_threads,
                      checked_vector, input_typenum, run_bytes, scratch, tensor)
-from _loops cimport CBN_STREAM
-from _plan cimport PARALLEL_CHANNELS, channel_parts, part_start, row_parts, streams
+from _loops cimport CBN_STREAM, cbn_block
+from _plan cimport (PARALLEL_CHANNELS, channel_parts, channels_per_unit, part_start, row_parts,
+                   streams)
 
 
 cdef struct Tables:
@@ -163,3 +164,52 @@ cdef inline Py_ssize_t block_start(const Job* job, Py_ssize_t block, Py_ssize_t 
     """The first row of the i-th block, taken last first: after a reduction
     the most recently read rows are the likeliest to be still in cache."""
     return (row_blocks(job, block) - 1 - i) * block
+
+
+cdef inline void* element(Tensor t, Py_ssize_t n, Py_ssize_t c, bint f32) noexcept nogil:
+    """Address of t's element (n, c, 0), or NULL for an absent operand."""
+    if t.data == NULL:
+        return NULL
+    return <char*>t.data + (n * t.sn + c * t.sc) * (4 if f32 else 8)
+
+
+cdef inline cbn_block block_at(const Job* job, Py_ssize_t n0, Py_ssize_t count,
+                               Py_ssize_t c) noexcept nogil:
+    """The loops' view of x, dy and out from batch index (channels-first) or
+    row (channels-last, c = 0) n0: count runs of channel c, or count rows."""
+    cdef cbn_block b
+    b.x = element(job.x, n0, c, job.f32)
+    b.x_stride = job.x.sn
+    b.dy = element(job.dy, n0, c, job.f32)
+    b.dy_stride = job.dy.sn
+    b.out = element(job.out, n0, c, job.f32)
+    b.out_stride = job.out.sn
+    b.count = count
+    b.length = job.x.S if job.channels_first else job.x.C
+    b.table_stride = job.x.C
+    b.table_step = 0
+    b.flags = job.out.flags
+    b.f32 = job.f32
+    return b
+
+
+cdef inline Py_ssize_t sample_units(const Job* job) noexcept nogil:
+    """Work units of a channels-first elementwise pass: each sample's channels
+    in groups of channels_per_unit (_plan.pxd), in memory order."""
+    cdef Py_ssize_t group = channels_per_unit(job.x.C, job.x.S)
+    return job.x.N * ((job.x.C + group - 1) // group)
+
+
+cdef inline cbn_block unit_runs(const Job* job, Py_ssize_t u, Py_ssize_t* c0) noexcept nogil:
+    """Unit u's runs: one sample's channels c0[0] onwards, a channel (and its
+    coefficients) per run."""
+    cdef Py_ssize_t group = channels_per_unit(job.x.C, job.x.S)
+    cdef Py_ssize_t groups = (job.x.C + group - 1) // group
+    cdef cbn_block b
+    c0[0] = (u % groups) * group
+    b = block_at(job, u // groups, min(group, job.x.C - c0[0]), c0[0])
+    b.x_stride = job.x.sc
+    b.dy_stride = job.dy.sc
+    b.out_stride = job.out.sc
+    b.table_step = 1
+    return b

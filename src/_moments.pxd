@@ -17,7 +17,7 @@
 from cython cimport floating
 from libc.math cimport isfinite
 
-from _loops cimport rows_centered, rows_sum, runs_centered, runs_sum
+from _loops cimport cbn_block, input_block, rows_centered, rows_sum, runs_centered, runs_sum
 
 cdef enum:
     AMPLIFICATION = 16        # largest sum(d^2) / M2 accepted from a one-pass block
@@ -80,12 +80,13 @@ cdef inline void block_moments(const floating* p, Py_ssize_t nruns, Py_ssize_t r
     """Fold nruns runs of n contiguous values, run_stride apart, into acc."""
     cdef double s1 = 0.0, s2 = 0.0, nb = <double>(nruns * n), m2_b, mean_b
     cdef floating k = <floating>acc.mean if acc.count > 0.0 else p[0]
-    runs_centered(p, run_stride, nruns, n, k, &s1, &s2)
+    cdef cbn_block block = input_block(p, run_stride, nruns, n)
+    runs_centered(&block, k, &s1, &s2)
     if not (s2 == 0.0 or well_centred(s1, s2, nb)):
         s1 = 0.0
         s2 = 0.0
-        k = <floating>(runs_sum(p, run_stride, nruns, n) / nb)
-        runs_centered(p, run_stride, nruns, n, k, &s1, &s2)
+        k = <floating>(runs_sum(&block) / nb)
+        runs_centered(&block, k, &s1, &s2)
     if not (isfinite(s1) and isfinite(s2)):
         exact_block_moments(p, nruns, run_stride, n, 1, &mean_b, &m2_b)
         moments_merge(acc, nb, mean_b, m2_b)
@@ -138,16 +139,18 @@ cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize
     cdef Py_ssize_t b0, nb, c
     cdef double total, w, v, mb, m2b, delta, fnb
     cdef bint redo
+    cdef cbn_block rows
     b0 = r0
     while b0 < r1:
         nb = min(block, r1 - b0)
         fnb = <double>nb
+        rows = input_block(x + b0 * row_stride, row_stride, nb, C)
         redo = False
         for c in range(C):
             shift[c] = <floating>mean[c] if count[0] > 0.0 else x[b0 * row_stride + c]
             s1[c] = 0
             s2[c] = 0
-        rows_centered(s1, s2, x + b0 * row_stride, row_stride, nb, C, shift)
+        rows_centered(&rows, shift, s1, s2)
         for c in range(C):
             if not (s2[c] == 0 or well_centred(s1[c], s2[c], fnb)):
                 redo = True
@@ -157,10 +160,10 @@ cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize
                 shift[c] = 0
                 s1[c] = 0
                 s2[c] = 0
-            rows_sum(shift, x + b0 * row_stride, row_stride, nb, C)
+            rows_sum(&rows, shift)
             for c in range(C):
                 shift[c] = <floating>(shift[c] / fnb)
-            rows_centered(s1, s2, x + b0 * row_stride, row_stride, nb, C, shift)
+            rows_centered(&rows, shift, s1, s2)
         total = count[0] + fnb
         w = fnb / total
         v = count[0] * fnb / total

@@ -13,6 +13,7 @@ cdef enum:
     MIN_STREAM_RUN_BYTES = 256   # shorter runs/rows are mostly partial cache lines
     PARALLEL_CHANNELS = 256      # per-channel finishing work (merges, sqrt) in parallel from here
     FUSE_MIN_BYTES = 262144      # below this the whole input stays in L2 between passes
+    UNIT_VALUES = 2048           # channels-first elementwise passes: values per work unit
 
 
 cdef extern from "cbn_loops.h" nogil:
@@ -36,6 +37,13 @@ cdef inline bint fuse_by_channel(Tensor g, Py_ssize_t bytes_per_value) noexcept 
     apart). Needs unsplit channels; depends on the shape only."""
     return (channel_parts(g.N, g.C, g.S) == 1
             and g.N * g.C * g.S * bytes_per_value > FUSE_MIN_BYTES)
+
+
+cdef inline Py_ssize_t channels_per_unit(Py_ssize_t C, Py_ssize_t S) noexcept nogil:
+    """Channels-first elementwise passes (memory order): one sample's runs of
+    this many consecutive channels per work unit, about UNIT_VALUES values, so
+    that short runs do not pay a call each."""
+    return max(1, min(C, UNIT_VALUES // max(S, 1)))
 
 
 cdef inline Py_ssize_t row_parts(Py_ssize_t M) noexcept nogil:

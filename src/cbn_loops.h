@@ -6,12 +6,12 @@
  * once with target("avx2,fma") (32-byte vectors). cbn_loops_init() picks one
  * per process with __builtin_cpu_supports, so a portable wheel still uses AVX2
  * where the CPU has it (unless the environment sets CBN_LOOPS=baseline); the
- * wrappers (cbn_loops_wrap.h) branch on that choice,
- * a branch that is always predicted.
+ * entry points at the end (cbn_runs_sum, ...) branch on that choice and on
+ * the element type, branches that are always predicted.
  *
- * Every loop takes a whole set of strided runs (channels-first) or block of
- * rows (channels-last), so calls and horizontal sums are per block, not per
- * run. Reductions use GCC/Clang vector extensions with four accumulator
+ * Every loop takes a cbn_block: a whole set of strided runs (channels-first)
+ * or block of rows (channels-last), so calls and horizontal sums are per
+ * block, not per run. Reductions use GCC/Clang vector extensions with four accumulator
  * chains: GCC will not reorder a floating-point sum without -ffast-math, and a
  * single chain is bound by the add latency. Sums of squares are flushed from
  * the lanes into float64 every CBN_ADDS_PER_LANE additions per lane: longer
@@ -60,78 +60,53 @@
 #define CBN_BASE_BYTES 16
 #endif
 
-/* Non-temporal (streaming) vector stores: no read-for-ownership of the
- * destination and no eviction of the inputs from cache. */
 #if CBN_X86
-#if CBN_BASE_BYTES == 32
-#define CBN_STREAM_f32_base(p, v) _mm256_stream_ps((p), (__m256)(v))
-#define CBN_STREAM_f64_base(p, v) _mm256_stream_pd((p), (__m256d)(v))
-#else
-#define CBN_STREAM_f32_base(p, v) _mm_stream_ps((p), (__m128)(v))
-#define CBN_STREAM_f64_base(p, v) _mm_stream_pd((p), (__m128d)(v))
-#endif
-#define CBN_STREAM_f32_avx2(p, v) _mm256_stream_ps((p), (__m256)(v))
-#define CBN_STREAM_f64_avx2(p, v) _mm256_stream_pd((p), (__m256d)(v))
 #define CBN_SFENCE() _mm_sfence()
 #else
-#define CBN_STREAM_f32_base(p, v) memcpy((p), &(v), sizeof(v))
-#define CBN_STREAM_f64_base(p, v) memcpy((p), &(v), sizeof(v))
 #define CBN_SFENCE() ((void)0)
 #endif
 
-#define CBN_CAT3(a, b, c) a##b##c
-#define CBN_NAME(name, suffix) CBN_CAT3(cbn_, name, suffix)
+/* A block of runs (channels-first) or rows (channels-last) that a loop
+ * walks: run or row k of each operand at its base + k * its stride (in
+ * elements), length values each; operands a loop does not use may be NULL. */
+typedef struct {
+    const void *x;
+    ptrdiff_t x_stride;
+    const void *dy;
+    ptrdiff_t dy_stride;
+    void *out;
+    ptrdiff_t out_stride;
+    ptrdiff_t count;         /* runs or rows */
+    ptrdiff_t length;        /* values per run, or channels per row */
+    ptrdiff_t table_stride;  /* entry j of a coefficient table at coef[j * table_stride] */
+    ptrdiff_t table_step;    /* runs: coefficients of run r at coef + r * table_step (0: all
+                                runs of one channel; 1: runs of consecutive channels) */
+    int flags;               /* CBN_STREAM, CBN_RELU, CBN_FIXED */
+    int f32;                 /* elements are float (else double) */
+} cbn_block;
 
 /* ---------------------------------------------------------------- instances */
 
-#define T float
-#define IT int32_t
-#define VB CBN_BASE_BYTES
-#define ATTR __attribute__((unused))
-#define F(name) CBN_NAME(name, _f32_base)
-#define STREAM CBN_STREAM_f32_base
+/* cbn_loops_impl.h once per element type (CBN_IMPL_F32) and instruction set
+ * (CBN_IMPL_AVX2) */
+#define CBN_IMPL_AVX2 0
+#define CBN_IMPL_F32 1
 #include "cbn_loops_impl.h"
-#undef T
-#undef IT
-#undef F
-#undef STREAM
-
-#define T double
-#define IT int64_t
-#define F(name) CBN_NAME(name, _f64_base)
-#define STREAM CBN_STREAM_f64_base
+#undef CBN_IMPL_F32
+#define CBN_IMPL_F32 0
 #include "cbn_loops_impl.h"
-#undef T
-#undef IT
-#undef VB
-#undef ATTR
-#undef F
-#undef STREAM
+#undef CBN_IMPL_F32
+#undef CBN_IMPL_AVX2
 
 #if CBN_DISPATCH_AVX2
-#define VB 32
-#define ATTR __attribute__((target("avx2,fma"), unused))
-#define T float
-#define IT int32_t
-#define F(name) CBN_NAME(name, _f32_avx2)
-#define STREAM CBN_STREAM_f32_avx2
+#define CBN_IMPL_AVX2 1
+#define CBN_IMPL_F32 1
 #include "cbn_loops_impl.h"
-#undef T
-#undef IT
-#undef F
-#undef STREAM
-
-#define T double
-#define IT int64_t
-#define F(name) CBN_NAME(name, _f64_avx2)
-#define STREAM CBN_STREAM_f64_avx2
+#undef CBN_IMPL_F32
+#define CBN_IMPL_F32 0
 #include "cbn_loops_impl.h"
-#undef T
-#undef IT
-#undef VB
-#undef ATTR
-#undef F
-#undef STREAM
+#undef CBN_IMPL_F32
+#undef CBN_IMPL_AVX2
 
 static int cbn_use_avx2 = 0;
 
@@ -178,26 +153,69 @@ static ptrdiff_t cbn_stream_threshold(void)
     return cbn_stream_threshold_bytes;
 }
 
-/* ---------------------------------------------------------------- wrappers */
+/* ---------------------------------------------------------------- entry points */
 
-#define T float
-#define G(name) CBN_NAME(name, _f32)
-#define B(name) CBN_NAME(name, _f32_base)
-#define A(name) CBN_NAME(name, _f32_avx2)
-#include "cbn_loops_wrap.h"
-#undef T
-#undef G
-#undef B
-#undef A
+/* Each loop as one function: the block's element type picks the instance
+ * for float or double, cbn_loops_init's choice the instruction set (both
+ * branches always predicted). Pointers to per-channel values (coefficient
+ * tables, accumulators) have the block's element type. */
+#if CBN_DISPATCH_AVX2
+#define CBN_PICK(name, elem) (cbn_use_avx2 ? cbn_##name##_##elem##_avx2 : cbn_##name##_##elem##_base)
+#else
+#define CBN_PICK(name, elem) cbn_##name##_##elem##_base
+#endif
+#define CBN_CALL(name, b, ...) \
+    ((b)->f32 ? CBN_PICK(name, f32)(__VA_ARGS__) : CBN_PICK(name, f64)(__VA_ARGS__))
 
-#define T double
-#define G(name) CBN_NAME(name, _f64)
-#define B(name) CBN_NAME(name, _f64_base)
-#define A(name) CBN_NAME(name, _f64_avx2)
-#include "cbn_loops_wrap.h"
-#undef T
-#undef G
-#undef B
-#undef A
+static inline double cbn_runs_sum(const cbn_block *b) { return CBN_CALL(runs_sum, b, b); }
+
+/* m: a value of the element type (converted exactly) */
+static inline void cbn_runs_centered(const cbn_block *b, double m, double *s1, double *s2)
+{
+    CBN_CALL(runs_centered, b, b, m, s1, s2);
+}
+
+/* shift: a value of the element type (converted exactly) */
+static inline void cbn_runs_grad_sums(const cbn_block *b, double shift, const void *relu,
+                                      double *s1, double *s2)
+{
+    CBN_CALL(runs_grad_sums, b, b, shift, relu, s1, s2);
+}
+
+static inline void cbn_runs_affine(const cbn_block *b, const void *k)
+{
+    CBN_CALL(runs_affine, b, b, k);
+}
+
+static inline void cbn_runs_grad_input(const cbn_block *b, const void *k, const void *relu)
+{
+    CBN_CALL(runs_grad_input, b, b, k, relu);
+}
+
+static inline void cbn_rows_affine(const cbn_block *b, const void *k)
+{
+    CBN_CALL(rows_affine, b, b, k);
+}
+
+static inline void cbn_rows_grad_input(const cbn_block *b, const void *k, const void *relu)
+{
+    CBN_CALL(rows_grad_input, b, b, k, relu);
+}
+
+static inline void cbn_rows_sum(const cbn_block *b, void *acc) { CBN_CALL(rows_sum, b, b, acc); }
+
+static inline void cbn_rows_centered(const cbn_block *b, const void *m, void *s1, void *s2)
+{
+    CBN_CALL(rows_centered, b, b, m, s1, s2);
+}
+
+static inline void cbn_rows_grad_sums(const cbn_block *b, const void *shift, const void *relu,
+                                      void *s1, void *s2)
+{
+    CBN_CALL(rows_grad_sums, b, b, shift, relu, s1, s2);
+}
+
+#undef CBN_CALL
+#undef CBN_PICK
 
 #endif /* CBN_LOOPS_H */

@@ -1,443 +1,518 @@
 /*
- * The loops of cbn_loops.h for one element type and instruction set; included
- * once per instantiation with these defined:
- *   T      float or double          IT   the integer type of T's size
- *   VB     vector bytes (16 or 32)  ATTR function attributes (target ISA)
- *   F(name)       the instantiation's name for a loop
- *   STREAM(p, v)  a non-temporal store of vector v at p
+ * The loops of cbn_loops.h for one element type and instruction set, included
+ * once per instance with CBN_IMPL_F32 (float, else double) and CBN_IMPL_AVX2
+ * (32-byte AVX2 vectors, else the build's baseline) set. Within it:
+ *   ELEM          float or double        ELEM_INT      the integer type of its size
+ *   VEC_BYTES     vector bytes (16, 32)  TARGET_ATTRS  function attributes (target ISA)
+ *   FN(name)      the instance's name for a loop, e.g. cbn_runs_sum_f32_avx2
+ *   STREAM_STORE(p, v)  a non-temporal store of vector v at p
  *
- * Channels-first loops take nruns runs of n values (run r at p + r * stride);
- * channels-last loops take nrows rows of C channels (row r at x + r * stride).
+ * Channels-first loops take a cbn_block of runs (run k of each operand at
+ * its base + k * stride, length values each); channels-last loops a block of
+ * rows of length = C channels. Coefficient tables are read with the block's
+ * table_stride: entry j of a run's channel at coef[j * table_stride] (the
+ * caller points coef at the channel), of channel c of a row at
+ * coef[j * table_stride + c].
  *
  * ReLU fused after batch norm (relu != NULL or flags & CBN_RELU): the forward
  * writes max(z, 0) with z = (x - shift) * scale + offset; the backward does
  * not store a mask but recomputes z from x with the forward's coefficients
- * (relu = {shift, scale, offset} per run, or three C-long arrays for rows)
- * and counts dy only where z > 0, the same arithmetic as the forward, so the
- * same decision. NaN passes through the forward (as torch.relu) and stops
- * the gradient (as its backward).
+ * (relu, a table {shift, scale, offset} as coef) and counts dy only where
+ * z > 0, the same arithmetic as the forward, so the same decision. NaN passes
+ * through the forward (as torch.relu) and stops the gradient (as its backward).
  */
-typedef T F(vec) __attribute__((vector_size(VB)));
-typedef IT F(ivec) __attribute__((vector_size(VB)));
-#define W ((ptrdiff_t)(VB / sizeof(T)))
-#define V F(vec)
-#define IV F(ivec)
+#if CBN_IMPL_F32
+#define ELEM float
+#define ELEM_INT int32_t
+#else
+#define ELEM double
+#define ELEM_INT int64_t
+#endif
 
-ATTR static inline V F(load)(const T *p) { V v; memcpy(&v, p, sizeof(v)); return v; }
-ATTR static inline void F(store)(T *p, V v) { memcpy(p, &v, sizeof(v)); }
+#if CBN_IMPL_AVX2
+#define VEC_BYTES 32
+#define TARGET_ATTRS __attribute__((target("avx2,fma"), unused))
+#else
+#define VEC_BYTES CBN_BASE_BYTES
+#define TARGET_ATTRS __attribute__((unused))
+#endif
 
-ATTR static inline V F(splat)(T value)
+#if CBN_IMPL_F32 && CBN_IMPL_AVX2
+#define FN(name) cbn_##name##_f32_avx2
+#elif CBN_IMPL_F32
+#define FN(name) cbn_##name##_f32_base
+#elif CBN_IMPL_AVX2
+#define FN(name) cbn_##name##_f64_avx2
+#else
+#define FN(name) cbn_##name##_f64_base
+#endif
+
+/* non-temporal (streaming) stores: no read-for-ownership of the destination
+ * and no eviction of the inputs from cache */
+#if !CBN_X86
+#define STREAM_STORE(p, v) memcpy((p), &(v), sizeof(v))
+#elif VEC_BYTES == 32 && CBN_IMPL_F32
+#define STREAM_STORE(p, v) _mm256_stream_ps((p), (__m256)(v))
+#elif VEC_BYTES == 32
+#define STREAM_STORE(p, v) _mm256_stream_pd((p), (__m256d)(v))
+#elif CBN_IMPL_F32
+#define STREAM_STORE(p, v) _mm_stream_ps((p), (__m128)(v))
+#else
+#define STREAM_STORE(p, v) _mm_stream_pd((p), (__m128d)(v))
+#endif
+
+typedef ELEM FN(vec) __attribute__((vector_size(VEC_BYTES)));
+typedef ELEM_INT FN(ivec) __attribute__((vector_size(VEC_BYTES)));
+#define LANES ((ptrdiff_t)(VEC_BYTES / sizeof(ELEM)))
+#define LINE_VALUES ((ptrdiff_t)(CBN_LINE / sizeof(ELEM)))
+#define VEC FN(vec)
+#define IVEC FN(ivec)
+
+TARGET_ATTRS static inline VEC FN(load)(const ELEM *p) { VEC v; memcpy(&v, p, sizeof(v)); return v; }
+TARGET_ATTRS static inline void FN(store)(ELEM *p, VEC v) { memcpy(p, &v, sizeof(v)); }
+
+TARGET_ATTRS static inline VEC FN(splat)(ELEM value)
 {
-    V v;
-    for (ptrdiff_t j = 0; j < W; j++) v[j] = value;
+    VEC v;
+    for (ptrdiff_t j = 0; j < LANES; j++) v[j] = value;
     return v;
 }
 
-ATTR static inline double F(hsum)(V v)
+TARGET_ATTRS static inline double FN(hsum)(VEC v)
 {
-    T total = 0;
-    for (ptrdiff_t j = 0; j < W; j++) total += v[j];
+    ELEM total = 0;
+    for (ptrdiff_t j = 0; j < LANES; j++) total += v[j];
     return (double)total;
 }
 
 /* max(v, 0), NaN kept */
-ATTR static inline V F(relu)(V v) { return (V)((IV)v & ~(IV)(v < F(splat)(0))); }
-ATTR static inline T F(relu1)(T v) { return v < 0 ? 0 : v; }
+TARGET_ATTRS static inline VEC FN(relu)(VEC v) { return (VEC)((IVEC)v & ~(IVEC)(v < FN(splat)(0))); }
+TARGET_ATTRS static inline ELEM FN(relu1)(ELEM v) { return v < 0 ? 0 : v; }
 
 /* g where z > 0, else 0 */
-ATTR static inline V F(gate)(V g, V z) { return (V)((IV)g & (IV)(z > F(splat)(0))); }
-ATTR static inline T F(gate1)(T g, T z) { return z > 0 ? g : 0; }
+TARGET_ATTRS static inline VEC FN(gate)(VEC g, VEC z) { return (VEC)((IVEC)g & (IVEC)(z > FN(splat)(0))); }
+TARGET_ATTRS static inline ELEM FN(gate1)(ELEM g, ELEM z) { return z > 0 ? g : 0; }
+
+/* ---------------------------------------------------------------- float64 lane flushing */
+
+/* Two sums (s1, s2) in CBN_UNROLL vectors each, flushed into float64 every
+ * CBN_ADDS_PER_LANE additions per lane (see cbn_loops.h). */
+typedef struct {
+    VEC s1[CBN_UNROLL], s2[CBN_UNROLL];
+    double d1, d2;
+    int adds;
+} FN(lanes);
+
+TARGET_ATTRS static inline void FN(lanes_clear)(FN(lanes) *l)
+{
+    for (int j = 0; j < CBN_UNROLL; j++) l->s1[j] = l->s2[j] = FN(splat)(0);
+}
+
+/* (no initialiser: one would zero the whole struct in memory first) */
+TARGET_ATTRS static inline void FN(lanes_start)(FN(lanes) *l)
+{
+    FN(lanes_clear)(l);
+    l->d1 = l->d2 = 0.0;
+    l->adds = 0;
+}
+
+TARGET_ATTRS static inline void FN(lanes_flush)(FN(lanes) *l)
+{
+    l->d1 += FN(hsum)((l->s1[0] + l->s1[1]) + (l->s1[2] + l->s1[3]));
+    l->d2 += FN(hsum)((l->s2[0] + l->s2[1]) + (l->s2[2] + l->s2[3]));
+}
+
+/* count one addition per lane: flush into float64 every CBN_ADDS_PER_LANE */
+TARGET_ATTRS static inline void FN(lanes_added)(FN(lanes) *l)
+{
+    if (++l->adds == CBN_ADDS_PER_LANE) {
+        FN(lanes_flush)(l);
+        FN(lanes_clear)(l);
+        l->adds = 0;
+    }
+}
+
+/* *s1 += the first sum, *s2 += the second */
+TARGET_ATTRS static inline void FN(lanes_total)(FN(lanes) *l, double *s1, double *s2)
+{
+    double d1 = l->d1, d2 = l->d2;
+    l->d1 = l->d2 = 0.0;
+    FN(lanes_flush)(l);
+    *s1 += d1 + l->d1;
+    *s2 += d2 + l->d2;
+}
 
 /* ---------------------------------------------------------------- reductions over runs */
 
-/* sum of all values, in T: it only centres the next pass */
-ATTR static T F(runs_sum)(const T *p, ptrdiff_t stride, ptrdiff_t nruns, ptrdiff_t n)
+/* Scalar math: return the sum of x over the block's runs, in ELEM (it only
+ * centres the next pass) */
+TARGET_ATTRS static ELEM FN(runs_sum)(const cbn_block *block)
 {
-    const ptrdiff_t step = CBN_UNROLL * W;
-    V a = F(splat)(0), b = a, c = a, d = a;
-    T tail = 0;
-    for (ptrdiff_t r = 0; r < nruns; r++) {
-        const T *q = p + r * stride;
+    const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
+    const ptrdiff_t step = CBN_UNROLL * LANES, n = b.length;
+    VEC a0 = FN(splat)(0), a1 = a0, a2 = a0, a3 = a0;
+    ELEM tail = 0;
+    for (ptrdiff_t r = 0; r < b.count; r++) {
+        const ELEM *q = (const ELEM *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
         for (; i + step <= n; i += step) {
-            a += F(load)(q + i);
-            b += F(load)(q + i + W);
-            c += F(load)(q + i + 2 * W);
-            d += F(load)(q + i + 3 * W);
+            a0 += FN(load)(q + i);
+            a1 += FN(load)(q + i + LANES);
+            a2 += FN(load)(q + i + 2 * LANES);
+            a3 += FN(load)(q + i + 3 * LANES);
         }
-        for (; i + W <= n; i += W) a += F(load)(q + i);
+        for (; i + LANES <= n; i += LANES) a0 += FN(load)(q + i);
         for (; i < n; i++) tail += q[i];
     }
-    return (T)F(hsum)((a + b) + (c + d)) + tail;
+    return (ELEM)FN(hsum)((a0 + a1) + (a2 + a3)) + tail;
 }
 
-/* *s1 += sum(x - m), *s2 += sum((x - m)^2); lanes flushed to float64 every
- * CBN_ADDS_PER_LANE additions */
-ATTR static void F(runs_centered)(const T *p, ptrdiff_t stride, ptrdiff_t nruns, ptrdiff_t n,
-                                  T m, double *s1, double *s2)
+/* Scalar math: *s1 += sum(x - m), *s2 += sum((x - m)^2) over the block's runs */
+TARGET_ATTRS static void FN(runs_centered)(const cbn_block *block, ELEM m, double *s1, double *s2)
 {
-    const ptrdiff_t step = CBN_UNROLL * W;
-    const V mv = F(splat)(m), zero = F(splat)(0);
-    V a1 = zero, b1 = zero, c1 = zero, e1 = zero, a2 = zero, b2 = zero, c2 = zero, e2 = zero;
-    double d1 = 0.0, d2 = 0.0;
-    int adds = 0;
-    for (ptrdiff_t r = 0; r < nruns; r++) {
-        const T *q = p + r * stride;
+    const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
+    const ptrdiff_t step = CBN_UNROLL * LANES, n = b.length;
+    const VEC mv = FN(splat)(m);
+    FN(lanes) l;
+    FN(lanes_start)(&l);
+    for (ptrdiff_t r = 0; r < b.count; r++) {
+        const ELEM *q = (const ELEM *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
         for (; i + step <= n; i += step) {
-            V u = F(load)(q + i) - mv, v = F(load)(q + i + W) - mv;
-            V w = F(load)(q + i + 2 * W) - mv, z = F(load)(q + i + 3 * W) - mv;
-            a1 += u; a2 += u * u;
-            b1 += v; b2 += v * v;
-            c1 += w; c2 += w * w;
-            e1 += z; e2 += z * z;
-            if (++adds == CBN_ADDS_PER_LANE) {
-                d1 += F(hsum)((a1 + b1) + (c1 + e1));
-                d2 += F(hsum)((a2 + b2) + (c2 + e2));
-                a1 = b1 = c1 = e1 = a2 = b2 = c2 = e2 = zero;
-                adds = 0;
+            for (int j = 0; j < CBN_UNROLL; j++) {
+                VEC u = FN(load)(q + i + j * LANES) - mv;
+                l.s1[j] += u;
+                l.s2[j] += u * u;
             }
+            FN(lanes_added)(&l);
         }
-        for (; i + W <= n; i += W) {
-            V u = F(load)(q + i) - mv;
-            a1 += u; a2 += u * u;
-            if (++adds == CBN_ADDS_PER_LANE) {
-                d1 += F(hsum)((a1 + b1) + (c1 + e1));
-                d2 += F(hsum)((a2 + b2) + (c2 + e2));
-                a1 = b1 = c1 = e1 = a2 = b2 = c2 = e2 = zero;
-                adds = 0;
-            }
+        for (; i + LANES <= n; i += LANES) {
+            VEC u = FN(load)(q + i) - mv;
+            l.s1[0] += u;
+            l.s2[0] += u * u;
+            FN(lanes_added)(&l);
         }
         for (; i < n; i++) {
-            T u = q[i] - m;
-            d1 += (double)u;
-            d2 += (double)(u * u);
+            ELEM u = q[i] - m;
+            l.d1 += (double)u;
+            l.d2 += (double)(u * u);
         }
     }
-    *s1 += d1 + F(hsum)((a1 + b1) + (c1 + e1));
-    *s2 += d2 + F(hsum)((a2 + b2) + (c2 + e2));
+    FN(lanes_total)(&l, s1, s2);
 }
 
-/* *s1 += sum(g), *s2 += sum(g * (x - shift)) with g = dy (gated by relu) */
-ATTR static void F(runs_grad_sums)(const T *dy, ptrdiff_t dstride, const T *x, ptrdiff_t xstride,
-                                   ptrdiff_t nruns, ptrdiff_t n, T shift, const T *relu,
-                                   double *s1, double *s2)
+/* Scalar math: g = dy, gated by relu (the z > 0 of the forward);
+ * *s1 += sum(g), *s2 += sum(g * (x - shift)) over the block's runs */
+TARGET_ATTRS static void FN(runs_grad_sums)(const cbn_block *block, ELEM shift, const ELEM *relu,
+                                           double *s1, double *s2)
 {
-    const ptrdiff_t step = CBN_UNROLL * W;
-    const V sv = F(splat)(shift), zero = F(splat)(0);
-    const T rs = relu ? relu[0] : 0, ra = relu ? relu[1] : 0, rb = relu ? relu[2] : 0;
-    const V rsv = F(splat)(rs), rav = F(splat)(ra), rbv = F(splat)(rb);
-    V a1 = zero, b1 = zero, c1 = zero, e1 = zero, a2 = zero, b2 = zero, c2 = zero, e2 = zero;
-    double d1 = 0.0, d2 = 0.0;
-    int adds = 0;
-    for (ptrdiff_t r = 0; r < nruns; r++) {
-        const T *g = dy + r * dstride, *q = x + r * xstride;
+    const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
+    const ptrdiff_t step = CBN_UNROLL * LANES, n = b.length, ts = b.table_stride;
+    const VEC sv = FN(splat)(shift);
+    const ELEM rs = relu ? relu[0] : 0, ra = relu ? relu[ts] : 0, rb = relu ? relu[2 * ts] : 0;
+    const VEC rsv = FN(splat)(rs), rav = FN(splat)(ra), rbv = FN(splat)(rb);
+    FN(lanes) l;
+    FN(lanes_start)(&l);
+    for (ptrdiff_t r = 0; r < b.count; r++) {
+        const ELEM *g = (const ELEM *)b.dy + r * b.dy_stride;
+        const ELEM *q = (const ELEM *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
         for (; i + step <= n; i += step) {
-            V q0 = F(load)(q + i), q1 = F(load)(q + i + W);
-            V q2 = F(load)(q + i + 2 * W), q3 = F(load)(q + i + 3 * W);
-            V g0 = F(load)(g + i), g1 = F(load)(g + i + W);
-            V g2 = F(load)(g + i + 2 * W), g3 = F(load)(g + i + 3 * W);
-            if (relu) {
-                g0 = F(gate)(g0, (q0 - rsv) * rav + rbv);
-                g1 = F(gate)(g1, (q1 - rsv) * rav + rbv);
-                g2 = F(gate)(g2, (q2 - rsv) * rav + rbv);
-                g3 = F(gate)(g3, (q3 - rsv) * rav + rbv);
+            VEC qj[CBN_UNROLL], gj[CBN_UNROLL];
+            for (int j = 0; j < CBN_UNROLL; j++) {
+                qj[j] = FN(load)(q + i + j * LANES);
+                gj[j] = FN(load)(g + i + j * LANES);
             }
-            a1 += g0; a2 += g0 * (q0 - sv);
-            b1 += g1; b2 += g1 * (q1 - sv);
-            c1 += g2; c2 += g2 * (q2 - sv);
-            e1 += g3; e2 += g3 * (q3 - sv);
-            if (++adds == CBN_ADDS_PER_LANE) {
-                d1 += F(hsum)((a1 + b1) + (c1 + e1));
-                d2 += F(hsum)((a2 + b2) + (c2 + e2));
-                a1 = b1 = c1 = e1 = a2 = b2 = c2 = e2 = zero;
-                adds = 0;
+            if (relu)
+                for (int j = 0; j < CBN_UNROLL; j++)
+                    gj[j] = FN(gate)(gj[j], (qj[j] - rsv) * rav + rbv);
+            for (int j = 0; j < CBN_UNROLL; j++) {
+                l.s1[j] += gj[j];
+                l.s2[j] += gj[j] * (qj[j] - sv);
             }
+            FN(lanes_added)(&l);
         }
-        for (; i + W <= n; i += W) {
-            V q0 = F(load)(q + i), g0 = F(load)(g + i);
-            if (relu) g0 = F(gate)(g0, (q0 - rsv) * rav + rbv);
-            a1 += g0; a2 += g0 * (q0 - sv);
-            if (++adds == CBN_ADDS_PER_LANE) {
-                d1 += F(hsum)((a1 + b1) + (c1 + e1));
-                d2 += F(hsum)((a2 + b2) + (c2 + e2));
-                a1 = b1 = c1 = e1 = a2 = b2 = c2 = e2 = zero;
-                adds = 0;
-            }
+        for (; i + LANES <= n; i += LANES) {
+            VEC q0 = FN(load)(q + i), g0 = FN(load)(g + i);
+            if (relu) g0 = FN(gate)(g0, (q0 - rsv) * rav + rbv);
+            l.s1[0] += g0;
+            l.s2[0] += g0 * (q0 - sv);
+            FN(lanes_added)(&l);
         }
         for (; i < n; i++) {
-            T gi = relu ? F(gate1)(g[i], (q[i] - rs) * ra + rb) : g[i];
-            d1 += (double)gi;
-            d2 += (double)(gi * (q[i] - shift));
+            ELEM gi = relu ? FN(gate1)(g[i], (q[i] - rs) * ra + rb) : g[i];
+            l.d1 += (double)gi;
+            l.d2 += (double)(gi * (q[i] - shift));
         }
     }
-    *s1 += d1 + F(hsum)((a1 + b1) + (c1 + e1));
-    *s2 += d2 + F(hsum)((a2 + b2) + (c2 + e2));
+    FN(lanes_total)(&l, s1, s2);
 }
 
-/* ---------------------------------------------------------------- elementwise over runs */
+/* ---------------------------------------------------------------- elementwise */
 
 /* Whole 64-byte lines of a streamed output get non-temporal stores, partial
  * lines at either end ordinary ones: a line written both ways is read and
- * written back, which costs more than not streaming at all. */
-ATTR static inline ptrdiff_t F(line_head)(const T *o, ptrdiff_t n)
+ * written back, which costs more than not streaming at all. Returns the
+ * first index at a line boundary (at most n); *end: where whole lines stop. */
+TARGET_ATTRS static inline ptrdiff_t FN(stream_span)(const ELEM *o, ptrdiff_t n, ptrdiff_t *end)
 {
-    ptrdiff_t head = (ptrdiff_t)(((CBN_LINE - ((size_t)o % CBN_LINE)) % CBN_LINE) / sizeof(T));
-    return head > n ? n : head;
+    ptrdiff_t head = (ptrdiff_t)(((CBN_LINE - ((size_t)o % CBN_LINE)) % CBN_LINE) / sizeof(ELEM));
+    if (head > n) head = n;
+    *end = head + (n - head) / LINE_VALUES * LINE_VALUES;
+    return head;
 }
 
-/* y = (x - shift) * scale + offset (then max(y, 0) with CBN_RELU); not
- * x * a + b': when |mean| >> std, x * a and b' are huge and cancel, while
- * x - shift is exact near the mean */
-ATTR static inline void F(affine_run)(const T *restrict q, T *restrict o, ptrdiff_t n, T shift,
-                                      T scale, T offset, int flags)
+/* (x - shift) * scale + offset, then max(y, 0) with relu: not x * a + b':
+ * when |mean| >> std, x * a and b' are huge and cancel, while x - shift is
+ * exact near the mean. k: the channel's {shift, scale, offset}, ts apart. */
+TARGET_ATTRS static inline ELEM FN(affine1)(ELEM x, const ELEM *k, ptrdiff_t ts, int relu)
 {
-    const V sv = F(splat)(shift), av = F(splat)(scale), bv = F(splat)(offset);
-    const int relu = flags & CBN_RELU;
-    ptrdiff_t i = 0;
-    if (flags & CBN_STREAM) {
-        const ptrdiff_t head = F(line_head)(o, n);
-        const ptrdiff_t end = head + (n - head) / (CBN_LINE / sizeof(T)) * (CBN_LINE / sizeof(T));
-        for (; i < head; i++) {
-            T v = (q[i] - shift) * scale + offset;
-            o[i] = relu ? F(relu1)(v) : v;
-        }
-        for (; i < end; i += W) {
-            V v = (F(load)(q + i) - sv) * av + bv;
-            if (relu) v = F(relu)(v);
-            STREAM(o + i, v);
-        }
-    }
-    for (; i + 2 * W <= n; i += 2 * W) {
-        V u = (F(load)(q + i) - sv) * av + bv, v = (F(load)(q + i + W) - sv) * av + bv;
-        if (relu) {
-            u = F(relu)(u);
-            v = F(relu)(v);
-        }
-        F(store)(o + i, u);
-        F(store)(o + i + W, v);
-    }
-    for (; i < n; i++) {
-        T v = (q[i] - shift) * scale + offset;
-        o[i] = relu ? F(relu1)(v) : v;
-    }
+    ELEM v = (x - k[0]) * k[ts] + k[2 * ts];
+    return relu ? FN(relu1)(v) : v;
 }
 
-ATTR static void F(runs_affine)(const T *x, ptrdiff_t xstride, T *y, ptrdiff_t ystride,
-                                ptrdiff_t nruns, ptrdiff_t n, T shift, T scale, T offset,
-                                int flags)
+/* dx = g * k_dy + (x - shift) * k_x + k_0 with g = dy gated by relu
+ * (NULL: none); fixed (eval): dx = g * k_dy. k: the channel's
+ * {shift, k_dy, k_x, k_0}, relu its {shift, scale, offset}, ts apart. */
+TARGET_ATTRS static inline ELEM FN(grad_input1)(ELEM dy, ELEM x, const ELEM *k, const ELEM *relu,
+                                                ptrdiff_t ts, int fixed)
 {
-    for (ptrdiff_t r = 0; r < nruns; r++)
-        F(affine_run)(x + r * xstride, y + r * ystride, n, shift, scale, offset, flags);
-    if (flags & CBN_STREAM) CBN_SFENCE();
+    ELEM g = relu ? FN(gate1)(dy, (x - relu[0]) * relu[ts] + relu[2 * ts]) : dy;
+    return fixed ? g * k[ts] : g * k[ts] + (x - k[0]) * k[2 * ts] + k[3 * ts];
 }
 
-/* dx = g * k_dy + (x - shift) * k_x + k_0, g = dy (gated by relu); with
- * CBN_FIXED (eval) dx = g * k_dy */
-ATTR static inline void F(grad_input_run)(const T *restrict g, const T *restrict q,
-                                          T *restrict o, ptrdiff_t n, T shift, T k_dy, T k_x,
-                                          T k_0, const T *relu, int flags)
+/* Scalar math: affine1 for every value of the block's runs, run r with the
+ * coefficients at coef + r * table_step (flags: CBN_STREAM, CBN_RELU) */
+TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coef)
 {
-    const int stream = flags & CBN_STREAM, fixed = flags & CBN_FIXED;
-    const V sv = F(splat)(shift), dv = F(splat)(k_dy), xv = F(splat)(k_x), zv = F(splat)(k_0);
-    const T rs = relu ? relu[0] : 0, ra = relu ? relu[1] : 0, rb = relu ? relu[2] : 0;
-    const V rsv = F(splat)(rs), rav = F(splat)(ra), rbv = F(splat)(rb);
-    ptrdiff_t i = 0;
-    if (stream) {
-        const ptrdiff_t head = F(line_head)(o, n);
-        const ptrdiff_t end = head + (n - head) / (CBN_LINE / sizeof(T)) * (CBN_LINE / sizeof(T));
-        for (; i < head; i++) {
-            T gi = relu ? F(gate1)(g[i], (q[i] - rs) * ra + rb) : g[i];
-            o[i] = fixed ? gi * k_dy : gi * k_dy + (q[i] - shift) * k_x + k_0;
+    const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
+    const ptrdiff_t n = b.length, ts = b.table_stride;
+    const int relu = b.flags & CBN_RELU, stream = b.flags & CBN_STREAM;
+    for (ptrdiff_t r = 0; r < b.count; r++) {
+        const ELEM *k = coef + r * b.table_step;
+        const VEC sv = FN(splat)(k[0]), av = FN(splat)(k[ts]), bv = FN(splat)(k[2 * ts]);
+        const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
+        ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
+        ptrdiff_t i = 0;
+        if (stream) {
+            ptrdiff_t end;
+            const ptrdiff_t head = FN(stream_span)(o, n, &end);
+            for (; i < head; i++) o[i] = FN(affine1)(q[i], k, ts, relu);
+            for (; i < end; i += LANES) {
+                VEC v = (FN(load)(q + i) - sv) * av + bv;
+                if (relu) v = FN(relu)(v);
+                STREAM_STORE(o + i, v);
+            }
         }
-        for (; i < end; i += W) {
-            V qv = F(load)(q + i), gv = F(load)(g + i);
-            if (relu) gv = F(gate)(gv, (qv - rsv) * rav + rbv);
-            V v = fixed ? gv * dv : gv * dv + (qv - sv) * xv + zv;
-            STREAM(o + i, v);
+        for (; i + 2 * LANES <= n; i += 2 * LANES) {
+            VEC u = (FN(load)(q + i) - sv) * av + bv, v = (FN(load)(q + i + LANES) - sv) * av + bv;
+            if (relu) {
+                u = FN(relu)(u);
+                v = FN(relu)(v);
+            }
+            FN(store)(o + i, u);
+            FN(store)(o + i + LANES, v);
         }
+        for (; i < n; i++) o[i] = FN(affine1)(q[i], k, ts, relu);
     }
-    for (; i + W <= n; i += W) {
-        V qv = F(load)(q + i), gv = F(load)(g + i);
-        if (relu) gv = F(gate)(gv, (qv - rsv) * rav + rbv);
-        F(store)(o + i, fixed ? gv * dv : gv * dv + (qv - sv) * xv + zv);
-    }
-    for (; i < n; i++) {
-        T gi = relu ? F(gate1)(g[i], (q[i] - rs) * ra + rb) : g[i];
-        o[i] = fixed ? gi * k_dy : gi * k_dy + (q[i] - shift) * k_x + k_0;
-    }
+    if (stream) CBN_SFENCE();
 }
 
-ATTR static void F(runs_grad_input)(const T *dy, ptrdiff_t dstride, const T *x, ptrdiff_t xstride,
-                                    T *dx, ptrdiff_t gstride, ptrdiff_t nruns, ptrdiff_t n,
-                                    T shift, T k_dy, T k_x, T k_0, const T *relu, int flags)
+/* Scalar math: grad_input1 for every value of the block's runs, run r with
+ * the coefficients at coef + r * table_step (relu likewise, when not NULL;
+ * flags: CBN_STREAM, CBN_FIXED) */
+TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM *coef,
+                                            const ELEM *relu_coef)
 {
-    for (ptrdiff_t r = 0; r < nruns; r++)
-        F(grad_input_run)(dy + r * dstride, x + r * xstride, dx + r * gstride, n, shift, k_dy,
-                          k_x, k_0, relu, flags);
-    if (flags & CBN_STREAM) CBN_SFENCE();
+    const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
+    const ptrdiff_t n = b.length, ts = b.table_stride;
+    const int stream = b.flags & CBN_STREAM, fixed = b.flags & CBN_FIXED;
+    for (ptrdiff_t r = 0; r < b.count; r++) {
+        const ELEM *k = coef + r * b.table_step;
+        const ELEM *relu = relu_coef ? relu_coef + r * b.table_step : NULL;
+        const VEC sv = FN(splat)(k[0]), dv = FN(splat)(k[ts]), xv = FN(splat)(k[2 * ts]);
+        const VEC zv = FN(splat)(k[3 * ts]);
+        const VEC rsv = FN(splat)(relu ? relu[0] : 0), rav = FN(splat)(relu ? relu[ts] : 0);
+        const VEC rbv = FN(splat)(relu ? relu[2 * ts] : 0);
+        const ELEM *restrict g = (const ELEM *)b.dy + r * b.dy_stride;
+        const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
+        ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
+        ptrdiff_t i = 0;
+        if (stream) {
+            ptrdiff_t end;
+            const ptrdiff_t head = FN(stream_span)(o, n, &end);
+            for (; i < head; i++) o[i] = FN(grad_input1)(g[i], q[i], k, relu, ts, fixed);
+            for (; i < end; i += LANES) {
+                VEC qv = FN(load)(q + i), gv = FN(load)(g + i);
+                if (relu) gv = FN(gate)(gv, (qv - rsv) * rav + rbv);
+                STREAM_STORE(o + i, fixed ? gv * dv : gv * dv + (qv - sv) * xv + zv);
+            }
+        }
+        for (; i + LANES <= n; i += LANES) {
+            VEC qv = FN(load)(q + i), gv = FN(load)(g + i);
+            if (relu) gv = FN(gate)(gv, (qv - rsv) * rav + rbv);
+            FN(store)(o + i, fixed ? gv * dv : gv * dv + (qv - sv) * xv + zv);
+        }
+        for (; i < n; i++) o[i] = FN(grad_input1)(g[i], q[i], k, relu, ts, fixed);
+    }
+    if (stream) CBN_SFENCE();
 }
 
 /* ---------------------------------------------------------------- rows (channels-last) */
 
-/* y[c] = (x[c] - shift[c]) * scale[c] + offset[c] (then max(y, 0) with CBN_RELU) */
-ATTR static void F(rows_affine)(const T *x, ptrdiff_t xstride, T *y, ptrdiff_t ystride,
-                                ptrdiff_t nrows, ptrdiff_t C, const T *restrict shift,
-                                const T *restrict scale, const T *restrict offset, int flags)
+/* Scalar math: affine1 for every value of the block's rows, channel c's
+ * coefficients at k + c (flags: CBN_STREAM, CBN_RELU) */
+TARGET_ATTRS static void FN(rows_affine)(const cbn_block *block, const ELEM *restrict k)
 {
-    const int relu = flags & CBN_RELU, stream = flags & CBN_STREAM;
-    for (ptrdiff_t r = 0; r < nrows; r++) {
-        const T *restrict q = x + r * xstride;
-        T *restrict o = y + r * ystride;
+    const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
+    const ptrdiff_t C = b.length, ts = b.table_stride;
+    const int relu = b.flags & CBN_RELU, stream = b.flags & CBN_STREAM;
+    const ELEM *shift = k, *scale = k + ts, *offset = k + 2 * ts;
+    for (ptrdiff_t r = 0; r < b.count; r++) {
+        const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
+        ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
         ptrdiff_t c = 0;
         if (stream) {
-            const ptrdiff_t head = F(line_head)(o, C);
-            const ptrdiff_t end =
-                head + (C - head) / (CBN_LINE / sizeof(T)) * (CBN_LINE / sizeof(T));
-            for (; c < head; c++) {
-                T v = (q[c] - shift[c]) * scale[c] + offset[c];
-                o[c] = relu ? F(relu1)(v) : v;
-            }
-            for (; c < end; c += W) {
-                V v = (F(load)(q + c) - F(load)(shift + c)) * F(load)(scale + c)
-                      + F(load)(offset + c);
-                if (relu) v = F(relu)(v);
-                STREAM(o + c, v);
+            ptrdiff_t end;
+            const ptrdiff_t head = FN(stream_span)(o, C, &end);
+            for (; c < head; c++) o[c] = FN(affine1)(q[c], k + c, ts, relu);
+            for (; c < end; c += LANES) {
+                VEC v = (FN(load)(q + c) - FN(load)(shift + c)) * FN(load)(scale + c)
+                        + FN(load)(offset + c);
+                if (relu) v = FN(relu)(v);
+                STREAM_STORE(o + c, v);
             }
         }
-        for (; c + W <= C; c += W) {
-            V v = (F(load)(q + c) - F(load)(shift + c)) * F(load)(scale + c) + F(load)(offset + c);
-            F(store)(o + c, relu ? F(relu)(v) : v);
+        for (; c + LANES <= C; c += LANES) {
+            VEC v = (FN(load)(q + c) - FN(load)(shift + c)) * FN(load)(scale + c)
+                    + FN(load)(offset + c);
+            FN(store)(o + c, relu ? FN(relu)(v) : v);
         }
-        for (; c < C; c++) {
-            T v = (q[c] - shift[c]) * scale[c] + offset[c];
-            o[c] = relu ? F(relu1)(v) : v;
-        }
+        for (; c < C; c++) o[c] = FN(affine1)(q[c], k + c, ts, relu);
     }
     if (stream) CBN_SFENCE();
 }
 
-/* dx[c] = g[c] * k_dy[c] + (x[c] - shift[c]) * k_x[c] + k_0[c], g = dy (gated by relu:
- * three C-long arrays of forward coefficients); with CBN_FIXED (eval) dx[c] = g[c] * k_dy[c] */
-ATTR static void F(rows_grad_input)(const T *dy, ptrdiff_t dstride, const T *x, ptrdiff_t xstride,
-                                    T *dx, ptrdiff_t gstride, ptrdiff_t nrows, ptrdiff_t C,
-                                    const T *restrict shift, const T *restrict k_dy,
-                                    const T *restrict k_x, const T *restrict k_0,
-                                    const T *relu, int flags)
+/* Scalar math: grad_input1 for every value of the block's rows, channel c's
+ * coefficients at k + c and relu + c (flags: CBN_STREAM, CBN_FIXED) */
+TARGET_ATTRS static void FN(rows_grad_input)(const cbn_block *block, const ELEM *k, const ELEM *relu)
 {
-    const int stream = flags & CBN_STREAM, fixed = flags & CBN_FIXED;
-    const T *rs = relu, *ra = relu ? relu + C : NULL, *rb = relu ? relu + 2 * C : NULL;
-    for (ptrdiff_t r = 0; r < nrows; r++) {
-        const T *restrict g = dy + r * dstride, *restrict q = x + r * xstride;
-        T *restrict o = dx + r * gstride;
+    const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
+    const ptrdiff_t C = b.length, ts = b.table_stride;
+    const int stream = b.flags & CBN_STREAM, fixed = b.flags & CBN_FIXED;
+    const ELEM *restrict shift = k, *restrict k_dy = k + ts, *restrict k_x = k + 2 * ts;
+    const ELEM *restrict k_0 = k + 3 * ts;
+    const ELEM *rs = relu, *ra = relu ? relu + ts : NULL, *rb = relu ? relu + 2 * ts : NULL;
+    for (ptrdiff_t r = 0; r < b.count; r++) {
+        const ELEM *restrict g = (const ELEM *)b.dy + r * b.dy_stride;
+        const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
+        ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
         ptrdiff_t c = 0, end = 0;
-        if (stream) {
-            const ptrdiff_t head = F(line_head)(o, C);
-            end = head + (C - head) / (CBN_LINE / sizeof(T)) * (CBN_LINE / sizeof(T));
-            for (; c < head; c++) {
-                T gc = relu ? F(gate1)(g[c], (q[c] - rs[c]) * ra[c] + rb[c]) : g[c];
-                o[c] = fixed ? gc * k_dy[c] : gc * k_dy[c] + (q[c] - shift[c]) * k_x[c] + k_0[c];
-            }
-        }
-        for (; c + W <= C; c += W) {
-            V qv = F(load)(q + c), gv = F(load)(g + c);
+        if (stream)
+            for (const ptrdiff_t head = FN(stream_span)(o, C, &end); c < head; c++)
+                o[c] = FN(grad_input1)(g[c], q[c], k + c, relu ? relu + c : NULL, ts, fixed);
+        for (; c + LANES <= C; c += LANES) {
+            VEC qv = FN(load)(q + c), gv = FN(load)(g + c);
             if (relu)
-                gv = F(gate)(gv, (qv - F(load)(rs + c)) * F(load)(ra + c) + F(load)(rb + c));
-            V v = fixed ? gv * F(load)(k_dy + c)
-                        : gv * F(load)(k_dy + c) + (qv - F(load)(shift + c)) * F(load)(k_x + c)
-                              + F(load)(k_0 + c);
+                gv = FN(gate)(gv, (qv - FN(load)(rs + c)) * FN(load)(ra + c) + FN(load)(rb + c));
+            VEC v = fixed ? gv * FN(load)(k_dy + c)
+                          : gv * FN(load)(k_dy + c) + (qv - FN(load)(shift + c)) * FN(load)(k_x + c)
+                                + FN(load)(k_0 + c);
             if (c < end)
-                STREAM(o + c, v);
+                STREAM_STORE(o + c, v);
             else
-                F(store)(o + c, v);
+                FN(store)(o + c, v);
         }
-        for (; c < C; c++) {
-            T gc = relu ? F(gate1)(g[c], (q[c] - rs[c]) * ra[c] + rb[c]) : g[c];
-            o[c] = fixed ? gc * k_dy[c] : gc * k_dy[c] + (q[c] - shift[c]) * k_x[c] + k_0[c];
-        }
+        for (; c < C; c++)
+            o[c] = FN(grad_input1)(g[c], q[c], k + c, relu ? relu + c : NULL, ts, fixed);
     }
     if (stream) CBN_SFENCE();
 }
 
-/* Row reductions into per-channel accumulators of type T. Four rows are
+/* Row reductions into per-channel accumulators of type ELEM. Four rows are
  * combined before an accumulator is touched: its load and store, not the
  * arithmetic, bound a one-row-at-a-time loop. */
 
-/* acc[c] += sum over rows of x[c] */
-ATTR static void F(rows_sum)(T *restrict acc, const T *restrict x, ptrdiff_t stride,
-                             ptrdiff_t nrows, ptrdiff_t C)
+/* Scalar math: acc[c] += sum over the block's rows of x[c] */
+TARGET_ATTRS static void FN(rows_sum)(const cbn_block *block, ELEM *restrict acc)
 {
+    const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
+    const ptrdiff_t C = b.length, stride = b.x_stride;
+    const ELEM *x = (const ELEM *)b.x;
     ptrdiff_t r = 0;
-    for (; r + 4 <= nrows; r += 4) {
-        const T *restrict q0 = x + r * stride, *restrict q1 = q0 + stride;
-        const T *restrict q2 = q1 + stride, *restrict q3 = q2 + stride;
+    for (; r + 4 <= b.count; r += 4) {
+        const ELEM *restrict q0 = x + r * stride, *restrict q1 = q0 + stride;
+        const ELEM *restrict q2 = q1 + stride, *restrict q3 = q2 + stride;
         for (ptrdiff_t c = 0; c < C; c++) acc[c] += (q0[c] + q1[c]) + (q2[c] + q3[c]);
     }
-    for (; r < nrows; r++) {
-        const T *restrict q = x + r * stride;
+    for (; r < b.count; r++) {
+        const ELEM *restrict q = x + r * stride;
         for (ptrdiff_t c = 0; c < C; c++) acc[c] += q[c];
     }
 }
 
-/* s1[c] += sum(x[c] - m[c]), s2[c] += sum((x[c] - m[c])^2) */
-ATTR static void F(rows_centered)(T *restrict s1, T *restrict s2, const T *restrict x,
-                                  ptrdiff_t stride, ptrdiff_t nrows, ptrdiff_t C,
-                                  const T *restrict m)
+/* Scalar math: s1[c] += sum(x[c] - m[c]), s2[c] += sum((x[c] - m[c])^2) over the block's rows */
+TARGET_ATTRS static void FN(rows_centered)(const cbn_block *block, const ELEM *restrict m,
+                                          ELEM *restrict s1, ELEM *restrict s2)
 {
+    const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
+    const ptrdiff_t C = b.length, stride = b.x_stride;
+    const ELEM *x = (const ELEM *)b.x;
     ptrdiff_t r = 0;
-    for (; r + 4 <= nrows; r += 4) {
-        const T *restrict q0 = x + r * stride, *restrict q1 = q0 + stride;
-        const T *restrict q2 = q1 + stride, *restrict q3 = q2 + stride;
+    for (; r + 4 <= b.count; r += 4) {
+        const ELEM *restrict q0 = x + r * stride, *restrict q1 = q0 + stride;
+        const ELEM *restrict q2 = q1 + stride, *restrict q3 = q2 + stride;
         for (ptrdiff_t c = 0; c < C; c++) {
-            T u0 = q0[c] - m[c], u1 = q1[c] - m[c], u2 = q2[c] - m[c], u3 = q3[c] - m[c];
+            ELEM u0 = q0[c] - m[c], u1 = q1[c] - m[c], u2 = q2[c] - m[c], u3 = q3[c] - m[c];
             s1[c] += (u0 + u1) + (u2 + u3);
             s2[c] += (u0 * u0 + u1 * u1) + (u2 * u2 + u3 * u3);
         }
     }
-    for (; r < nrows; r++) {
-        const T *restrict q = x + r * stride;
+    for (; r < b.count; r++) {
+        const ELEM *restrict q = x + r * stride;
         for (ptrdiff_t c = 0; c < C; c++) {
-            T u = q[c] - m[c];
+            ELEM u = q[c] - m[c];
             s1[c] += u;
             s2[c] += u * u;
         }
     }
 }
 
-/* s1[c] += sum(g[c]), s2[c] += sum(g[c] * (x[c] - shift[c])), g = dy (gated by relu) */
-ATTR static void F(rows_grad_sums)(T *restrict s1, T *restrict s2, const T *restrict dy,
-                                   ptrdiff_t dstride, const T *restrict x, ptrdiff_t xstride,
-                                   ptrdiff_t nrows, ptrdiff_t C, const T *restrict shift,
-                                   const T *relu)
+/* Scalar math: g = dy gated by relu (channel c's coefficients at relu + c);
+ * s1[c] += sum(g[c]), s2[c] += sum(g[c] * (x[c] - shift[c])) over the block's rows */
+TARGET_ATTRS static void FN(rows_grad_sums)(const cbn_block *block, const ELEM *restrict shift,
+                                           const ELEM *relu, ELEM *restrict s1,
+                                           ELEM *restrict s2)
 {
-    const T *rs = relu, *ra = relu ? relu + C : NULL, *rb = relu ? relu + 2 * C : NULL;
+    const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
+    const ptrdiff_t C = b.length, ts = b.table_stride, ds = b.dy_stride, xs = b.x_stride;
+    const ELEM *dy = (const ELEM *)b.dy, *x = (const ELEM *)b.x;
     ptrdiff_t r = 0;
     if (relu) {  /* gating breaks the four-row combination's simple form */
-        for (; r < nrows; r++) {
-            const T *restrict g = dy + r * dstride, *restrict q = x + r * xstride;
+        for (; r < b.count; r++) {
+            const ELEM *restrict g = dy + r * ds, *restrict q = x + r * xs;
             for (ptrdiff_t c = 0; c < C; c++) {
-                T gc = F(gate1)(g[c], (q[c] - rs[c]) * ra[c] + rb[c]);
+                ELEM gc = FN(gate1)(g[c], (q[c] - relu[c]) * relu[ts + c] + relu[2 * ts + c]);
                 s1[c] += gc;
                 s2[c] += gc * (q[c] - shift[c]);
             }
         }
         return;
     }
-    for (; r + 4 <= nrows; r += 4) {
-        const T *restrict g0 = dy + r * dstride, *restrict g1 = g0 + dstride;
-        const T *restrict g2 = g1 + dstride, *restrict g3 = g2 + dstride;
-        const T *restrict q0 = x + r * xstride, *restrict q1 = q0 + xstride;
-        const T *restrict q2 = q1 + xstride, *restrict q3 = q2 + xstride;
+    for (; r + 4 <= b.count; r += 4) {
+        const ELEM *restrict g0 = dy + r * ds, *restrict g1 = g0 + ds;
+        const ELEM *restrict g2 = g1 + ds, *restrict g3 = g2 + ds;
+        const ELEM *restrict q0 = x + r * xs, *restrict q1 = q0 + xs;
+        const ELEM *restrict q2 = q1 + xs, *restrict q3 = q2 + xs;
         for (ptrdiff_t c = 0; c < C; c++) {
-            T h = shift[c];
+            ELEM h = shift[c];
             s1[c] += (g0[c] + g1[c]) + (g2[c] + g3[c]);
             s2[c] += (g0[c] * (q0[c] - h) + g1[c] * (q1[c] - h))
                      + (g2[c] * (q2[c] - h) + g3[c] * (q3[c] - h));
         }
     }
-    for (; r < nrows; r++) {
-        const T *restrict g = dy + r * dstride, *restrict q = x + r * xstride;
+    for (; r < b.count; r++) {
+        const ELEM *restrict g = dy + r * ds, *restrict q = x + r * xs;
         for (ptrdiff_t c = 0; c < C; c++) {
             s1[c] += g[c];
             s2[c] += g[c] * (q[c] - shift[c]);
@@ -445,6 +520,13 @@ ATTR static void F(rows_grad_sums)(T *restrict s1, T *restrict s2, const T *rest
     }
 }
 
-#undef W
-#undef V
-#undef IV
+#undef LANES
+#undef LINE_VALUES
+#undef VEC
+#undef IVEC
+#undef ELEM
+#undef ELEM_INT
+#undef STREAM_STORE
+#undef VEC_BYTES
+#undef TARGET_ATTRS
+#undef FN
