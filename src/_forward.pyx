@@ -253,14 +253,13 @@ def train_forward(x, y, weight, bias, double eps, stats, relu_coef, int nthreads
     run_with_scratch(TRAIN, &job, relu_coef)
 
 
-cdef Py_ssize_t moved_all(const floating* running_mean, const floating* running_var,
-                          const double* mean, const double* var, double var_scale,
-                          double momentum, floating* new_mean, floating* new_var,
+cdef Py_ssize_t moved_all(floating* running_mean, floating* running_var, const double* mean,
+                          const double* var, double var_scale, double momentum,
                           cnp.npy_bool* kept, Py_ssize_t C) noexcept nogil:
-    """new = (1 - momentum) * running + momentum * batch per channel, in float64,
-    rounded once (the batch's var multiplied by var_scale first); a channel
-    whose new values are not finite (NaN/Inf batch statistics, or values past
-    the type's range) keeps its running ones."""
+    """running = (1 - momentum) * running + momentum * batch per channel, in
+    place, in float64, rounded once (the batch's var multiplied by var_scale
+    first); a channel whose new values are not finite (NaN/Inf batch
+    statistics, or values past the type's range) keeps its running ones."""
     cdef Py_ssize_t c, count = 0
     cdef floating m, v
     for c in range(C):
@@ -268,11 +267,10 @@ cdef Py_ssize_t moved_all(const floating* running_mean, const floating* running_
         v = <floating>((1.0 - momentum) * running_var[c] + momentum * (var[c] * var_scale))
         kept[c] = not (isfinite(m) and isfinite(v))
         if kept[c]:
-            m = running_mean[c]
-            v = running_var[c]
             count += 1
-        new_mean[c] = m
-        new_var[c] = v
+        else:
+            running_mean[c] = m
+            running_var[c] = v
     return count
 
 
@@ -295,19 +293,17 @@ def moved_running_stats(running_mean, running_var, mean, var, double var_scale, 
         raise TypeError("running_var, mean, var: expected arrays, got None")
     cdef cnp.npy_intp dims[1]
     dims[0] = C
-    cdef cnp.ndarray nma = cnp.PyArray_SimpleNew(1, dims, typenum)
-    cdef cnp.ndarray nva = cnp.PyArray_SimpleNew(1, dims, typenum)
+    cdef cnp.ndarray nma = cnp.PyArray_NewCopy(rma, cnp.NPY_CORDER)
+    cdef cnp.ndarray nva = cnp.PyArray_NewCopy(rva, cnp.NPY_CORDER)
     cdef cnp.ndarray ka = cnp.PyArray_SimpleNew(1, dims, cnp.NPY_BOOL)
     cdef const double* m = <const double*>cnp.PyArray_DATA(ma)
     cdef const double* v = <const double*>cnp.PyArray_DATA(va)
     cdef cnp.npy_bool* k = <cnp.npy_bool*>cnp.PyArray_DATA(ka)
     cdef Py_ssize_t kept
     if typenum == cnp.NPY_FLOAT32:
-        kept = moved_all(<const float*>cnp.PyArray_DATA(rma),
-                         <const float*>cnp.PyArray_DATA(rva), m, v, var_scale, momentum,
-                         <float*>cnp.PyArray_DATA(nma), <float*>cnp.PyArray_DATA(nva), k, C)
+        kept = moved_all(<float*>cnp.PyArray_DATA(nma), <float*>cnp.PyArray_DATA(nva), m, v,
+                         var_scale, momentum, k, C)
     else:
-        kept = moved_all(<const double*>cnp.PyArray_DATA(rma),
-                         <const double*>cnp.PyArray_DATA(rva), m, v, var_scale, momentum,
-                         <double*>cnp.PyArray_DATA(nma), <double*>cnp.PyArray_DATA(nva), k, C)
+        kept = moved_all(<double*>cnp.PyArray_DATA(nma), <double*>cnp.PyArray_DATA(nva), m, v,
+                         var_scale, momentum, k, C)
     return nma, nva, (ka if kept else None)
