@@ -5,10 +5,9 @@
 cimport numpy as cnp
 from cython cimport floating
 
-from _arrays cimport free_scratch
 from _coefficients cimport grad_input_coefficients
 from _job cimport (Job, allocate, begin, block_at, f64_table, f64_vector, for_each, operand,
-                   output, block_start, piece_start, row_blocks, sample_units, table_data,
+                   output, run_and_free, block_start, piece_start, row_blocks, sample_units, table_data,
                    unit_runs, vector_data)
 from _loops cimport (CBN_FIXED, cbn_block, init_loops, rows_grad_input, rows_grad_sums,
                      runs_grad_input, runs_grad_sums)
@@ -168,7 +167,7 @@ cdef void backward_kernel(const floating* x, const Job* job) noexcept nogil:
             grads[C + c] = <floating>sums[c]
 
 
-cdef void run_typed(Kernel kernel, const floating* x, const Job* job) noexcept nogil:
+cdef void run_typed(int kernel, const floating* x, const Job* job) noexcept nogil:
     if kernel == GRAD_SUMS:
         sums_kernel(x, job)
     elif kernel == BACKWARD:
@@ -177,16 +176,8 @@ cdef void run_typed(Kernel kernel, const floating* x, const Job* job) noexcept n
         grad_input_kernel(x, job)
 
 
-cdef void run(Kernel kernel, const Job* job) noexcept nogil:
-    """The module's one dtype dispatch."""
-    if job.f32:
-        run_typed(kernel, <const float*>job.x.data, job)
-    else:
-        run_typed(kernel, <const double*>job.x.data, job)
-
-
 cdef void run_with_scratch(Kernel kernel, Job* job) except *:
-    """run(kernel) with its scratch: unless it only applies given sums, the
+    """run_typed(kernel) with its scratch: unless it only applies given sums, the
     sums (when not given) and partial sums per piece, channels-last row
     buffers; and 4*C coefficients."""
     cdef bint reduces = kernel != GRAD_INPUT
@@ -198,11 +189,7 @@ cdef void run_with_scratch(Kernel kernel, Job* job) except *:
     if own_sums:
         job.tables.sums = job.part
         job.part += 2 * C
-    try:
-        with nogil:
-            run(kernel, job)
-    finally:
-        free_scratch(block)
+    run_and_free(run_typed[float], run_typed[double], kernel, job, block)
 
 
 # ---------------------------------------------------------------- entry points

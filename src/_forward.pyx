@@ -9,12 +9,11 @@
 cimport numpy as cnp
 from cython cimport floating
 from libc.math cimport isfinite, sqrt
-from libc.string cimport memcpy
 
-from _arrays cimport checked, checked_vector, free_scratch
+from _arrays cimport checked, checked_vector
 from _coefficients cimport inverse_std, normalize_coefficients
 from _job cimport (Job, allocate, begin, block_at, channel_threads, f64_table, for_each, output,
-                   block_start, piece_start, row_blocks, sample_units, table_data, unit_runs,
+                   run_and_free, block_start, piece_start, row_blocks, sample_units, table_data, unit_runs,
                    vector_data)
 from _loops cimport CBN_RELU, cbn_block, init_loops, rows_affine, runs_affine
 from _moments cimport (Moments, merge_partials, moments_zero, row_block, rows_moments,
@@ -153,7 +152,7 @@ cdef void train_kernel(const floating* x, const Job* job) noexcept nogil:
         affine(x, job)
 
 
-cdef void run_typed(Kernel kernel, const floating* x, const Job* job) noexcept nogil:
+cdef void run_typed(int kernel, const floating* x, const Job* job) noexcept nogil:
     if kernel == MOMENTS:
         partial_moments(x, job)
         for_each(channel_moments[floating], x, job, job.x.C, channel_threads(job))
@@ -162,14 +161,6 @@ cdef void run_typed(Kernel kernel, const floating* x, const Job* job) noexcept n
         affine(x, job)
     else:
         train_kernel(x, job)
-
-
-cdef void run(Kernel kernel, const Job* job) noexcept nogil:
-    """The module's one dtype dispatch."""
-    if job.f32:
-        run_typed(kernel, <const float*>job.x.data, job)
-    else:
-        run_typed(kernel, <const double*>job.x.data, job)
 
 
 cdef Py_ssize_t partial_doubles(const Job* job) noexcept:
@@ -185,19 +176,26 @@ cdef Py_ssize_t row_values(const Job* job) noexcept:
 
 
 cdef void run_with_scratch(Kernel kernel, Job* job, object relu_coef) except *:
-    """run(kernel) with its scratch, then a copy of the coefficients to
+    """run_typed(kernel) with its scratch, then a copy of the coefficients to
     relu_coef (a fused ReLU's, for backward) when given."""
     cdef bint reduces = kernel != NORMALIZE
     cdef void* block = allocate(job, partial_doubles(job) if reduces else 0, 3,
                                 row_values(job) if reduces else 0)
-    try:
-        with nogil:
-            run(kernel, job)
-        if relu_coef is not None:
-            memcpy(cnp.PyArray_DATA(relu_coef), job.tables.coef,
-                   cnp.PyArray_NBYTES(<cnp.ndarray>relu_coef))
-    finally:
-        free_scratch(block)
+    if relu_coef is not None:   # the coefficients' scratch is the caller's array
+        job.tables.coef = cnp.PyArray_DATA(relu_coef)
+    run_and_free(run_typed[float], run_typed[double], kernel, job, block)
+
+
+cdef cnp.ndarray begin_affine(Job* job, object x, object y, object weight, object bias,
+                              double eps, object relu_coef, int nthreads):
+    """begin(), then the operands normalize and train_forward share."""
+    cdef cnp.ndarray xa = begin(job, x, nthreads)
+    job.out = output(y, "y", xa, 0 if relu_coef is None else CBN_RELU)
+    job.tables.weight = vector_data(weight, "weight", xa)
+    job.tables.bias = vector_data(bias, "bias", xa)
+    job.eps = eps
+    table_data(relu_coef, "relu_coef", 3, xa, True)
+    return xa
 
 
 # ---------------------------------------------------------------- entry points
@@ -223,14 +221,9 @@ def normalize(x, y, weight, bias, double eps, stats, double count, relu_coef, in
     y = (x - shift) * scale + offset (what backward needs).
     """
     cdef Job job
-    cdef cnp.ndarray xa = begin(&job, x, nthreads)
-    job.out = output(y, "y", xa, 0 if relu_coef is None else CBN_RELU)
-    job.tables.weight = vector_data(weight, "weight", xa)
-    job.tables.bias = vector_data(bias, "bias", xa)
+    cdef cnp.ndarray xa = begin_affine(&job, x, y, weight, bias, eps, relu_coef, nthreads)
     job.tables.stats = f64_table(stats, "stats", 2, xa, False)
-    job.eps = eps
     job.count = count
-    table_data(relu_coef, "relu_coef", 3, xa, True)
     run_with_scratch(NORMALIZE, &job, relu_coef)
 
 
@@ -241,13 +234,8 @@ def train_forward(x, y, weight, bias, double eps, stats, relu_coef, int nthreads
     relu_coef as for normalize.
     """
     cdef Job job
-    cdef cnp.ndarray xa = begin(&job, x, nthreads)
-    job.out = output(y, "y", xa, 0 if relu_coef is None else CBN_RELU)
-    job.tables.weight = vector_data(weight, "weight", xa)
-    job.tables.bias = vector_data(bias, "bias", xa)
+    cdef cnp.ndarray xa = begin_affine(&job, x, y, weight, bias, eps, relu_coef, nthreads)
     job.tables.stats = f64_table(stats, "stats", 3, xa, True)
-    job.eps = eps
-    table_data(relu_coef, "relu_coef", 3, xa, True)
     if job.x.N * job.x.S < 2:
         raise ValueError("x: expected more than 1 value per channel")
     run_with_scratch(TRAIN, &job, relu_coef)

@@ -18,7 +18,7 @@ from cython.parallel cimport prange
 from libc.string cimport memset
 
 from _arrays cimport (Tensor, checked, checked_like, checked_table, checked_threads,
-                     checked_vector, input_typenum, run_bytes, scratch, tensor)
+                     checked_vector, free_scratch, input_typenum, run_bytes, scratch, tensor)
 from _loops cimport CBN_STREAM, cbn_block
 from _plan cimport (PARALLEL_CHANNELS, channel_parts, channels_per_unit, part_start, row_parts,
                    streams)
@@ -130,6 +130,24 @@ cdef inline void* allocate(Job* job, Py_ssize_t doubles, Py_ssize_t coef_rows,
     job.tables.coef = block + doubles * sizeof(double)
     job.rows = block + doubles * sizeof(double) + coef_bytes
     return block
+
+
+ctypedef void (*KernelF32)(int kernel, const float* x, const Job* job) noexcept nogil
+ctypedef void (*KernelF64)(int kernel, const double* x, const Job* job) noexcept nogil
+
+
+cdef inline void run_and_free(KernelF32 run_f32, KernelF64 run_f64, int kernel, const Job* job,
+                              void* block) except *:
+    """A module's one dtype dispatch: kernel on x's data as float or double,
+    without the GIL; then the scratch block (from allocate) is freed."""
+    try:
+        with nogil:
+            if job.f32:
+                run_f32(kernel, <const float*>job.x.data, job)
+            else:
+                run_f64(kernel, <const double*>job.x.data, job)
+    finally:
+        free_scratch(block)
 
 
 cdef inline void for_each(void (*body)(const floating*, const Job*, Py_ssize_t) noexcept nogil,

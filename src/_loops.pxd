@@ -35,7 +35,6 @@ cdef extern from "cbn_loops.h" nogil:
     void rows_affine "cbn_rows_affine"(const cbn_block* b, const void* k)
     void rows_grad_input "cbn_rows_grad_input"(const cbn_block* b, const void* k,
                                                const void* relu)
-    void rows_sum "cbn_rows_sum"(const cbn_block* b, void* acc)
     void rows_centered "cbn_rows_centered"(const cbn_block* b, const void* m, void* s1, void* s2)
     void rows_grad_sums "cbn_rows_grad_sums"(const cbn_block* b, const void* shift,
                                              const void* relu, void* s1, void* s2)

@@ -17,7 +17,7 @@
 from cython cimport floating
 from libc.math cimport isfinite
 
-from _loops cimport cbn_block, input_block, rows_centered, rows_sum, runs_centered, runs_sum
+from _loops cimport cbn_block, input_block, rows_centered, runs_centered, runs_sum
 
 cdef enum:
     AMPLIFICATION = 16        # largest sum(d^2) / M2 accepted from a one-pass block
@@ -155,14 +155,16 @@ cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize
             if not (s2[c] == 0 or well_centred(s1[c], s2[c], fnb)):
                 redo = True
                 break
-        if redo:
+        if redo:   # centred on 0, s1 is the block's sum: shift by its mean
             for c in range(C):
                 shift[c] = 0
                 s1[c] = 0
                 s2[c] = 0
-            rows_sum(&rows, shift)
+            rows_centered(&rows, shift, s1, s2)
             for c in range(C):
-                shift[c] = <floating>(shift[c] / fnb)
+                shift[c] = <floating>(s1[c] / fnb)
+                s1[c] = 0
+                s2[c] = 0
             rows_centered(&rows, shift, s1, s2)
         total = count[0] + fnb
         w = fnb / total

@@ -202,8 +202,6 @@ static inline void cbn_rows_grad_input(const cbn_block *b, const void *k, const 
     CBN_CALL(rows_grad_input, b, b, k, relu);
 }
 
-static inline void cbn_rows_sum(const cbn_block *b, void *acc) { CBN_CALL(rows_sum, b, b, acc); }
-
 static inline void cbn_rows_centered(const cbn_block *b, const void *m, void *s1, void *s2)
 {
     CBN_CALL(rows_centered, b, b, m, s1, s2);

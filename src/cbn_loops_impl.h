@@ -433,24 +433,6 @@ TARGET_ATTRS static void FN(rows_grad_input)(const cbn_block *block, const ELEM 
  * combined before an accumulator is touched: its load and store, not the
  * arithmetic, bound a one-row-at-a-time loop. */
 
-/* Scalar math: acc[c] += sum over the block's rows of x[c] */
-TARGET_ATTRS static void FN(rows_sum)(const cbn_block *block, ELEM *restrict acc)
-{
-    const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
-    const ptrdiff_t C = b.length, stride = b.x_stride;
-    const ELEM *x = (const ELEM *)b.x;
-    ptrdiff_t r = 0;
-    for (; r + 4 <= b.count; r += 4) {
-        const ELEM *restrict q0 = x + r * stride, *restrict q1 = q0 + stride;
-        const ELEM *restrict q2 = q1 + stride, *restrict q3 = q2 + stride;
-        for (ptrdiff_t c = 0; c < C; c++) acc[c] += (q0[c] + q1[c]) + (q2[c] + q3[c]);
-    }
-    for (; r < b.count; r++) {
-        const ELEM *restrict q = x + r * stride;
-        for (ptrdiff_t c = 0; c < C; c++) acc[c] += q[c];
-    }
-}
-
 /* Scalar math: s1[c] += sum(x[c] - m[c]), s2[c] += sum((x[c] - m[c])^2) over the block's rows */
 TARGET_ATTRS static void FN(rows_centered)(const cbn_block *block, const ELEM *restrict m,
                                           ELEM *restrict s1, ELEM *restrict s2)
