@@ -17,7 +17,8 @@ cdef inline cnp.ndarray checked(object a, str name, int ndim, int typenum, bint 
     if cnp.PyArray_NDIM(arr) != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions, got {cnp.PyArray_NDIM(arr)}")
     if cnp.PyArray_TYPE(arr) != typenum:
-        raise TypeError(f"{name}: expected {cnp.PyArray_DescrFromType(typenum)}, got {(<object>arr).dtype}")
+        raise TypeError(f"{name}: expected {cnp.PyArray_DescrFromType(typenum)}, "
+                        f"got {(<object>arr).dtype}")
     if not cnp.PyArray_ISALIGNED(arr):
         raise ValueError(f"{name}: expected aligned data")
     inner = cnp.PyArray_STRIDES(arr)[ndim - 1]
@@ -35,7 +36,8 @@ cdef inline cnp.ndarray checked_like(object a, str name, cnp.ndarray like, bint 
     cdef int d
     for d in range(cnp.PyArray_NDIM(like)):
         if cnp.PyArray_DIMS(arr)[d] != cnp.PyArray_DIMS(like)[d]:
-            raise ValueError(f"{name}: expected shape {(<object>like).shape}, got {(<object>arr).shape}")
+            raise ValueError(f"{name}: expected shape {(<object>like).shape}, "
+                             f"got {(<object>arr).shape}")
     return arr
 
 

@@ -6,9 +6,9 @@ cimport numpy as cnp
 from cython cimport floating
 
 from _coefficients cimport grad_input_coefficients
-from _job cimport (Job, allocate, begin, block_at, f64_table, f64_vector, for_each, operand,
-                   output, run_and_free, block_start, piece_start, row_blocks, sample_units, table_data,
-                   unit_runs, vector_data)
+from _job cimport (Job, allocate, begin, block_at, elementwise, f64_table, f64_vector, for_each,
+                   operand, output, piece_start, rows_at, run_and_free, table_data, unit_runs,
+                   vector_data)
 from _loops cimport (CBN_FIXED, cbn_block, init_loops, rows_grad_input, rows_grad_sums,
                      runs_grad_input, runs_grad_sums)
 from _moments cimport row_block
@@ -96,10 +96,8 @@ cdef void cl_part_sums(const floating* x, const Job* job, Py_ssize_t k) noexcept
 
 
 cdef void cl_block_grad_input(const floating* x, const Job* job, Py_ssize_t i) noexcept nogil:
-    """Block i of rows (see block_start)."""
-    cdef Py_ssize_t block = row_block(job.x.C, sizeof(floating))
-    cdef Py_ssize_t r0 = block_start(job, block, i)
-    cdef cbn_block rows = block_at(job, r0, min(block, job.x.N - r0), 0)
+    """Block i of rows (see rows_at)."""
+    cdef cbn_block rows = rows_at(job, i)
     rows_grad_input(&rows, job.tables.coef, job.tables.relu_coef)
 
 
@@ -142,14 +140,10 @@ cdef void sums_kernel(const floating* x, const Job* job) noexcept nogil:
 
 cdef void grad_input_kernel(const floating* x, const Job* job) noexcept nogil:
     """dx from the sums (with batch statistics) and stats."""
-    cdef Py_ssize_t c, block
+    cdef Py_ssize_t c
     for c in range(job.x.C):
         grad_input_coefficients(x, job, c)
-    if job.channels_first:
-        for_each(cf_unit_grad_input[floating], x, job, sample_units(job), job.nthreads)
-    else:
-        block = row_block(job.x.C, sizeof(floating))
-        for_each(cl_block_grad_input[floating], x, job, row_blocks(job, block), job.nthreads)
+    elementwise(cf_unit_grad_input[floating], cl_block_grad_input[floating], x, job)
 
 
 cdef void backward_kernel(const floating* x, const Job* job) noexcept nogil:

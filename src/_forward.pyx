@@ -12,11 +12,11 @@ from libc.math cimport isfinite, sqrt
 
 from _arrays cimport checked, checked_vector
 from _coefficients cimport inverse_std, normalize_coefficients
-from _job cimport (Job, allocate, begin, block_at, channel_threads, f64_table, for_each, output,
-                   run_and_free, block_start, piece_start, row_blocks, sample_units, table_data, unit_runs,
+from _job cimport (Job, allocate, begin, block_at, channel_threads, elementwise, f64_table,
+                   for_each, output, piece_start, rows_at, run_and_free, table_data, unit_runs,
                    vector_data)
 from _loops cimport CBN_RELU, cbn_block, init_loops, rows_affine, runs_affine
-from _moments cimport (Moments, merge_partials, moments_zero, row_block, rows_moments,
+from _moments cimport (Moments, merge_partials, moments_zero, rows_moments,
                       strided_runs_moments)
 from _plan cimport fuse_by_channel
 
@@ -72,10 +72,8 @@ cdef void cl_part_moments(const floating* x, const Job* job, Py_ssize_t k) noexc
 
 
 cdef void cl_block_affine(const floating* x, const Job* job, Py_ssize_t i) noexcept nogil:
-    """Block i of rows (see block_start)."""
-    cdef Py_ssize_t block = row_block(job.x.C, sizeof(floating))
-    cdef Py_ssize_t r0 = block_start(job, block, i)
-    cdef cbn_block rows = block_at(job, r0, min(block, job.x.N - r0), 0)
+    """Block i of rows (see rows_at)."""
+    cdef cbn_block rows = rows_at(job, i)
     rows_affine(&rows, job.tables.coef)
 
 
@@ -135,12 +133,7 @@ cdef void partial_moments(const floating* x, const Job* job) noexcept nogil:
 
 cdef void affine(const floating* x, const Job* job) noexcept nogil:
     """out = (x - shift) * scale + offset with the coefficient table."""
-    cdef Py_ssize_t block
-    if job.channels_first:
-        for_each(cf_unit_affine[floating], x, job, sample_units(job), job.nthreads)
-    else:
-        block = row_block(job.x.C, sizeof(floating))
-        for_each(cl_block_affine[floating], x, job, row_blocks(job, block), job.nthreads)
+    elementwise(cf_unit_affine[floating], cl_block_affine[floating], x, job)
 
 
 cdef void train_kernel(const floating* x, const Job* job) noexcept nogil:

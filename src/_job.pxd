@@ -20,6 +20,7 @@ from libc.string cimport memset
 from _arrays cimport (Tensor, checked, checked_like, checked_table, checked_threads,
                      checked_vector, free_scratch, input_typenum, run_bytes, scratch, tensor)
 from _loops cimport CBN_STREAM, cbn_block
+from _moments cimport row_block
 from _plan cimport (PARALLEL_CHANNELS, channel_parts, channels_per_unit, part_start, row_parts,
                    streams)
 
@@ -231,3 +232,23 @@ cdef inline cbn_block unit_runs(const Job* job, Py_ssize_t u, Py_ssize_t* c0) no
     b.out_stride = job.out.sc
     b.table_step = 1
     return b
+
+
+cdef inline cbn_block rows_at(const Job* job, Py_ssize_t i) noexcept nogil:
+    """Block i of channels-last rows (row_block rows each, see block_start)."""
+    cdef Py_ssize_t block = row_block(job.x.C, 4 if job.f32 else 8)
+    cdef Py_ssize_t r0 = block_start(job, block, i)
+    return block_at(job, r0, min(block, job.x.N - r0), 0)
+
+
+cdef inline void elementwise(
+        void (*runs_body)(const floating*, const Job*, Py_ssize_t) noexcept nogil,
+        void (*rows_body)(const floating*, const Job*, Py_ssize_t) noexcept nogil,
+        const floating* x, const Job* job) noexcept nogil:
+    """An elementwise pass: runs_body over the channels-first work units
+    (unit_runs), or rows_body over the channels-last row blocks (rows_at)."""
+    if job.channels_first:
+        for_each(runs_body, x, job, sample_units(job), job.nthreads)
+    else:
+        for_each(rows_body, x, job, row_blocks(job, row_block(job.x.C, sizeof(floating))),
+                 job.nthreads)

@@ -252,14 +252,19 @@ TARGET_ATTRS static void FN(runs_grad_sums)(const cbn_block *block, ELEM shift, 
 
 /* Whole 64-byte lines of a streamed output get non-temporal stores, partial
  * lines at either end ordinary ones: a line written both ways is read and
- * written back, which costs more than not streaming at all. Returns the
- * first index at a line boundary (at most n); *end: where whole lines stop. */
-TARGET_ATTRS static inline ptrdiff_t FN(stream_span)(const ELEM *o, ptrdiff_t n, ptrdiff_t *end)
+ * written back, which costs more than not streaming at all. *head: the first
+ * index of o at a line boundary (at most n), *end: where whole lines stop;
+ * both 0 when not streaming. */
+TARGET_ATTRS static inline void FN(stream_span)(const ELEM *o, ptrdiff_t n, int stream,
+                                                ptrdiff_t *head, ptrdiff_t *end)
 {
-    ptrdiff_t head = (ptrdiff_t)(((CBN_LINE - ((size_t)o % CBN_LINE)) % CBN_LINE) / sizeof(ELEM));
-    if (head > n) head = n;
-    *end = head + (n - head) / LINE_VALUES * LINE_VALUES;
-    return head;
+    ptrdiff_t h = (ptrdiff_t)(((CBN_LINE - ((size_t)o % CBN_LINE)) % CBN_LINE) / sizeof(ELEM));
+    if (!stream) {
+        *head = *end = 0;
+        return;
+    }
+    *head = h > n ? n : h;
+    *end = *head + (n - *head) / LINE_VALUES * LINE_VALUES;
 }
 
 /* (x - shift) * scale + offset, then max(y, 0) with relu: not x * a + b':
@@ -269,6 +274,13 @@ TARGET_ATTRS static inline ELEM FN(affine1)(ELEM x, const ELEM *k, ptrdiff_t ts,
 {
     ELEM v = (x - k[0]) * k[ts] + k[2 * ts];
     return relu ? FN(relu1)(v) : v;
+}
+
+/* affine1 on a vector, coefficients splat or per lane */
+TARGET_ATTRS static inline VEC FN(affine)(VEC x, VEC shift, VEC scale, VEC offset, int relu)
+{
+    VEC v = (x - shift) * scale + offset;
+    return relu ? FN(relu)(v) : v;
 }
 
 /* dx = g * k_dy + (x - shift) * k_x + k_0 with g = dy gated by relu
@@ -293,25 +305,16 @@ TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coe
         const VEC sv = FN(splat)(k[0]), av = FN(splat)(k[ts]), bv = FN(splat)(k[2 * ts]);
         const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
         ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
-        ptrdiff_t i = 0;
-        if (stream) {
-            ptrdiff_t end;
-            const ptrdiff_t head = FN(stream_span)(o, n, &end);
-            for (; i < head; i++) o[i] = FN(affine1)(q[i], k, ts, relu);
-            for (; i < end; i += LANES) {
-                VEC v = (FN(load)(q + i) - sv) * av + bv;
-                if (relu) v = FN(relu)(v);
-                STREAM_STORE(o + i, v);
-            }
+        ptrdiff_t i = 0, head, end;
+        FN(stream_span)(o, n, stream, &head, &end);
+        for (; i < head; i++) o[i] = FN(affine1)(q[i], k, ts, relu);
+        for (; i < end; i += LANES) {
+            VEC v = FN(affine)(FN(load)(q + i), sv, av, bv, relu);
+            STREAM_STORE(o + i, v);
         }
         for (; i + 2 * LANES <= n; i += 2 * LANES) {
-            VEC u = (FN(load)(q + i) - sv) * av + bv, v = (FN(load)(q + i + LANES) - sv) * av + bv;
-            if (relu) {
-                u = FN(relu)(u);
-                v = FN(relu)(v);
-            }
-            FN(store)(o + i, u);
-            FN(store)(o + i + LANES, v);
+            FN(store)(o + i, FN(affine)(FN(load)(q + i), sv, av, bv, relu));
+            FN(store)(o + i + LANES, FN(affine)(FN(load)(q + i + LANES), sv, av, bv, relu));
         }
         for (; i < n; i++) o[i] = FN(affine1)(q[i], k, ts, relu);
     }
@@ -337,21 +340,17 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
         const ELEM *restrict g = (const ELEM *)b.dy + r * b.dy_stride;
         const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
         ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
-        ptrdiff_t i = 0;
-        if (stream) {
-            ptrdiff_t end;
-            const ptrdiff_t head = FN(stream_span)(o, n, &end);
-            for (; i < head; i++) o[i] = FN(grad_input1)(g[i], q[i], k, relu, ts, fixed);
-            for (; i < end; i += LANES) {
-                VEC qv = FN(load)(q + i), gv = FN(load)(g + i);
-                if (relu) gv = FN(gate)(gv, (qv - rsv) * rav + rbv);
-                STREAM_STORE(o + i, fixed ? gv * dv : gv * dv + (qv - sv) * xv + zv);
-            }
-        }
+        ptrdiff_t i = 0, head, end;
+        FN(stream_span)(o, n, stream, &head, &end);
+        for (; i < head; i++) o[i] = FN(grad_input1)(g[i], q[i], k, relu, ts, fixed);
         for (; i + LANES <= n; i += LANES) {
             VEC qv = FN(load)(q + i), gv = FN(load)(g + i);
             if (relu) gv = FN(gate)(gv, (qv - rsv) * rav + rbv);
-            FN(store)(o + i, fixed ? gv * dv : gv * dv + (qv - sv) * xv + zv);
+            VEC v = fixed ? gv * dv : gv * dv + (qv - sv) * xv + zv;
+            if (i < end)
+                STREAM_STORE(o + i, v);
+            else
+                FN(store)(o + i, v);
         }
         for (; i < n; i++) o[i] = FN(grad_input1)(g[i], q[i], k, relu, ts, fixed);
     }
@@ -371,23 +370,17 @@ TARGET_ATTRS static void FN(rows_affine)(const cbn_block *block, const ELEM *res
     for (ptrdiff_t r = 0; r < b.count; r++) {
         const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
         ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
-        ptrdiff_t c = 0;
-        if (stream) {
-            ptrdiff_t end;
-            const ptrdiff_t head = FN(stream_span)(o, C, &end);
-            for (; c < head; c++) o[c] = FN(affine1)(q[c], k + c, ts, relu);
-            for (; c < end; c += LANES) {
-                VEC v = (FN(load)(q + c) - FN(load)(shift + c)) * FN(load)(scale + c)
-                        + FN(load)(offset + c);
-                if (relu) v = FN(relu)(v);
-                STREAM_STORE(o + c, v);
-            }
+        ptrdiff_t c = 0, head, end;
+        FN(stream_span)(o, C, stream, &head, &end);
+        for (; c < head; c++) o[c] = FN(affine1)(q[c], k + c, ts, relu);
+        for (; c < end; c += LANES) {
+            VEC v = FN(affine)(FN(load)(q + c), FN(load)(shift + c), FN(load)(scale + c),
+                               FN(load)(offset + c), relu);
+            STREAM_STORE(o + c, v);
         }
-        for (; c + LANES <= C; c += LANES) {
-            VEC v = (FN(load)(q + c) - FN(load)(shift + c)) * FN(load)(scale + c)
-                    + FN(load)(offset + c);
-            FN(store)(o + c, relu ? FN(relu)(v) : v);
-        }
+        for (; c + LANES <= C; c += LANES)
+            FN(store)(o + c, FN(affine)(FN(load)(q + c), FN(load)(shift + c), FN(load)(scale + c),
+                                        FN(load)(offset + c), relu));
         for (; c < C; c++) o[c] = FN(affine1)(q[c], k + c, ts, relu);
     }
     if (stream) CBN_SFENCE();
@@ -407,10 +400,10 @@ TARGET_ATTRS static void FN(rows_grad_input)(const cbn_block *block, const ELEM 
         const ELEM *restrict g = (const ELEM *)b.dy + r * b.dy_stride;
         const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
         ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
-        ptrdiff_t c = 0, end = 0;
-        if (stream)
-            for (const ptrdiff_t head = FN(stream_span)(o, C, &end); c < head; c++)
-                o[c] = FN(grad_input1)(g[c], q[c], k + c, relu ? relu + c : NULL, ts, fixed);
+        ptrdiff_t c = 0, head, end;
+        FN(stream_span)(o, C, stream, &head, &end);
+        for (; c < head; c++)
+            o[c] = FN(grad_input1)(g[c], q[c], k + c, relu ? relu + c : NULL, ts, fixed);
         for (; c + LANES <= C; c += LANES) {
             VEC qv = FN(load)(q + c), gv = FN(load)(g + c);
             if (relu)
