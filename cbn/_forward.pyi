@@ -11,13 +11,12 @@ T = TypeVar("T", np.float32, np.float64)
 F64 = NDArray[np.float64]
 
 def moments(x: NDArray[T], out: F64, nthreads: int) -> int: ...
-def normalize(x: NDArray[T], mean: NDArray[np.float32] | F64, var: NDArray[np.float32] | F64,
-              eps: float, weight: NDArray[T] | None, bias: NDArray[T] | None, y: NDArray[T],
-              nthreads: int, relu: bool = ..., coef_out: NDArray[T] | None = ...,
-              count: float = ...) -> None: ...
-def train_forward(x: NDArray[T], weight: NDArray[T] | None, bias: NDArray[T] | None, eps: float,
-                  y: NDArray[T], stats: F64, nthreads: int, relu: bool = ...,
-                  coef_out: NDArray[T] | None = ...) -> None: ...
+def normalize(x: NDArray[T], y: NDArray[T], weight: NDArray[T] | None, bias: NDArray[T] | None,
+              eps: float, stats: F64, count: float, relu_coef: NDArray[T] | None,
+              nthreads: int) -> None: ...
+def train_forward(x: NDArray[T], y: NDArray[T], weight: NDArray[T] | None,
+                  bias: NDArray[T] | None, eps: float, stats: F64,
+                  relu_coef: NDArray[T] | None, nthreads: int) -> None: ...
 def moved_running_stats(running_mean: NDArray[T], running_var: NDArray[T], mean: F64, var: F64,
                         var_scale: float, momentum: float
                         ) -> tuple[NDArray[T], NDArray[T], NDArray[np.bool_] | None]: ...

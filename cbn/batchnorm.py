@@ -7,14 +7,14 @@ and running statistics that a NaN/Inf batch cannot poison.
 import math
 import threading
 import warnings
-from typing import NamedTuple
 
 import numpy as np
 
 from . import _ops
 from ._commit import Changes
 from ._layout import canonicalize, channel_axis, check_layout
-from ._moments import Moments, merge_all
+from ._moments import merge_all
+from ._records import FixedStatistics, ForwardParameters, Piece, SavedForward
 from ._state import INT64_MAX, checked_bound_vector, checked_count, layer_state, load_layer_state
 from ._validation import (
     check_batch_for_statistics,
@@ -28,84 +28,46 @@ from ._validation import (
     describe,
 )
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormBase"]
 
 ACTIVATIONS = (None, "relu")
-
-
-class _Piece:
-    """One normalised group of the last forward (the batch, or one virtual
-    batch) and what its backward needs.
-
-    canon: its canonical input; stats: float64 (3, C) [mean, invstd, biased
-    var] of a batch, or for an eval forward the running (mean, var) as they
-    were and eps; weight: a copy of the weight the output was scaled with
-    (weight * r for renormalisation), or None, so that backward
-    differentiates the forward that ran whatever happens to the layer's
-    weight in between; relu: the forward's coefficients of a
-    fused ReLU, or None; renorm: (r, d) or None; rows: its slice of the batch
-    axis, or None for the whole batch; global_count: values per channel the
-    statistics came from when they span other processes' shards, else None.
-    """
-
-    __slots__ = ("canon", "stats", "weight", "relu", "renorm", "rows", "global_count")
-
-    def __init__(self, canon, stats, weight, relu, renorm=None, rows=None, global_count=None):
-        self.canon = canon
-        self.stats = stats
-        self.weight = weight
-        self.relu = relu
-        self.renorm = renorm
-        self.rows = rows
-        self.global_count = global_count
-
-    def backward_stats(self):
-        """[mean, invstd] (float64 (2, C))."""
-        if isinstance(self.stats, tuple):  # eval: (running mean, running var, eps)
-            return _ops.fixed_stats(*self.stats)
-        return self.stats[:2]
-
-    def moments(self):
-        stats, count = self.stats, self.canon.count
-        return Moments(count, stats[0], stats[2] * count)
-
-
-class SavedForward(NamedTuple):
-    """What backward needs of the last forward.
-
-    canon: its canonical input; pieces: its _Piece records (one, or one per
-    virtual batch); batch_stats: normalised with batch statistics;
-    overwritten: out=x wrote the output over the input.
-    """
-
-    canon: object
-    pieces: tuple
-    batch_stats: bool
-    overwritten: bool
-
-
-class ForwardParameters(NamedTuple):
-    """What one forward normalises with, copied from the layer in one step
-    (under its lock), so that a concurrent commit is seen whole or not at all
-    and backward differentiates with what the forward used: weight, bias,
-    running_mean, running_var (arrays or None) and eps."""
-
-    weight: object
-    bias: object
-    running_mean: object
-    running_var: object
-    eps: float
 
 
 def _copy(array):
     return None if array is None else array.copy()
 
 
-class _BatchNorm:
+class BatchNormBase:
     """Shared implementation; use BatchNorm1d, BatchNorm2d or BatchNorm3d.
 
     Subclasses set ``_SHAPES``: for each layout, the accepted ndims and their
     readable shapes.
+
+    Extension contract
+    ------------------
+    Subclasses (BatchRenorm, SyncBatchNorm) and helpers (precise_statistics)
+    use these protected members only, never the layer's private attributes.
+
+    To override:
+
+    - ``_normalize_batch(canon, output, relu, parameters)``: normalise one
+      (virtual) batch with its statistics; returns ``(y, Piece)``.
+    - ``_running_targets(pieces)``: ``(mean, var, var_scale)`` the running
+      statistics move towards.
+    - ``_updated_running_stats(mean, var, var_scale)``: the new running
+      statistics as new arrays, ``(mean, var, kept)``.
+
+    To call, from subclasses (under ``_state_lock`` where they change state):
+    ``_parameters``, ``_check_input``, ``_check_batch``,
+    ``_check_count_room``, ``_normalize_virtual_batches``,
+    ``_stage_running_update``, ``_stage_forward`` (the saved forward, and the
+    statistics observer's share), ``_last_forward`` and ``_checked_backward``
+    (the dy and out checks).
+
+    Statistics observers (precise_statistics): ``_observer``,
+    ``_stage_observer``, ``_running_snapshot``, ``_stage_running_stats``,
+    ``_state_lock``. An observer has ``stage_add(changes, moments)``, called
+    with every forward's per-channel Moments while it is attached.
     """
 
     _SHAPES = {}
@@ -343,7 +305,7 @@ class _BatchNorm:
         return ForwardParameters(weight, _copy(self._bias), _copy(self._running_mean),
                                  _copy(self._running_var), self._eps)
 
-    def _forward(self, x, canon, output, k, batch_stats, overwritten, parameters, collector):
+    def _forward(self, x, canon, output, k, batch_stats, overwritten, parameters, observer):
         """forward() once its arguments are checked: compute, warn, then commit."""
         self._check_count_room()   # before any kernel writes the output
         relu = self.activation == "relu"
@@ -352,9 +314,9 @@ class _BatchNorm:
         if not batch_stats:
             y, coef = _ops.normalize(canon, p.running_mean, p.running_var, p.eps, p.weight,
                                      p.bias, output, relu)
-            pieces = (_Piece(canon, (p.running_mean, p.running_var, p.eps), p.weight, coef),)
-            if collector is not None:
-                collector.stage_add(changes, _ops.moments(canon))
+            pieces = (Piece(canon, p.weight, fixed_stats=FixedStatistics(
+                p.running_mean, p.running_var, p.eps), relu_coef=coef),)
+            moments = _ops.moments(canon) if observer is not None else None
         else:
             if k is None or k == x.shape[0]:
                 y, piece = self._normalize_batch(canon, output, relu, p)
@@ -363,9 +325,10 @@ class _BatchNorm:
                 y, pieces = self._normalize_virtual_batches(x, canon, k, output, relu, p)
             if self.training and self.track_running_stats:
                 self._stage_running_update(changes, *self._running_targets(pieces))
-            if collector is not None:
-                collector.stage_add(changes, merge_all(piece.moments() for piece in pieces))
-        changes.set(self, "_saved", SavedForward(canon, pieces, batch_stats, overwritten))
+            moments = (merge_all(piece.moments() for piece in pieces) if observer is not None
+                       else None)
+        self._stage_forward(changes, SavedForward(canon, pieces, batch_stats, overwritten),
+                            moments)
         changes.apply()
         return y
 
@@ -387,12 +350,12 @@ class _BatchNorm:
         return m
 
     def _normalize_batch(self, canon, output, relu, parameters):
-        """Normalise one batch with its statistics: (y, _Piece); changes nothing.
+        """Normalise one batch with its statistics: (y, Piece); changes nothing.
 
         parameters: the ForwardParameters this forward uses."""
         p = parameters
         y, stats, coef = _ops.train_forward(canon, p.weight, p.bias, p.eps, output, relu)
-        return y, _Piece(canon, stats, p.weight, coef)
+        return y, Piece(canon, p.weight, batch_stats=stats, relu_coef=coef)
 
     def _normalize_virtual_batches(self, x, canon, k, output, relu, parameters):
         """Ghost batch norm: each run of k consecutive rows normalised with its
@@ -417,9 +380,9 @@ class _BatchNorm:
         count = pieces[0].canon.count
         unbias = count / (count - 1.0)
         if len(pieces) == 1:
-            return pieces[0].stats[0], pieces[0].stats[2], unbias
-        means = np.mean([p.stats[0] for p in pieces], axis=0)
-        unbiased = np.mean([p.stats[2] * unbias for p in pieces], axis=0)
+            return pieces[0].batch_stats[0], pieces[0].batch_stats[2], unbias
+        means = np.mean([p.batch_stats[0] for p in pieces], axis=0)
+        unbiased = np.mean([p.batch_stats[2] * unbias for p in pieces], axis=0)
         return means, unbiased, 1.0
 
     def _updated_running_stats(self, mean, var, var_scale):
@@ -435,9 +398,7 @@ class _BatchNorm:
         new_mean, new_var, kept = self._updated_running_stats(mean, var, var_scale)
         if kept is not None:
             self._warn_kept(kept, np.isfinite(mean) & np.isfinite(var))
-        changes.copy(self._running_mean, new_mean)
-        changes.copy(self._running_var, new_var)
-        changes.set(self, "_num_batches_tracked", self._num_batches_tracked + 1)
+        self._stage_running_stats(changes, new_mean, new_var, self._num_batches_tracked + 1)
 
     def _check_count_room(self):
         """A training step must be countable in PyTorch's int64 buffer."""
@@ -487,37 +448,22 @@ class _BatchNorm:
         numpy.ndarray
             dx (``out`` when given).
         """
-        saved = self._saved
-        if saved is None:
-            raise ValueError("dy: expected a forward on this layer first (backward differentiates "
-                             "it), got none")
-        canon, pieces, batch_stats, overwritten = saved
-        if overwritten:
-            raise ValueError("dy: expected a forward that kept its input, got one that wrote its "
-                             "output over it (out=x): there is no input to differentiate at")
-        if not (type(dy) is np.ndarray and dy.dtype == self._dtype and dy.shape == canon.shape):
-            self._check_input(dy, "dy")
-            if dy.shape != canon.shape:
-                raise ValueError(f"dy: expected shape {canon.shape} (the last forward's "
-                                 f"input), got {dy.shape}")
-        if out is not None:
-            check_out_overlap(out, canon.view, "x", allow_same=False)
-            check_out_overlap(out, dy, "dy")
-        output = canon.output(out, orders=(dy,))
+        saved, output = self._checked_backward(dy, out)
+        canon, pieces, batch_stats, _ = saved
         if len(pieces) == 1 and pieces[0].rows is None:
             p = pieces[0]
             dx, grads = _ops.backward(p.canon, dy, p.backward_stats(), p.weight, batch_stats,
-                                      output, self.affine, p.relu)
-            if grads is not None and p.renorm is not None:
-                grads = self._renorm_param_grads(grads, *p.renorm)
+                                      output, self.affine, p.relu_coef)
+            if grads is not None and p.corrections is not None:
+                grads = self._renorm_param_grads(grads, p.corrections)
         else:
             dx_all = output.array
             grads = np.zeros((2, self.num_features))
             for p in pieces:
                 piece_output = p.canon.output(dx_all[p.rows], orders=(dx_all[p.rows],))
                 _, g = _ops.backward(p.canon, dy[p.rows], p.backward_stats(), p.weight, True,
-                                     piece_output, True, p.relu)
-                grads += g if p.renorm is None else self._renorm_param_grads(g, *p.renorm)
+                                     piece_output, True, p.relu_coef)
+                grads += g if p.corrections is None else self._renorm_param_grads(g, p.corrections)
             grads = grads.astype(self._dtype) if self.affine else None
             dx = output.result()
         if grads is not None:
@@ -528,13 +474,76 @@ class _BatchNorm:
         return dx
 
     @staticmethod
-    def _renorm_param_grads(grads, r, d):
+    def _renorm_param_grads(grads, corrections):
         """[dgamma, dbeta] for y = gamma * (xhat * r + d) + beta from [sum(g xhat), sum(g)]."""
         g = grads.astype(np.float64)
         out = np.empty_like(grads)
-        out[0] = g[0] * r + g[1] * d
+        out[0] = g[0] * corrections.r + g[1] * corrections.d
         out[1] = grads[1]
         return out
+
+    # ------------------------------------------------------------ extension contract
+
+    @property
+    def _state_lock(self):
+        """The lock that serialises the calls that read and then replace state."""
+        return self._lock
+
+    @property
+    def _last_forward(self):
+        """The SavedForward of the last forward, or None."""
+        return self._saved
+
+    @property
+    def _observer(self):
+        """The statistics observer attached (precise_statistics), or None."""
+        return self._collector
+
+    def _stage_observer(self, changes, observer):
+        """Stage attaching observer (None: detaching it)."""
+        changes.set(self, "_collector", observer)
+
+    def _stage_forward(self, changes, saved, moments):
+        """Stage a forward's SavedForward and, for the observer attached when it
+        started (the state lock held since), the input's per-channel Moments
+        (None when no observer was attached)."""
+        changes.set(self, "_saved", saved)
+        if moments is not None:
+            self._collector.stage_add(changes, moments)
+
+    def _running_snapshot(self):
+        """Copies of (running_mean, running_var) and num_batches_tracked (an
+        int), taken with the state lock held by the caller."""
+        return self._running_mean.copy(), self._running_var.copy(), self._num_batches_tracked
+
+    def _stage_running_stats(self, changes, mean, var, num_batches_tracked):
+        """Stage new running statistics (copied into the layer's arrays) and count."""
+        changes.copy(self._running_mean, mean)
+        changes.copy(self._running_var, var)
+        changes.set(self, "_num_batches_tracked", num_batches_tracked)
+
+    def _checked_backward(self, dy, out):
+        """(SavedForward, Output) for a backward of the last forward with
+        output gradient dy and out; ValueError or TypeError naming the
+        argument when there is no forward to differentiate or dy or out do
+        not fit it."""
+        saved = self._saved
+        if saved is None:
+            raise ValueError("dy: expected a forward on this layer first (backward differentiates "
+                             "it), got none")
+        canon = saved.canon
+        if saved.overwritten:
+            raise ValueError("dy: expected a forward that kept its input, got one that wrote its "
+                             "output over it (out=x): there is no input to differentiate at")
+        if not (type(dy) is np.ndarray and dy.dtype == self._dtype and dy.shape == canon.shape):
+            self._check_input(dy, "dy")
+            if dy.shape != canon.shape:
+                raise ValueError(f"dy: expected shape {canon.shape} (the last forward's "
+                                 f"input), got {dy.shape}")
+        if out is not None:
+            check_out_overlap(out, canon.view, "x", allow_same=False)
+            check_out_overlap(out, dy, "dy")
+        return saved, canon.output(out, orders=(dy,))
 
     # ------------------------------------------------------------ state
 
@@ -582,7 +591,7 @@ class _BatchNorm:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(BatchNormBase):
     """Batch normalization over (N, C) or (N, C, L) inputs; layout="NHWC": (N, L, C)."""
 
     _SHAPES = {
@@ -591,13 +600,13 @@ class BatchNorm1d(_BatchNorm):
     }
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(BatchNormBase):
     """Batch normalization over (N, C, H, W) inputs; layout="NHWC": (N, H, W, C)."""
 
     _SHAPES = {"NCHW": {4: "(N, C, H, W)"}, "NHWC": {4: "(N, H, W, C)"}}
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(BatchNormBase):
     """Batch normalization over (N, C, D, H, W) inputs; layout="NHWC": (N, D, H, W, C)."""
 
     _SHAPES = {"NCHW": {5: "(N, C, D, H, W)"}, "NHWC": {5: "(N, D, H, W, C)"}}

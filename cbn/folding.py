@@ -1,14 +1,14 @@
 """Folding an eval-mode batch norm into the convolution or dense layer before it."""
 import numpy as np
 
-from .batchnorm import _BatchNorm
+from .batchnorm import BatchNormBase
 from ._validation import describe
 
 __all__ = ["fold_conv", "fold_linear"]
 
 
 def _fold(weight, bias, bn, name):
-    if not isinstance(bn, _BatchNorm):
+    if not isinstance(bn, BatchNormBase):
         raise TypeError(f"bn: expected a cbn batch-norm layer, got {describe(bn)}")
     if not bn.track_running_stats:
         raise ValueError("bn: expected a layer with running statistics, got one with "

@@ -7,7 +7,7 @@ import numpy as np
 
 from ._commit import Changes
 from ._moments import Moments
-from .batchnorm import _BatchNorm
+from .batchnorm import BatchNormBase
 from ._validation import describe
 
 __all__ = ["precise_statistics"]
@@ -53,12 +53,12 @@ def precise_statistics(*layers):
     ...         model_forward(xb)
     """
     for layer in layers:
-        if not isinstance(layer, _BatchNorm):
+        if not isinstance(layer, BatchNormBase):
             raise TypeError(f"layers: expected cbn batch-norm layers, got {describe(layer)}")
         if not layer.track_running_stats:
             raise ValueError(f"layers: expected layers with running statistics, got {layer!r} "
                              f"(no running statistics to set)")
-        if layer._collector is not None:
+        if layer._observer is not None:
             raise ValueError(f"layers: expected layers not collecting statistics, got {layer!r} "
                              f"(already collecting statistics)")
     if len({id(layer) for layer in layers}) != len(layers):
@@ -66,16 +66,12 @@ def precise_statistics(*layers):
     collectors = [_Collector(layer.num_features) for layer in layers]
     start = Changes()
     for layer, collector in zip(layers, collectors):
-        start.set(layer, "_collector", collector)
-    on_entry = _with_locks(layers, lambda: [(layer.running_mean.copy(),
-                                             layer.running_var.copy(),
-                                             layer._num_batches_tracked) for layer in layers])
+        layer._stage_observer(start, collector)
+    on_entry = _with_locks(layers, lambda: [layer._running_snapshot() for layer in layers])
     restore = Changes()
     for layer, (mean, var, tracked) in zip(layers, on_entry):
-        restore.copy(layer.running_mean, mean)
-        restore.copy(layer.running_var, var)
-        restore.set(layer, "_num_batches_tracked", tracked)
-        restore.set(layer, "_collector", None)
+        layer._stage_running_stats(restore, mean, var, tracked)
+        layer._stage_observer(restore, None)
     try:
         _with_locks(layers, start.apply)
         yield
@@ -89,7 +85,8 @@ def precise_statistics(*layers):
 def _with_locks(layers, fn):
     """fn() with every layer's lock held: each distinct lock once (a shallow
     copy shares its layer's), in a fixed order."""
-    locks = sorted({id(layer._lock): layer._lock for layer in layers}.values(), key=id)
+    locks = sorted({id(layer._state_lock): layer._state_lock for layer in layers}.values(),
+                   key=id)
     return _holding(locks, fn)
 
 
@@ -126,8 +123,6 @@ def _population_changes(layers, collectors, on_entry):
                           f"entry", RuntimeWarning, stacklevel=4)
             mean[bad] = mean_on_entry[bad]
             var[bad] = var_on_entry[bad]
-        changes.copy(layer.running_mean, mean)
-        changes.copy(layer.running_var, var)
-        changes.set(layer, "_num_batches_tracked", tracked)
-        changes.set(layer, "_collector", None)
+        layer._stage_running_stats(changes, mean, var, tracked)
+        layer._stage_observer(changes, None)
     return changes

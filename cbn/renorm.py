@@ -6,10 +6,11 @@ import numbers
 import numpy as np
 
 from . import _ops
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm, _Piece
+from ._records import Corrections, Piece
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormBase
 from ._validation import describe
 
-__all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d"]
+__all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "BatchRenormBase"]
 
 
 def _check_limit(value, name, low):
@@ -21,7 +22,7 @@ def _check_limit(value, name, low):
     return value
 
 
-class _BatchRenorm(_BatchNorm):
+class BatchRenormBase(BatchNormBase):
     """Shared implementation; use BatchRenorm1d, BatchRenorm2d or BatchRenorm3d.
 
     Algorithm 1 of Ioffe (2017). In training, with the batch's
@@ -82,10 +83,10 @@ class _BatchRenorm(_BatchNorm):
 
         Returns
         -------
-        r, d : numpy.ndarray
-            float64 (C,) corrections; (1, 0) without running statistics.
+        Corrections
+            ``(r, d)``, float64 (C,) arrays; (1, 0) without running statistics.
         """
-        with self._lock:
+        with self._state_lock:
             parameters = self._parameters()
         return self._corrections(mean, var, parameters)
 
@@ -93,63 +94,64 @@ class _BatchRenorm(_BatchNorm):
         p = parameters
         C = self.num_features
         if p.running_mean is None:  # nothing to correct towards
-            return np.ones(C), np.zeros(C)
+            return Corrections(np.ones(C), np.zeros(C))
         sigma = self._moving_sigma(p.running_var, p.eps)
         r = np.clip(np.sqrt(var + p.eps) / sigma, 1.0 / self._rmax, self._rmax)
         d = np.clip((mean - p.running_mean) / sigma, -self._dmax, self._dmax)
-        return r, d
+        return Corrections(r, d)
 
     def _normalize_batch(self, canon, output, relu, parameters):
         p = parameters
         moments = _ops.moments(canon)
         var = moments.m2 / moments.count
-        r, d = self._corrections(moments.mean, var, p)
+        corrections = self._corrections(moments.mean, var, p)
         gamma = 1.0 if p.weight is None else p.weight.astype(np.float64)
         beta = 0.0 if p.bias is None else p.bias.astype(np.float64)
-        scaled_weight = (gamma * r).astype(self._dtype)
-        bias = (beta + gamma * d).astype(self._dtype)
+        scaled_weight = (gamma * corrections.r).astype(self.dtype)
+        bias = (beta + gamma * corrections.d).astype(self.dtype)
         y, coef = _ops.normalize(canon, moments.mean, var, p.eps, scaled_weight, bias, output,
                                  relu, moments.count)
         stats = np.empty((3, self.num_features))
         stats[0] = moments.mean
         stats[1] = 1.0 / np.sqrt(var + p.eps)
         stats[2] = var
-        return y, _Piece(canon, stats, scaled_weight, coef, (r, d))
+        return y, Piece(canon, scaled_weight, batch_stats=stats, relu_coef=coef,
+                        corrections=corrections)
 
     def _running_targets(self, pieces):
         """(mean_B, sigma_B, 1) of the batch, or the means over virtual batches."""
-        means = np.mean([p.stats[0] for p in pieces], axis=0)
-        sigmas = np.mean([np.sqrt(p.stats[2] + self._eps) for p in pieces], axis=0)
+        means = np.mean([p.batch_stats[0] for p in pieces], axis=0)
+        sigmas = np.mean([np.sqrt(p.batch_stats[2] + self.eps) for p in pieces], axis=0)
         return means, sigmas, 1.0
 
     def _updated_running_stats(self, mean, sigma_b, _):
         """The paper's update of the moving mean and sigma, stored as
         running_var = sigma^2 - eps."""
         a = self._step_momentum()
-        sigma = _ops.moving_average(self._moving_sigma(self._running_var, self._eps), sigma_b, a)
-        return _ops.rounded_running_stats(
-            self._running_mean, self._running_var,
-            _ops.moving_average(self._running_mean, mean, a),
-            np.maximum(sigma * sigma - self._eps, 0.0))
+        running_mean, running_var, eps = self.running_mean, self.running_var, self.eps
+        sigma = _ops.moving_average(self._moving_sigma(running_var, eps), sigma_b, a)
+        return _ops.rounded_running_stats(running_mean, running_var,
+                                          _ops.moving_average(running_mean, mean, a),
+                                          np.maximum(sigma * sigma - eps, 0.0))
 
     def extra_repr(self):
         """The constructor arguments as repr() shows them."""
         return f"{super().extra_repr()}, rmax={self._rmax}, dmax={self._dmax}"
 
 
-class BatchRenorm1d(_BatchRenorm):
+class BatchRenorm1d(BatchRenormBase):
     """Batch renormalization over (N, C) or (N, C, L) inputs; layout="NHWC": (N, L, C)."""
 
     _SHAPES = BatchNorm1d._SHAPES
 
 
-class BatchRenorm2d(_BatchRenorm):
+class BatchRenorm2d(BatchRenormBase):
     """Batch renormalization over (N, C, H, W) inputs; layout="NHWC": (N, H, W, C)."""
 
     _SHAPES = BatchNorm2d._SHAPES
 
 
-class BatchRenorm3d(_BatchRenorm):
+class BatchRenorm3d(BatchRenormBase):
     """Batch renormalization over (N, C, D, H, W) inputs; layout="NHWC": (N, D, H, W, C)."""
 
     _SHAPES = BatchNorm3d._SHAPES

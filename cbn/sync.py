@@ -27,9 +27,12 @@ import numpy as np
 from . import _ops
 from ._commit import Changes
 from ._layout import canonicalize
+from ._messages import MessageLayout
 from ._moments import Moments, merge_all
+from ._records import Piece, SavedForward
 from ._validation import check_out_overlap, describe
-from .batchnorm import SavedForward, _BatchNorm, _Piece
+from .batchnorm import BatchNormBase
+from .renorm import BatchRenormBase
 
 __all__ = ["SyncBatchNorm", "allreduce_gradients"]
 
@@ -74,7 +77,7 @@ def _shape_names(layout):
     return names
 
 
-class SyncBatchNorm(_BatchNorm):
+class SyncBatchNorm(BatchNormBase):
     """Batch normalization with statistics over the whole distributed batch.
 
     Takes (N, C, *spatial) inputs with up to three spatial axes, or
@@ -134,14 +137,14 @@ class SyncBatchNorm(_BatchNorm):
             memo[id(self._comm)] = self._comm
         new = object.__new__(type(self))
         memo[id(self)] = new
-        state = {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        state = BatchNormBase.__getstate__(self)   # the base's: keeps the communicator
         new.__setstate__(copy.deepcopy(state, memo))
         return new
 
     @classmethod
     def from_batchnorm(cls, bn, comm=None):
         """A SyncBatchNorm with bn's options, parameters, running statistics and mode (copies)."""
-        if not isinstance(bn, _BatchNorm) or hasattr(bn, "rmax"):
+        if not isinstance(bn, BatchNormBase) or isinstance(bn, BatchRenormBase):
             raise TypeError(f"bn: expected a cbn BatchNorm1d/2d/3d, got {describe(bn)}")
         sync = cls(bn.num_features, comm, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
                    dtype=bn.dtype, layout=bn.layout, bias_correction=bn.bias_correction,
@@ -154,17 +157,16 @@ class SyncBatchNorm(_BatchNorm):
         return self.training and self.comm.Get_size() > 1
 
     def _exchange(self, error, sent):
-        """Allgather of one float64 row per rank, led by this rank's error flag;
-        raises on every rank when any rank's input was rejected."""
-        sent[0] = error is not None
+        """Allgather of one row per rank (MessageLayout.pack); raises on every
+        rank when any rank's input was rejected."""
         gathered = np.empty((self.comm.Get_size(), sent.size))
         self.comm.Allgather(sent, gathered)
         if error is not None:
             raise error
-        if gathered[:, 0].any():
+        rejected = MessageLayout.flagged(gathered)
+        if rejected.size:
             raise ValueError(f"x: expected valid inputs on every rank, got one rejected on rank(s) "
-                             f"{np.flatnonzero(gathered[:, 0]).tolist()}; "
-                             f"no statistics were computed")
+                             f"{rejected.tolist()}; no statistics were computed")
         return gathered
 
     @staticmethod
@@ -172,6 +174,10 @@ class SyncBatchNorm(_BatchNorm):
         if total.count < 2:
             raise ValueError(f"x: expected more than 1 value per channel over all processes "
                              f"when using batch statistics, got {int(total.count)}")
+
+    def _observed(self, moments):
+        """moments when a statistics observer is attached, else None (see _stage_forward)."""
+        return moments if self._observer is not None else None
 
     # ------------------------------------------------------------ forward
 
@@ -182,13 +188,14 @@ class SyncBatchNorm(_BatchNorm):
         than one process every rank must call it (it runs a collective)."""
         if not self._distributed():
             return super().forward(x, out)
-        with self._lock:
-            if self._virtual_batch_size is not None:
+        with self._state_lock:
+            if self.virtual_batch_size is not None:
                 return self._forward_virtual_batches(x, out)
             return self._forward_distributed(x, out)
 
     def _forward_distributed(self, x, out):
         C = self.num_features
+        layout = MessageLayout(count=1, mean=C, m2=C)
         error, local = None, Moments.empty(C)
         try:
             self._check_input(x)
@@ -200,12 +207,9 @@ class SyncBatchNorm(_BatchNorm):
                 local = _ops.moments(canon)
         except (TypeError, ValueError) as exc:
             error = exc
-        sent = np.empty(2 * C + 2)
-        sent[1] = local.count
-        sent[2:C + 2] = local.mean
-        sent[C + 2:] = local.m2
-        gathered = self._exchange(error, sent)
-        total = merge_all(Moments(g[1], g[2:C + 2], g[C + 2:]) for g in gathered)  # rank order
+        gathered = self._exchange(error, layout.pack(error, count=local.count, mean=local.mean,
+                                                     m2=local.m2))
+        total = merge_all(layout.moments(row) for row in gathered)  # rank order
         self._check_global_count(total)
         var = total.m2 / total.count
         p = self._parameters(copy_all=False)   # the lock is held
@@ -219,10 +223,10 @@ class SyncBatchNorm(_BatchNorm):
         stats[0] = total.mean
         stats[1] = 1.0 / np.sqrt(var + p.eps)
         stats[2] = var
-        piece = _Piece(canon, stats, p.weight, coef, global_count=total.count)
-        changes.set(self, "_saved", SavedForward(canon, (piece,), True, overwritten))
-        if self._collector is not None:
-            self._collector.stage_add(changes, total)
+        piece = Piece(canon, p.weight, batch_stats=stats, relu_coef=coef,
+                      global_count=total.count)
+        self._stage_forward(changes, SavedForward(canon, (piece,), True, overwritten),
+                            self._observed(total))
         changes.apply()
         return y
 
@@ -234,7 +238,8 @@ class SyncBatchNorm(_BatchNorm):
         batches and the sums of their means and unbiased variances (the
         running statistics move once, with the means over all virtual
         batches), and the shard's (count, mean, M2) for precise_statistics."""
-        C, k = self.num_features, self._virtual_batch_size
+        C, k = self.num_features, self.virtual_batch_size
+        layout = MessageLayout(count=1, mean=C, m2=C, batches=1, mean_sum=C, var_sum=C)
         error, pieces = None, ()
         try:
             axis = self._check_input(x)
@@ -251,25 +256,20 @@ class SyncBatchNorm(_BatchNorm):
             error = exc
         moments = [p.moments() for p in pieces]
         local = merge_all(moments) or Moments.empty(C)
-        sent = np.zeros(4 * C + 3)
-        sent[1] = local.count
-        sent[2:C + 2] = local.mean
-        sent[C + 2:2 * C + 2] = local.m2
-        sent[2 * C + 2] = len(moments)
-        for m in moments:
-            sent[2 * C + 3:3 * C + 3] += m.mean
-            sent[3 * C + 3:] += m.unbiased_var
-        gathered = self._exchange(error, sent)
-        total = merge_all(Moments(g[1], g[2:C + 2], g[C + 2:2 * C + 2]) for g in gathered)
+        gathered = self._exchange(error, layout.pack(
+            error, count=local.count, mean=local.mean, m2=local.m2, batches=len(moments),
+            mean_sum=sum(m.mean for m in moments), var_sum=sum(m.unbiased_var for m in moments)))
+        total = merge_all(layout.moments(row) for row in gathered)
         self._check_global_count(total)
         changes = Changes()
         if self.track_running_stats:
-            count = gathered[:, 2 * C + 2].sum()
-            sums = gathered[:, 2 * C + 3:].sum(axis=0)  # the same order, so bits, on every rank
-            self._stage_running_update(changes, sums[:C] / count, sums[C:] / count)
-        changes.set(self, "_saved", SavedForward(canon, pieces, True, overwritten))
-        if self._collector is not None:
-            self._collector.stage_add(changes, total)
+            # the same order, so bits, on every rank
+            count = layout.read(gathered, "batches").sum()
+            self._stage_running_update(changes,
+                                       layout.read(gathered, "mean_sum").sum(axis=0) / count,
+                                       layout.read(gathered, "var_sum").sum(axis=0) / count)
+        self._stage_forward(changes, SavedForward(canon, pieces, True, overwritten),
+                            self._observed(total))
         changes.apply()
         return y
 
@@ -279,44 +279,34 @@ class SyncBatchNorm(_BatchNorm):
         """dx of this shard; one Allreduce of (sum(dy), sum(dy * (x - mean))).
 
         grad_weight and grad_bias are this shard's share (all-reduce them)."""
-        saved = self._saved
-        if saved is None or not saved[1] or saved[1][0].global_count is None:
+        saved = self._last_forward
+        if saved is None or not saved.pieces or saved.pieces[0].global_count is None:
             return super().backward(dy, out)   # one process, eval, or local virtual batches
-        canon, (piece,), _, overwritten = saved
         C = self.num_features
+        layout = MessageLayout(sums=2 * C)
         error, local = None, np.zeros((2, C))
         try:
-            if overwritten:
-                raise ValueError("dy: expected a forward that kept its input, got one that wrote "
-                                 "its output over it (out=x)")
-            self._check_input(dy, "dy")
-            if dy.shape != canon.shape:
-                raise ValueError(f"dy: expected shape {canon.shape} (the last forward's input), "
-                                 f"got {dy.shape}")
-            if out is not None:
-                check_out_overlap(out, canon.view, "x", allow_same=False)
-                check_out_overlap(out, dy, "dy")
-            output = canon.output(out, orders=(dy,))
+            saved, output = self._checked_backward(dy, out)
+            piece = saved.pieces[0]
             if dy.size:
-                local = _ops.grad_sums(canon, dy, piece.stats[0], piece.relu)
+                local = _ops.grad_sums(saved.canon, dy, piece.batch_stats[0], piece.relu_coef)
         except (TypeError, ValueError) as exc:
             error = exc
-        sent = np.empty(2 * C + 1)
-        sent[0] = error is not None
-        sent[1:] = local.ravel()
+        sent = layout.pack(error, sums=local.ravel())
         total = np.empty_like(sent)
         self.comm.Allreduce(sent, total)
         if error is not None:
             raise error
-        if total[0]:
+        if MessageLayout.flagged(total).size:
             raise ValueError("dy: expected valid inputs on every rank, got one rejected on another "
                              "rank; no gradient was computed")
-        dx = _ops.grad_input(canon, dy, piece.stats[:2], piece.weight, total[1:].reshape(2, C),
-                             piece.global_count, output, piece.relu)
+        dx = _ops.grad_input(saved.canon, dy, piece.batch_stats[:2], piece.weight,
+                             layout.read(total, "sums").reshape(2, C), piece.global_count, output,
+                             piece.relu_coef)
         if self.affine:
             changes = Changes()
-            changes.set(self, "grad_weight", (local[1] * piece.stats[1]).astype(self._dtype))
-            changes.set(self, "grad_bias", local[0].astype(self._dtype))
+            changes.set(self, "grad_weight", (local[1] * piece.batch_stats[1]).astype(self.dtype))
+            changes.set(self, "grad_bias", local[0].astype(self.dtype))
             changes.apply()
         return dx
 
@@ -330,7 +320,7 @@ def allreduce_gradients(layers_or_arrays, comm=None, average=True):
     comm = _check_comm(default_comm() if comm is None else comm)
     arrays = []
     for item in layers_or_arrays:
-        if isinstance(item, _BatchNorm):
+        if isinstance(item, BatchNormBase):
             if not item.affine:
                 continue
             if item.grad_weight is None:

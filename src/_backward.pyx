@@ -11,7 +11,7 @@ from _job cimport (Job, allocate, begin, block_at, elementwise, f64_table, f64_v
                    vector_data)
 from _loops cimport (CBN_FIXED, cbn_block, init_loops, rows_grad_input, rows_grad_sums,
                      runs_grad_input, runs_grad_sums)
-from _moments cimport row_block
+from _block_moments cimport row_block
 from _plan cimport fuse_by_channel
 
 cnp.import_array()

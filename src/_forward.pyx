@@ -16,7 +16,7 @@ from _job cimport (Job, allocate, begin, block_at, channel_threads, elementwise,
                    for_each, output, piece_start, rows_at, run_and_free, table_data, unit_runs,
                    vector_data)
 from _loops cimport CBN_RELU, cbn_block, init_loops, rows_affine, runs_affine
-from _moments cimport (Moments, merge_partials, moments_zero, rows_moments,
+from _block_moments cimport (Moments, merge_partials, moments_zero, rows_moments,
                       strided_runs_moments)
 from _plan cimport fuse_by_channel
 

@@ -20,7 +20,7 @@ from libc.string cimport memset
 from _arrays cimport (Tensor, checked, checked_like, checked_table, checked_threads,
                      checked_vector, free_scratch, input_typenum, run_bytes, scratch, tensor)
 from _loops cimport CBN_STREAM, cbn_block
-from _moments cimport row_block
+from _block_moments cimport row_block
 from _plan cimport (PARALLEL_CHANNELS, channel_parts, channels_per_unit, part_start, row_parts,
                    streams)
 

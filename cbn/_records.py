@@ -1,0 +1,101 @@
+"""The records a forward leaves for its backward, and what it normalises with.
+
+Every field has one meaning; statistics are float64 per-channel arrays.
+"""
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from . import _ops
+from ._moments import Moments
+
+
+class ForwardParameters(NamedTuple):
+    """What one forward normalises with, copied from the layer in one step
+    (under its lock), so that a concurrent commit is seen whole or not at all
+    and backward differentiates with what the forward used."""
+
+    weight: Optional[np.ndarray]
+    bias: Optional[np.ndarray]
+    running_mean: Optional[np.ndarray]
+    running_var: Optional[np.ndarray]
+    eps: float
+
+
+class FixedStatistics(NamedTuple):
+    """The running statistics an eval forward normalised with, as they were."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    eps: float
+
+
+class Corrections(NamedTuple):
+    """Batch renormalisation's per-channel (r, d), constants for backward."""
+
+    r: np.ndarray
+    d: np.ndarray
+
+
+@dataclass(slots=True)
+class Piece:
+    """One normalised group of a forward (the batch, or one virtual batch).
+
+    Attributes
+    ----------
+    canon : Canonical
+        Its input, canonicalised.
+    weight : numpy.ndarray or None
+        A copy of the weight the output was scaled with (``weight * r`` for
+        renormalisation), so that backward differentiates the forward that
+        ran whatever happens to the layer's weight in between.
+    batch_stats : numpy.ndarray or None
+        float64 (3, C) [mean, invstd, biased var] of the group (training).
+    fixed_stats : FixedStatistics or None
+        The running statistics used instead (eval).
+    relu_coef : numpy.ndarray or None
+        With a fused ReLU, the forward's (3, C) coefficients [shift, scale,
+        offset], from which backward recomputes where the output was positive.
+    corrections : Corrections or None
+        Batch renormalisation's (r, d).
+    rows : slice or None
+        Its rows of the batch axis, or None for the whole batch.
+    global_count : float or None
+        Values per channel behind the statistics when they span other
+        processes' shards (SyncBatchNorm), else None.
+    """
+
+    canon: object
+    weight: Optional[np.ndarray]
+    batch_stats: Optional[np.ndarray] = None
+    fixed_stats: Optional[FixedStatistics] = None
+    relu_coef: Optional[np.ndarray] = None
+    corrections: Optional[Corrections] = None
+    rows: Optional[slice] = None
+    global_count: Optional[float] = None
+
+    def backward_stats(self):
+        """[mean, invstd] (float64 (2, C)) for the backward kernels."""
+        if self.batch_stats is None:
+            return _ops.fixed_stats(*self.fixed_stats)
+        return self.batch_stats[:2]
+
+    def moments(self):
+        """The group's Moments (training forwards only)."""
+        stats, count = self.batch_stats, self.canon.count
+        return Moments(count, stats[0], stats[2] * count)
+
+
+class SavedForward(NamedTuple):
+    """What backward needs of the last forward.
+
+    canon: its canonical input; pieces: its Piece records (one, or one per
+    virtual batch); batch_stats: normalised with batch statistics;
+    overwritten: out=x wrote the output over the input.
+    """
+
+    canon: object
+    pieces: tuple
+    batch_stats: bool
+    overwritten: bool
