@@ -33,12 +33,26 @@ if hasattr(os, "register_at_fork"):
 
 
 def openmp_enabled():
-    """True when the kernels were compiled with OpenMP (else they run serially)."""
+    """Whether the kernels were compiled with OpenMP.
+
+    Returns
+    -------
+    bool
+        True for an OpenMP build; a serial build runs every kernel on one thread.
+    """
     return _runtime.openmp_enabled()
 
 
 def set_num_threads(n):
-    """Use ``n`` threads in the kernels; ``None`` restores the OpenMP default."""
+    """Set the number of threads the kernels use.
+
+    Parameters
+    ----------
+    n : int or None
+        A positive thread count, or None for the OpenMP default
+        (``OMP_NUM_THREADS``, threadpoolctl's limit, or the CPUs available).
+        Small tensors still run on fewer threads.
+    """
     global _requested
     if n is None:
         _requested = None
@@ -55,7 +69,14 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """Threads a large kernel call will use."""
+    """The number of threads a large kernel call uses.
+
+    Returns
+    -------
+    int
+        The count set with :func:`set_num_threads`, else the OpenMP
+        default; 1 in a serial build or a fork()ed child.
+    """
     if _forked or not _runtime.openmp_enabled():
         return 1
     if _requested is not None:

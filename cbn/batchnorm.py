@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _ops
 from ._commit import Changes
+from ._docs import LAYER_OPTIONS, LAYER_PARAMETERS, layer_doc
 from ._layout import canonicalize, channel_axis, check_layout
 from ._moments import merge_all
 from ._records import FixedStatistics, ForwardParameters, Piece, SavedForward
@@ -37,39 +38,40 @@ def _copy(array):
     return None if array is None else array.copy()
 
 
+_CONTRACT = """\
+The extension contract: subclasses (BatchRenorm, SyncBatchNorm) and
+helpers (precise_statistics) use these protected members only, never the
+layer's private attributes.
+
+To override:
+
+- ``_normalize_batch(canon, output, relu, parameters)``: normalise one
+  (virtual) batch with its statistics; returns ``(y, Piece)``.
+- ``_running_targets(pieces)``: ``(mean, var, var_scale)`` the running
+  statistics move towards.
+- ``_updated_running_stats(mean, var, var_scale)``: the new running
+  statistics as new arrays, ``(mean, var, kept)``.
+
+To call, from subclasses (holding ``_state_lock`` where they change
+state): ``_parameters``, ``_check_input``, ``_check_batch``,
+``_check_count_room``, ``_normalize_virtual_batches``,
+``_stage_running_update``, ``_stage_forward`` (the saved forward, and the
+statistics observer's share), ``_last_forward`` and ``_checked_backward``
+(the dy and out checks).
+
+For statistics observers (precise_statistics): ``_observer``,
+``_stage_observer``, ``_running_snapshot``, ``_stage_running_stats``,
+``_state_lock``. An observer has ``stage_add(changes, moments)``, called
+with every forward's per-channel Moments while it is attached."""
+
+
 class BatchNormBase:
-    """Shared implementation; use BatchNorm1d, BatchNorm2d or BatchNorm3d.
+    __doc__ = layer_doc(
+        "The implementation the layers share; use BatchNorm1d, BatchNorm2d or BatchNorm3d.",
+        LAYER_PARAMETERS + "\n" + LAYER_OPTIONS, notes=_CONTRACT)
 
-    Subclasses set ``_SHAPES``: for each layout, the accepted ndims and their
-    readable shapes.
-
-    Extension contract
-    ------------------
-    Subclasses (BatchRenorm, SyncBatchNorm) and helpers (precise_statistics)
-    use these protected members only, never the layer's private attributes.
-
-    To override:
-
-    - ``_normalize_batch(canon, output, relu, parameters)``: normalise one
-      (virtual) batch with its statistics; returns ``(y, Piece)``.
-    - ``_running_targets(pieces)``: ``(mean, var, var_scale)`` the running
-      statistics move towards.
-    - ``_updated_running_stats(mean, var, var_scale)``: the new running
-      statistics as new arrays, ``(mean, var, kept)``.
-
-    To call, from subclasses (under ``_state_lock`` where they change state):
-    ``_parameters``, ``_check_input``, ``_check_batch``,
-    ``_check_count_room``, ``_normalize_virtual_batches``,
-    ``_stage_running_update``, ``_stage_forward`` (the saved forward, and the
-    statistics observer's share), ``_last_forward`` and ``_checked_backward``
-    (the dy and out checks).
-
-    Statistics observers (precise_statistics): ``_observer``,
-    ``_stage_observer``, ``_running_snapshot``, ``_stage_running_stats``,
-    ``_state_lock``. An observer has ``stage_add(changes, moments)``, called
-    with every forward's per-channel Moments while it is attached.
-    """
-
+    # Subclasses set _SHAPES: for each layout, the accepted ndims and their
+    # readable shapes.
     _SHAPES = {}
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
@@ -126,8 +128,11 @@ class BatchNormBase:
 
     @property
     def eps(self):
-        """Added to the variance before its square root: a finite float, at
-        least the dtype's smallest normal number (1.2e-38 for float32)."""
+        """Added to the variance before its square root.
+
+        A finite float, at least the dtype's smallest normal number (1.2e-38
+        for float32).
+        """
         return self._eps
 
     @eps.setter
@@ -186,7 +191,7 @@ class BatchNormBase:
             with self._lock:
                 setattr(self, attr, array)
 
-        return property(get, set_, doc=f"{name}: (num_features,) array, or None")
+        return property(get, set_, doc=f"The layer's {name}: a (num_features,) array, or None.")
 
     weight = _vector("weight")
     bias = _vector("bias")
@@ -197,23 +202,40 @@ class BatchNormBase:
     # ------------------------------------------------------------ modes
 
     def train(self, mode=True):
-        """Training mode (batch statistics, running averages updated); returns self."""
+        """Set training mode (batch statistics, running averages updated) or eval mode.
+
+        Parameters
+        ----------
+        mode : bool, default True
+            True for training mode, False for eval mode.
+
+        Returns
+        -------
+        BatchNormBase
+            The layer itself.
+        """
         self.training = check_bool(mode, "mode")
         return self
 
     def eval(self):
-        """Evaluation mode (running statistics when tracked); returns self."""
+        """Set eval mode: normalise with the running statistics (when tracked).
+
+        Returns
+        -------
+        BatchNormBase
+            The layer itself.
+        """
         return self.train(False)
 
     def reset_running_stats(self):
-        """running_mean to 0, running_var to 1, num_batches_tracked to 0 (when tracked)."""
+        """Set running_mean to 0, running_var to 1, num_batches_tracked to 0 (when tracked)."""
         changes = Changes()
         self._stage_reset_running_stats(changes)
         with self._lock:
             changes.apply()
 
     def reset_parameters(self):
-        """reset_running_stats(), and weight to 1, bias to 0 (when affine)."""
+        """Reset the running statistics, and set weight to 1 and bias to 0 (when affine)."""
         changes = Changes()
         self._stage_reset_running_stats(changes)
         if self.affine:
@@ -253,6 +275,20 @@ class BatchNormBase:
         check_batch_for_statistics(x[:k], axis)
 
     def __call__(self, x, out=None):
+        """Normalise x: the same as :meth:`forward`.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            The input.
+        out : numpy.ndarray, optional
+            Where to write the output.
+
+        Returns
+        -------
+        numpy.ndarray
+            The output.
+        """
         return self.forward(x, out)
 
     def forward(self, x, out=None):
@@ -548,13 +584,22 @@ class BatchNormBase:
     # ------------------------------------------------------------ state
 
     def state_dict(self):
-        """Copies of the parameters and buffers, under PyTorch's keys, taken in
-        one step (a concurrent training step or load is seen whole or not at all)."""
+        """Copies of the parameters and buffers, under PyTorch's keys.
+
+        Taken in one step: a concurrent training step or load is seen whole
+        or not at all.
+
+        Returns
+        -------
+        dict
+            ``weight``, ``bias`` (when affine), ``running_mean``,
+            ``running_var`` and ``num_batches_tracked`` (when tracked).
+        """
         with self._lock:
             return layer_state(self)
 
     def load_state_dict(self, state_dict, strict=True):
-        """Load a dict like state_dict()'s (values: anything np.asarray takes).
+        """Load a dict like state_dict()'s.
 
         Every value is checked (shape, finiteness, running_var >= 0, a
         non-negative integer num_batches_tracked below 2**63) before anything
@@ -563,6 +608,13 @@ class BatchNormBase:
         that a missing num_batches_tracked (old PyTorch checkpoints) keeps
         its value, as in PyTorch. The last forward's backward is not
         affected.
+
+        Parameters
+        ----------
+        state_dict : dict
+            Values: anything ``np.asarray`` takes, under state_dict()'s keys.
+        strict : bool, default True
+            Require exactly the layer's keys.
 
         Returns
         -------
@@ -575,7 +627,13 @@ class BatchNormBase:
         return keys
 
     def extra_repr(self):
-        """The constructor arguments as repr() shows them."""
+        """The constructor arguments as repr() shows them.
+
+        Returns
+        -------
+        str
+            For example ``3, eps=1e-05, momentum=0.1, ...``.
+        """
         text = (f"{self.num_features}, eps={self._eps}, momentum={self._momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
                 f"dtype={self._dtype.name}, layout={self.layout!r}")
@@ -591,8 +649,22 @@ class BatchNormBase:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
+_EXAMPLES = """\
+>>> import numpy as np, cbn
+>>> bn = cbn.{name}(3)
+>>> x = np.random.default_rng(0).standard_normal({shape}, dtype=np.float32)
+>>> y = bn(x)                        # training mode: batch statistics
+>>> dx = bn.backward(np.ones_like(y))
+>>> bn.num_batches_tracked
+array(1)
+>>> y_eval = bn.eval()(x)            # running statistics"""
+
+
 class BatchNorm1d(BatchNormBase):
-    """Batch normalization over (N, C) or (N, C, L) inputs; layout="NHWC": (N, L, C)."""
+    __doc__ = layer_doc(
+        'Batch normalization over (N, C) or (N, C, L) inputs; layout="NHWC": (N, L, C).',
+        LAYER_PARAMETERS + "\n" + LAYER_OPTIONS,
+        examples=_EXAMPLES.format(name="BatchNorm1d", shape="(8, 3)"))
 
     _SHAPES = {
         "NCHW": {2: "(N, C)", 3: "(N, C, L)"},
@@ -601,12 +673,18 @@ class BatchNorm1d(BatchNormBase):
 
 
 class BatchNorm2d(BatchNormBase):
-    """Batch normalization over (N, C, H, W) inputs; layout="NHWC": (N, H, W, C)."""
+    __doc__ = layer_doc(
+        'Batch normalization over (N, C, H, W) inputs; layout="NHWC": (N, H, W, C).',
+        LAYER_PARAMETERS + "\n" + LAYER_OPTIONS,
+        examples=_EXAMPLES.format(name="BatchNorm2d", shape="(4, 3, 5, 5)"))
 
     _SHAPES = {"NCHW": {4: "(N, C, H, W)"}, "NHWC": {4: "(N, H, W, C)"}}
 
 
 class BatchNorm3d(BatchNormBase):
-    """Batch normalization over (N, C, D, H, W) inputs; layout="NHWC": (N, D, H, W, C)."""
+    __doc__ = layer_doc(
+        'Batch normalization over (N, C, D, H, W) inputs; layout="NHWC": (N, D, H, W, C).',
+        LAYER_PARAMETERS + "\n" + LAYER_OPTIONS,
+        examples=_EXAMPLES.format(name="BatchNorm3d", shape="(2, 3, 2, 4, 4)"))
 
     _SHAPES = {"NCHW": {5: "(N, C, D, H, W)"}, "NHWC": {5: "(N, D, H, W, C)"}}

@@ -42,10 +42,34 @@ def _fold(weight, bias, bn, name):
 
 
 def fold_linear(weight, bias, bn):
-    """(weight, bias) of a dense layer y = x @ weight.T + bias followed by bn in eval mode.
+    """Fold an eval-mode batch norm into the dense layer before it.
 
-    weight: (C, in); bias: (C,) or None; bn: a BatchNorm1d over C features.
-    Computed in float64, returned in weight's dtype.
+    Parameters
+    ----------
+    weight : numpy.ndarray
+        The dense layer's (C, in) float weight: ``y = x @ weight.T + bias``.
+    bias : numpy.ndarray or None
+        Its (C,) bias, or None.
+    bn : BatchNorm1d
+        A layer over C features with running statistics and no fused activation.
+
+    Returns
+    -------
+    weight, bias : numpy.ndarray
+        The folded layer's weight and bias, computed in float64 and returned
+        in ``weight``'s dtype: ``x @ weight.T + bias`` equals ``bn`` in eval
+        mode applied to the original layer's output.
+
+    Examples
+    --------
+    >>> import numpy as np, cbn
+    >>> bn = cbn.BatchNorm1d(3, dtype=np.float64).eval()
+    >>> bn.running_mean[:] = [1.0, 2.0, 3.0]
+    >>> w, b = np.eye(3), np.zeros(3)
+    >>> fw, fb = cbn.fold_linear(w, b, bn)
+    >>> x = np.ones((2, 3))
+    >>> bool(np.allclose(x @ fw.T + fb, bn(x @ w.T + b)))
+    True
     """
     if isinstance(weight, np.ndarray) and weight.ndim != 2:
         raise ValueError(f"weight: expected a 2-D (C, in) array, got shape {weight.shape}")
@@ -53,10 +77,24 @@ def fold_linear(weight, bias, bn):
 
 
 def fold_conv(weight, bias, bn):
-    """(weight, bias) of a convolution (weight (C_out, C_in, *kernel)) followed by bn in eval mode.
+    """Fold an eval-mode batch norm into the convolution before it.
 
-    The folded convolution computes conv(x, weight) + bias with the new
-    arrays; bias may be None. Computed in float64, returned in weight's dtype.
+    Parameters
+    ----------
+    weight : numpy.ndarray
+        The convolution's float weight, (C_out, C_in, *kernel).
+    bias : numpy.ndarray or None
+        Its (C_out,) bias, or None.
+    bn : BatchNorm1d, BatchNorm2d or BatchNorm3d
+        A layer over C_out channels with running statistics and no fused
+        activation.
+
+    Returns
+    -------
+    weight, bias : numpy.ndarray
+        The folded convolution's weight and bias, computed in float64 and
+        returned in ``weight``'s dtype: ``conv(x, weight) + bias`` equals
+        ``bn`` in eval mode applied to the original convolution's output.
     """
     if isinstance(weight, np.ndarray) and weight.ndim < 3:
         raise ValueError(f"weight: expected (C_out, C_in, *kernel) with at least 3 dimensions, "

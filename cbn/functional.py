@@ -79,7 +79,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     Parameters
     ----------
     x : numpy.ndarray
-        float32 or float64, ndim >= 2, channels on ``layout``'s axis.
+        The input: float32 or float64, ndim >= 2, channels on ``layout``'s axis.
     running_mean, running_var : numpy.ndarray or None
         (C,) arrays of x's dtype, any strides. training=False normalises
         with them (required); training=True updates them in place when
@@ -103,6 +103,18 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     -------
     numpy.ndarray
         y (``out`` when given).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cbn import functional as F
+    >>> x = np.arange(12.0).reshape(4, 3)
+    >>> mean, var = np.zeros(3), np.ones(3)
+    >>> y = F.batch_norm(x, mean, var, training=True, momentum=0.5)
+    >>> y.mean(axis=0).round(6) + 0.0
+    array([0., 0., 0.])
+    >>> mean      # updated in place, as PyTorch's
+    array([2.25, 2.75, 3.25])
     """
     axis = _check_x(x, layout)
     C, weight, bias = _check_params(x, axis, weight, bias)
@@ -143,10 +155,27 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 
 def batch_norm_forward(x, weight=None, bias=None, eps=1e-5, layout="NCHW", out=None):
-    """Training-mode normalization: (y, mean, invstd), statistics as float64 (C,) arrays.
+    """Training-mode normalization returning the batch statistics backward needs.
 
-    invstd = 1 / sqrt(biased batch variance + eps). out: an array to write y
-    into. Arguments as for ``batch_norm``.
+    Parameters
+    ----------
+    x : numpy.ndarray
+        The input: float32 or float64, ndim >= 2, channels on ``layout``'s axis.
+    weight, bias : numpy.ndarray, optional
+        (C,) arrays of x's dtype, any strides.
+    eps : float
+        Added to the variance, as for :func:`batch_norm`.
+    layout : {"NCHW", "NHWC"}
+        Where the channels are.
+    out : numpy.ndarray, optional
+        Where to write y, as ``out`` of the layers' forward.
+
+    Returns
+    -------
+    y : numpy.ndarray
+        The output (``out`` when given).
+    mean, invstd : numpy.ndarray
+        float64 (C,) batch mean and ``1 / sqrt(biased batch variance + eps)``.
     """
     axis = _check_x(x, layout)
     _, weight, bias = _check_params(x, axis, weight, bias)
@@ -159,12 +188,41 @@ def batch_norm_forward(x, weight=None, bias=None, eps=1e-5, layout="NCHW", out=N
 
 
 def batch_norm_backward(dy, x, mean, invstd, weight=None, layout="NCHW", out=None):
-    """Gradients of training-mode batch norm: (dx, dweight, dbias).
+    """Gradients of training-mode batch norm.
 
-    mean and invstd are the batch statistics batch_norm_forward returned (any
-    float dtype; used as float64). dweight = sum(dy * (x - mean) * invstd) and
-    dbias = sum(dy) per channel, also when weight is None (then weight = 1).
-    out: an array to write dx into (dy itself for in place).
+    Parameters
+    ----------
+    dy : numpy.ndarray
+        Gradient of the output: x's shape and dtype.
+    x : numpy.ndarray
+        The forward's input.
+    mean, invstd : numpy.ndarray
+        The batch statistics :func:`batch_norm_forward` returned (any float
+        dtype; used as float64).
+    weight : numpy.ndarray, optional
+        The forward's (C,) weight; None for 1.
+    layout : {"NCHW", "NHWC"}
+        Where the channels are.
+    out : numpy.ndarray, optional
+        Where to write dx (dy itself for in place).
+
+    Returns
+    -------
+    dx : numpy.ndarray
+        Gradient of the input (``out`` when given).
+    dweight, dbias : numpy.ndarray
+        ``sum(dy * (x - mean) * invstd)`` and ``sum(dy)`` per channel, in
+        x's dtype, also when weight is None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cbn import functional as F
+    >>> x = np.random.default_rng(0).standard_normal((8, 3))
+    >>> y, mean, invstd = F.batch_norm_forward(x)
+    >>> dx, dweight, dbias = F.batch_norm_backward(np.ones_like(x), x, mean, invstd)
+    >>> bool(np.allclose(dx, 0.0))   # a constant gradient does not move normalised data
+    True
     """
     axis = _check_x(x, layout)
     C, weight, _ = _check_params(x, axis, weight, None)

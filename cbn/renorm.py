@@ -8,6 +8,7 @@ import numpy as np
 from . import _ops
 from ._records import Corrections, Piece
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormBase
+from ._docs import LAYER_PARAMETERS, OPTIONS_AS_BATCHNORM, layer_doc
 from ._validation import describe
 
 __all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "BatchRenormBase"]
@@ -22,27 +23,46 @@ def _check_limit(value, name, low):
     return value
 
 
+_ALGORITHM = """\
+Algorithm 1 of Ioffe (2017). In training, with the batch's
+sigma_B = sqrt(var_B + eps) (biased var_B) and the moving
+sigma = sqrt(running_var + eps):
+
+    r = clip(sigma_B / sigma, 1/rmax, rmax)
+    d = clip((mean_B - running_mean) / sigma, -dmax, dmax)
+    y = weight * ((x - mean_B) / sigma_B * r + d) + bias
+
+r and d are constants for backward (stop-gradient). The moving
+statistics then move towards the batch's with one momentum a (PyTorch's
+meaning, the paper's alpha): mean <- mean + a (mean_B - mean) and
+sigma <- sigma + a (sigma_B - sigma). ``running_var`` holds sigma^2 - eps,
+so that eval mode, state dicts and folding read it as batch norm's
+running variance: eval mode is batch norm's. rmax = 1, dmax = 0 is batch
+norm in the forward and backward. With virtual batches each has its own
+(r, d), and the moving statistics move towards the means over virtual
+batches of mean_B and sigma_B."""
+
+_RENORM_PARAMETERS = LAYER_PARAMETERS + """
+rmax : float, default 3.0
+    Largest correction of the scale (>= 1); training loops relax it from 1 up.
+dmax : float, default 5.0
+    Largest correction of the shift, in moving standard deviations (>= 0).
+""" + OPTIONS_AS_BATCHNORM
+
+_RENORM_EXAMPLES = """\
+>>> import numpy as np, cbn
+>>> bn = cbn.{name}(3, rmax=1.5, dmax=0.5)
+>>> x = np.random.default_rng(0).standard_normal({shape}, dtype=np.float32)
+>>> y = bn(x)
+>>> r, d = bn.corrections(np.zeros(3), np.ones(3))
+>>> float(r.max()) <= 1.5
+True"""
+
+
 class BatchRenormBase(BatchNormBase):
-    """Shared implementation; use BatchRenorm1d, BatchRenorm2d or BatchRenorm3d.
-
-    Algorithm 1 of Ioffe (2017). In training, with the batch's
-    sigma_B = sqrt(var_B + eps) (biased var_B) and the moving
-    sigma = sqrt(running_var + eps):
-
-        r = clip(sigma_B / sigma, 1/rmax, rmax)
-        d = clip((mean_B - running_mean) / sigma, -dmax, dmax)
-        y = weight * ((x - mean_B) / sigma_B * r + d) + bias
-
-    r and d are constants for backward (stop-gradient). The moving
-    statistics then move towards the batch's with one momentum a (PyTorch's
-    meaning, the paper's alpha): mean <- mean + a (mean_B - mean) and
-    sigma <- sigma + a (sigma_B - sigma). ``running_var`` holds sigma^2 - eps,
-    so that eval mode, state dicts and folding read it as batch norm's
-    running variance: eval mode is batch norm's. rmax = 1, dmax = 0 is batch
-    norm in the forward and backward. With virtual batches each has its own
-    (r, d), and the moving statistics move towards the means over virtual
-    batches of mean_B and sigma_B.
-    """
+    __doc__ = layer_doc(
+        "The implementation the renormalization layers share; use BatchRenorm1d, 2d or 3d.",
+        _RENORM_PARAMETERS, notes=_ALGORITHM)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, rmax=3.0, dmax=5.0, **options):
@@ -135,23 +155,38 @@ class BatchRenormBase(BatchNormBase):
                                           np.maximum(sigma * sigma - eps, 0.0))
 
     def extra_repr(self):
-        """The constructor arguments as repr() shows them."""
+        """The constructor arguments as repr() shows them.
+
+        Returns
+        -------
+        str
+            BatchNorm's, then ``rmax`` and ``dmax``.
+        """
         return f"{super().extra_repr()}, rmax={self._rmax}, dmax={self._dmax}"
 
 
 class BatchRenorm1d(BatchRenormBase):
-    """Batch renormalization over (N, C) or (N, C, L) inputs; layout="NHWC": (N, L, C)."""
+    __doc__ = layer_doc(
+        "Batch renormalization over (N, C) or (N, C, L) inputs; layout=\"NHWC\": (N, L, C).",
+        _RENORM_PARAMETERS, notes=_ALGORITHM,
+        examples=_RENORM_EXAMPLES.format(name="BatchRenorm1d", shape="(8, 3)"))
 
     _SHAPES = BatchNorm1d._SHAPES
 
 
 class BatchRenorm2d(BatchRenormBase):
-    """Batch renormalization over (N, C, H, W) inputs; layout="NHWC": (N, H, W, C)."""
+    __doc__ = layer_doc(
+        "Batch renormalization over (N, C, H, W) inputs; layout=\"NHWC\": (N, H, W, C).",
+        _RENORM_PARAMETERS, notes=_ALGORITHM,
+        examples=_RENORM_EXAMPLES.format(name="BatchRenorm2d", shape="(4, 3, 5, 5)"))
 
     _SHAPES = BatchNorm2d._SHAPES
 
 
 class BatchRenorm3d(BatchRenormBase):
-    """Batch renormalization over (N, C, D, H, W) inputs; layout="NHWC": (N, D, H, W, C)."""
+    __doc__ = layer_doc(
+        "Batch renormalization over (N, C, D, H, W) inputs; layout=\"NHWC\": (N, D, H, W, C).",
+        _RENORM_PARAMETERS, notes=_ALGORITHM,
+        examples=_RENORM_EXAMPLES.format(name="BatchRenorm3d", shape="(2, 3, 2, 4, 4)"))
 
     _SHAPES = BatchNorm3d._SHAPES

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _ops
 from ._commit import Changes
+from ._docs import LAYER_PARAMETERS, OPTIONS_AS_BATCHNORM, layer_doc
 from ._layout import canonicalize
 from ._messages import MessageLayout
 from ._moments import Moments, merge_all
@@ -77,19 +78,29 @@ def _shape_names(layout):
     return names
 
 
-class SyncBatchNorm(BatchNormBase):
-    """Batch normalization with statistics over the whole distributed batch.
+_SYNC_NOTES = """\
+Takes (N, C, *spatial) inputs with up to three spatial axes, or
+channels-last ones with layout="NHWC", and every BatchNorm*d option.
+With one process, or in eval mode, it is BatchNorm and communicates
+nothing. With virtual_batch_size=k every shard's size must be a multiple
+of k: the virtual batches are then the whole batch's runs of k rows, as
+one process would take them, and each lies within one shard. grad_weight
+and grad_bias stay local: all-reduce them with the other gradients (see
+allreduce_gradients). Shards may be uneven, empty included; a whole batch
+of one value per channel raises ValueError on every rank."""
 
-    Takes (N, C, *spatial) inputs with up to three spatial axes, or
-    channels-last ones with layout="NHWC", and every BatchNorm*d option.
-    With one process, or in eval mode, it is BatchNorm and communicates
-    nothing. With virtual_batch_size=k every shard's size must be a multiple
-    of k: the virtual batches are then the whole batch's runs of k rows, as
-    one process would take them, and each lies within one shard. grad_weight
-    and grad_bias stay local: all-reduce them with the other gradients (see
-    allreduce_gradients). Shards may be uneven, empty included; a whole batch
-    of one value per channel raises ValueError on every rank.
-    """
+_SYNC_PARAMETERS = """\
+num_features : int
+    C, the number of channels.
+comm : mpi4py communicator, optional
+    The processes whose shards make up the batch; mpi4py's COMM_WORLD by default.
+""" + LAYER_PARAMETERS.split("\n", 2)[2] + "\n" + OPTIONS_AS_BATCHNORM
+
+
+class SyncBatchNorm(BatchNormBase):
+    __doc__ = layer_doc(
+        "Batch normalization with statistics over the whole distributed batch.",
+        _SYNC_PARAMETERS, notes=_SYNC_NOTES)
 
     _SHAPES = {"NCHW": _shape_names("NCHW"), "NHWC": _shape_names("NHWC")}
 
@@ -143,7 +154,20 @@ class SyncBatchNorm(BatchNormBase):
 
     @classmethod
     def from_batchnorm(cls, bn, comm=None):
-        """A SyncBatchNorm with bn's options, parameters, running statistics and mode (copies)."""
+        """A SyncBatchNorm with bn's options, parameters, running statistics and mode.
+
+        Parameters
+        ----------
+        bn : BatchNorm1d, BatchNorm2d or BatchNorm3d
+            The layer to copy (not a batch renormalization layer).
+        comm : mpi4py communicator, optional
+            As for the constructor.
+
+        Returns
+        -------
+        SyncBatchNorm
+            A new layer holding copies of bn's arrays.
+        """
         if not isinstance(bn, BatchNormBase) or isinstance(bn, BatchRenormBase):
             raise TypeError(f"bn: expected a cbn BatchNorm1d/2d/3d, got {describe(bn)}")
         sync = cls(bn.num_features, comm, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
@@ -184,8 +208,21 @@ class SyncBatchNorm(BatchNormBase):
     def forward(self, x, out=None):
         """Normalise this shard with the statistics of every process's shard.
 
-        Parameters and result as BatchNorm's forward. In training with more
-        than one process every rank must call it (it runs a collective)."""
+        In training with more than one process every rank must call it (it
+        runs a collective).
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            This process's shard of the batch (possibly empty).
+        out : numpy.ndarray, optional
+            Where to write the output, as for BatchNorm2d.forward.
+
+        Returns
+        -------
+        numpy.ndarray
+            The output (``out`` when given).
+        """
         if not self._distributed():
             return super().forward(x, out)
         with self._state_lock:
@@ -276,9 +313,22 @@ class SyncBatchNorm(BatchNormBase):
     # ------------------------------------------------------------ backward
 
     def backward(self, dy, out=None):
-        """dx of this shard; one Allreduce of (sum(dy), sum(dy * (x - mean))).
+        """Gradient of this shard's input, with one Allreduce of (sum(dy), sum(dy * (x - mean))).
 
-        grad_weight and grad_bias are this shard's share (all-reduce them)."""
+        grad_weight and grad_bias are this shard's share (all-reduce them).
+
+        Parameters
+        ----------
+        dy : numpy.ndarray
+            Gradient of this shard's output.
+        out : numpy.ndarray, optional
+            Where to write dx, as for BatchNorm2d.backward.
+
+        Returns
+        -------
+        numpy.ndarray
+            dx (``out`` when given).
+        """
         saved = self._last_forward
         if saved is None or not saved.pieces or saved.pieces[0].global_count is None:
             return super().backward(dy, out)   # one process, eval, or local virtual batches
@@ -314,8 +364,20 @@ class SyncBatchNorm(BatchNormBase):
 def allreduce_gradients(layers_or_arrays, comm=None, average=True):
     """Sum (or average) gradients over every process, in place, in one Allreduce.
 
-    layers_or_arrays: cbn layers (their grad_weight and grad_bias) and/or
-    float arrays. Sums are taken in float64. Returns the arrays updated.
+    Parameters
+    ----------
+    layers_or_arrays : iterable
+        The cbn layers (their grad_weight and grad_bias) and/or writable
+        float numpy arrays.
+    comm : mpi4py communicator, optional
+        The processes; mpi4py's COMM_WORLD by default.
+    average : bool, default True
+        Divide the sums (taken in float64) by the number of processes.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        The arrays updated, every one or none of them.
     """
     comm = _check_comm(default_comm() if comm is None else comm)
     arrays = []
