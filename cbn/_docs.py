@@ -51,6 +51,20 @@ OPTIONS_AS_BATCHNORM = """\
     virtual_batch_size, as for :class:`~cbn.BatchNorm2d`."""
 
 
+LAYER_EXAMPLE = """\
+>>> import numpy as np, cbn
+>>> bn = cbn.{name}(3)
+>>> x = np.random.default_rng(0).standard_normal({shape}, dtype=np.float32)
+>>> y = bn(x)                        # training mode: batch statistics
+>>> dx = bn.backward(np.ones_like(y))
+>>> bn.num_batches_tracked
+array(1)
+>>> y_eval = bn.eval()(x)            # running statistics"""
+
+# an input shape for the examples, by ndim
+EXAMPLE_SHAPES = {2: "(8, 3)", 3: "(4, 3, 6)", 4: "(4, 3, 5, 5)", 5: "(2, 3, 2, 4, 4)"}
+
+
 def layer_doc(summary, parameters, notes="", examples=""):
     """A layer class's docstring: summary, parameters (numpydoc entries), the
     shared Attributes, then optional Notes and Examples."""

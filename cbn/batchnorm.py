@@ -4,6 +4,7 @@ Beyond PyTorch: debiased running averages (``bias_correction``), a fused
 ReLU (``activation="relu"``), ghost batch norm (``virtual_batch_size``),
 and running statistics that a NaN/Inf batch cannot poison.
 """
+import inspect
 import math
 import threading
 import warnings
@@ -12,7 +13,7 @@ import numpy as np
 
 from . import _ops
 from ._commit import Changes
-from ._docs import LAYER_OPTIONS, LAYER_PARAMETERS, layer_doc
+from ._docs import EXAMPLE_SHAPES, LAYER_EXAMPLE, LAYER_OPTIONS, LAYER_PARAMETERS, layer_doc
 from ._layout import canonicalize, channel_axis, check_layout
 from ._moments import merge_all
 from ._records import FixedStatistics, ForwardParameters, Piece, SavedForward
@@ -73,6 +74,22 @@ class BatchNormBase:
     # Subclasses set _SHAPES: for each layout, the accepted ndims and their
     # readable shapes.
     _SHAPES = {}
+    # A subclass's docstring is its summary: __init_subclass__ adds these
+    # sections (the example formatted with its name and an input shape).
+    _DOC_PARAMETERS = LAYER_PARAMETERS + "\n" + LAYER_OPTIONS
+    _DOC_NOTES = ""
+    _DOC_EXAMPLE = LAYER_EXAMPLE
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__ is None:
+            return
+        example = ""
+        if cls._DOC_EXAMPLE and cls._SHAPES:
+            shape = EXAMPLE_SHAPES[min(cls._SHAPES["NCHW"])]
+            example = cls._DOC_EXAMPLE.format(name=cls.__name__, shape=shape)
+        cls.__doc__ = layer_doc(inspect.cleandoc(cls.__doc__), cls._DOC_PARAMETERS,
+                                cls._DOC_NOTES, example)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, dtype=np.float32, layout="NCHW",
@@ -649,22 +666,8 @@ class BatchNormBase:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-_EXAMPLES = """\
->>> import numpy as np, cbn
->>> bn = cbn.{name}(3)
->>> x = np.random.default_rng(0).standard_normal({shape}, dtype=np.float32)
->>> y = bn(x)                        # training mode: batch statistics
->>> dx = bn.backward(np.ones_like(y))
->>> bn.num_batches_tracked
-array(1)
->>> y_eval = bn.eval()(x)            # running statistics"""
-
-
 class BatchNorm1d(BatchNormBase):
-    __doc__ = layer_doc(
-        'Batch normalization over (N, C) or (N, C, L) inputs; layout="NHWC": (N, L, C).',
-        LAYER_PARAMETERS + "\n" + LAYER_OPTIONS,
-        examples=_EXAMPLES.format(name="BatchNorm1d", shape="(8, 3)"))
+    """Batch normalization over (N, C) or (N, C, L) inputs; layout="NHWC": (N, L, C)."""
 
     _SHAPES = {
         "NCHW": {2: "(N, C)", 3: "(N, C, L)"},
@@ -673,18 +676,12 @@ class BatchNorm1d(BatchNormBase):
 
 
 class BatchNorm2d(BatchNormBase):
-    __doc__ = layer_doc(
-        'Batch normalization over (N, C, H, W) inputs; layout="NHWC": (N, H, W, C).',
-        LAYER_PARAMETERS + "\n" + LAYER_OPTIONS,
-        examples=_EXAMPLES.format(name="BatchNorm2d", shape="(4, 3, 5, 5)"))
+    """Batch normalization over (N, C, H, W) inputs; layout="NHWC": (N, H, W, C)."""
 
     _SHAPES = {"NCHW": {4: "(N, C, H, W)"}, "NHWC": {4: "(N, H, W, C)"}}
 
 
 class BatchNorm3d(BatchNormBase):
-    __doc__ = layer_doc(
-        'Batch normalization over (N, C, D, H, W) inputs; layout="NHWC": (N, D, H, W, C).',
-        LAYER_PARAMETERS + "\n" + LAYER_OPTIONS,
-        examples=_EXAMPLES.format(name="BatchNorm3d", shape="(2, 3, 2, 4, 4)"))
+    """Batch normalization over (N, C, D, H, W) inputs; layout="NHWC": (N, D, H, W, C)."""
 
     _SHAPES = {"NCHW": {5: "(N, C, D, H, W)"}, "NHWC": {5: "(N, D, H, W, C)"}}

@@ -82,7 +82,7 @@ def fold_conv(weight, bias, bn):
     Parameters
     ----------
     weight : numpy.ndarray
-        The convolution's float weight, (C_out, C_in, *kernel).
+        The convolution's float weight, ``(C_out, C_in, *kernel)``.
     bias : numpy.ndarray or None
         Its (C_out,) bias, or None.
     bn : BatchNorm1d, BatchNorm2d or BatchNorm3d

@@ -159,16 +159,10 @@ def batch_norm_forward(x, weight=None, bias=None, eps=1e-5, layout="NCHW", out=N
 
     Parameters
     ----------
-    x : numpy.ndarray
-        The input: float32 or float64, ndim >= 2, channels on ``layout``'s axis.
-    weight, bias : numpy.ndarray, optional
-        (C,) arrays of x's dtype, any strides.
-    eps : float
-        Added to the variance, as for :func:`batch_norm`.
-    layout : {"NCHW", "NHWC"}
-        Where the channels are.
-    out : numpy.ndarray, optional
-        Where to write y, as ``out`` of the layers' forward.
+    x, weight, bias, eps, layout, out
+        As for :func:`batch_norm`: the input, its optional (C,) affine
+        parameters, what is added to the variance, where the channels are,
+        and where to write y.
 
     Returns
     -------

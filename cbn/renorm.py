@@ -8,7 +8,7 @@ import numpy as np
 from . import _ops
 from ._records import Corrections, Piece
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormBase
-from ._docs import LAYER_PARAMETERS, OPTIONS_AS_BATCHNORM, layer_doc
+from ._docs import LAYER_PARAMETERS, OPTIONS_AS_BATCHNORM
 from ._validation import describe
 
 __all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "BatchRenormBase"]
@@ -49,7 +49,12 @@ dmax : float, default 5.0
     Largest correction of the shift, in moving standard deviations (>= 0).
 """ + OPTIONS_AS_BATCHNORM
 
-_RENORM_EXAMPLES = """\
+class BatchRenormBase(BatchNormBase):
+    """The implementation the renormalization layers share; use BatchRenorm1d, 2d or 3d."""
+
+    _DOC_PARAMETERS = _RENORM_PARAMETERS
+    _DOC_NOTES = _ALGORITHM
+    _DOC_EXAMPLE = """\
 >>> import numpy as np, cbn
 >>> bn = cbn.{name}(3, rmax=1.5, dmax=0.5)
 >>> x = np.random.default_rng(0).standard_normal({shape}, dtype=np.float32)
@@ -57,12 +62,6 @@ _RENORM_EXAMPLES = """\
 >>> r, d = bn.corrections(np.zeros(3), np.ones(3))
 >>> float(r.max()) <= 1.5
 True"""
-
-
-class BatchRenormBase(BatchNormBase):
-    __doc__ = layer_doc(
-        "The implementation the renormalization layers share; use BatchRenorm1d, 2d or 3d.",
-        _RENORM_PARAMETERS, notes=_ALGORITHM)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, rmax=3.0, dmax=5.0, **options):
@@ -166,27 +165,18 @@ class BatchRenormBase(BatchNormBase):
 
 
 class BatchRenorm1d(BatchRenormBase):
-    __doc__ = layer_doc(
-        "Batch renormalization over (N, C) or (N, C, L) inputs; layout=\"NHWC\": (N, L, C).",
-        _RENORM_PARAMETERS, notes=_ALGORITHM,
-        examples=_RENORM_EXAMPLES.format(name="BatchRenorm1d", shape="(8, 3)"))
+    """Batch renormalization over (N, C) or (N, C, L) inputs; layout="NHWC": (N, L, C)."""
 
     _SHAPES = BatchNorm1d._SHAPES
 
 
 class BatchRenorm2d(BatchRenormBase):
-    __doc__ = layer_doc(
-        "Batch renormalization over (N, C, H, W) inputs; layout=\"NHWC\": (N, H, W, C).",
-        _RENORM_PARAMETERS, notes=_ALGORITHM,
-        examples=_RENORM_EXAMPLES.format(name="BatchRenorm2d", shape="(4, 3, 5, 5)"))
+    """Batch renormalization over (N, C, H, W) inputs; layout="NHWC": (N, H, W, C)."""
 
     _SHAPES = BatchNorm2d._SHAPES
 
 
 class BatchRenorm3d(BatchRenormBase):
-    __doc__ = layer_doc(
-        "Batch renormalization over (N, C, D, H, W) inputs; layout=\"NHWC\": (N, D, H, W, C).",
-        _RENORM_PARAMETERS, notes=_ALGORITHM,
-        examples=_RENORM_EXAMPLES.format(name="BatchRenorm3d", shape="(2, 3, 2, 4, 4)"))
+    """Batch renormalization over (N, C, D, H, W) inputs; layout="NHWC": (N, D, H, W, C)."""
 
     _SHAPES = BatchNorm3d._SHAPES

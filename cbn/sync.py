@@ -26,7 +26,7 @@ import numpy as np
 
 from . import _ops
 from ._commit import Changes
-from ._docs import LAYER_PARAMETERS, OPTIONS_AS_BATCHNORM, layer_doc
+from ._docs import LAYER_PARAMETERS, OPTIONS_AS_BATCHNORM
 from ._layout import canonicalize
 from ._messages import MessageLayout
 from ._moments import Moments, merge_all
@@ -79,7 +79,7 @@ def _shape_names(layout):
 
 
 _SYNC_NOTES = """\
-Takes (N, C, *spatial) inputs with up to three spatial axes, or
+Takes ``(N, C, *spatial)`` inputs with up to three spatial axes, or
 channels-last ones with layout="NHWC", and every BatchNorm*d option.
 With one process, or in eval mode, it is BatchNorm and communicates
 nothing. With virtual_batch_size=k every shard's size must be a multiple
@@ -98,9 +98,11 @@ comm : mpi4py communicator, optional
 
 
 class SyncBatchNorm(BatchNormBase):
-    __doc__ = layer_doc(
-        "Batch normalization with statistics over the whole distributed batch.",
-        _SYNC_PARAMETERS, notes=_SYNC_NOTES)
+    """Batch normalization with statistics over the whole distributed batch."""
+
+    _DOC_PARAMETERS = _SYNC_PARAMETERS
+    _DOC_NOTES = _SYNC_NOTES
+    _DOC_EXAMPLE = ""   # needs MPI processes: see examples/mpi_data_parallel.py
 
     _SHAPES = {"NCHW": _shape_names("NCHW"), "NHWC": _shape_names("NHWC")}
 

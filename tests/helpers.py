@@ -25,6 +25,12 @@ def channel_axis(layout, ndim):
     return 1 if layout == "NCHW" else ndim - 1
 
 
+def channels_of(shape, layout):
+    """(channel axis, channel count) of an input of shape in layout."""
+    axis = channel_axis(layout, len(shape))
+    return axis, shape[axis]
+
+
 def random_input(rng, shape, dtype, scale=2.0, offset=0.5):
     """Random data with per-channel-ish structure; never zeros."""
     return (rng.standard_normal(shape) * scale + offset).astype(dtype)
@@ -41,3 +47,16 @@ def layer_cases():
             for layout in LAYOUTS:
                 yield pytest.param(cls, to_layout(shape, layout), layout,
                                    id=f"{cls.__name__}-{layout}-{'x'.join(map(str, shape))}")
+
+
+def layer_with_random_state(cls, shape, layout, dtype, rng):
+    """(layer, channel axis) for inputs of shape: random weight, bias and
+    running statistics (running_var in [0.5, 2))."""
+    axis = channel_axis(layout, len(shape))
+    C = shape[axis]
+    bn = cls(C, dtype=dtype, layout=layout)
+    bn.weight[...] = rng.standard_normal(C)
+    bn.bias[...] = rng.standard_normal(C)
+    bn.running_mean[...] = rng.standard_normal(C)
+    bn.running_var[...] = rng.uniform(0.5, 2.0, C)
+    return bn, axis

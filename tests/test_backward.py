@@ -4,7 +4,8 @@ import pytest
 
 import cbn
 import reference as ref
-from helpers import DTYPES, channel_axis, layer_cases, random_input
+from helpers import (DTYPES, channel_axis, channels_of, layer_cases, layer_with_random_state,
+                     random_input)
 
 
 def grad_tol(dtype, ref_value):
@@ -16,8 +17,7 @@ def grad_tol(dtype, ref_value):
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("cls,shape,layout", list(layer_cases()))
 def test_train_backward_matches_closed_form(cls, shape, layout, affine, dtype, rng):
-    axis = channel_axis(layout, len(shape))
-    C = shape[axis]
+    axis, C = channels_of(shape, layout)
     if np.prod(shape) // C < 2:
         pytest.skip("one value per channel")
     bn = cls(C, affine=affine, dtype=dtype, layout=layout)
@@ -41,12 +41,7 @@ def test_train_backward_matches_closed_form(cls, shape, layout, affine, dtype, r
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cls,shape,layout", list(layer_cases()))
 def test_eval_backward_is_diagonal(cls, shape, layout, dtype, rng):
-    axis = channel_axis(layout, len(shape))
-    C = shape[axis]
-    bn = cls(C, dtype=dtype, layout=layout)
-    bn.weight[...] = rng.standard_normal(C)
-    bn.running_mean[...] = rng.standard_normal(C)
-    bn.running_var[...] = rng.uniform(0.5, 2, C)
+    bn, axis = layer_with_random_state(cls, shape, layout, dtype, rng)
     x = random_input(rng, shape, dtype)
     dy = random_input(rng, shape, dtype)
     bn.eval()(x)

@@ -4,15 +4,15 @@ import pytest
 
 import cbn
 import reference as ref
-from helpers import DTYPES, channel_axis, layer_cases, random_input, tol
+from helpers import (DTYPES, channel_axis, channels_of, layer_cases, layer_with_random_state,
+                     random_input, tol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("cls,shape,layout", list(layer_cases()))
 def test_train_forward_matches_reference(cls, shape, layout, affine, dtype, rng):
-    axis = channel_axis(layout, len(shape))
-    C = shape[axis]
+    axis, C = channels_of(shape, layout)
     bn = cls(C, affine=affine, dtype=dtype, layout=layout)
     if affine:
         bn.weight[...] = rng.standard_normal(C)
@@ -33,13 +33,7 @@ def test_train_forward_matches_reference(cls, shape, layout, affine, dtype, rng)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cls,shape,layout", list(layer_cases()))
 def test_eval_forward_uses_running_statistics(cls, shape, layout, dtype, rng):
-    axis = channel_axis(layout, len(shape))
-    C = shape[axis]
-    bn = cls(C, dtype=dtype, layout=layout)
-    bn.weight[...] = rng.standard_normal(C)
-    bn.bias[...] = rng.standard_normal(C)
-    bn.running_mean[...] = rng.standard_normal(C)
-    bn.running_var[...] = rng.uniform(0.5, 2.0, C)
+    bn, axis = layer_with_random_state(cls, shape, layout, dtype, rng)
     x = random_input(rng, shape, dtype)
     before = bn.state_dict()
     y = bn.eval()(x)

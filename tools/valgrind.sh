@@ -16,7 +16,7 @@ suppressions=$(cd "$(dirname "$0")" && pwd)/valgrind.supp
 sandbox_install "-g" ""
 
 if [ "$#" -eq 0 ]; then
-    set -- tests/test_forward.py tests/test_backward.py tests/test_views.py tests/test_relu.py \
+    set -- tests/test_forward.py tests/test_backward.py tests/test_views.py tests/test_fused_relu.py \
         tests/test_nonfinite.py tests/test_out.py
 fi
 # The baseline loops: valgrind 3.19 does not decode every AVX2 instruction.
