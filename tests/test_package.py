@@ -1,6 +1,11 @@
 """The installed package: version, public names, typing stubs."""
+import ast
+import importlib
+import inspect
 from importlib import metadata
 from pathlib import Path
+
+import pytest
 
 import cbn
 
@@ -22,3 +27,17 @@ def test_typing_stubs_ship_with_the_compiled_modules():
     assert (root / "py.typed").exists()
     for module in ("_forward", "_backward", "_runtime"):
         assert (root / f"{module}.pyi").exists(), module
+
+
+@pytest.mark.parametrize("module", ["_forward", "_backward", "_runtime"])
+def test_typing_stubs_match_the_compiled_functions(module):
+    """Every public function of a compiled module has a stub with its parameter names."""
+    compiled = importlib.import_module(f"cbn.{module}")
+    stub = ast.parse((Path(cbn.__file__).parent / f"{module}.pyi").read_text())
+    stubbed = {node.name: [a.arg for a in node.args.args + node.args.kwonlyargs]
+               for node in stub.body if isinstance(node, ast.FunctionDef)}
+    public = {name: fn for name, fn in vars(compiled).items()
+              if callable(fn) and not name.startswith("_") and not isinstance(fn, type)}
+    assert sorted(stubbed) == sorted(public)
+    for name, fn in public.items():
+        assert list(inspect.signature(fn).parameters) == stubbed[name], name
