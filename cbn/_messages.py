@@ -37,7 +37,9 @@ class MessageLayout:
 
     @staticmethod
     def flagged(rows):
-        """The ranks (indices of gathered rows) whose input was rejected."""
+        """The indices of the rows whose error flag is set: of gathered rows,
+        the ranks whose input was rejected; of one summed (all-reduced) row,
+        [0] when any rank's was."""
         return np.flatnonzero(np.asarray(rows)[..., 0])
 
     def read(self, rows, name):

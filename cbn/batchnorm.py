@@ -55,7 +55,7 @@ To override:
 
 To call, from subclasses (holding ``_state_lock`` where they change
 state): ``_parameters``, ``_check_input``, ``_check_batch``,
-``_check_count_room``, ``_normalize_virtual_batches``,
+``_check_count_room``, ``_normalize_virtual_batches``, ``_step_momentum``,
 ``_stage_running_update``, ``_stage_forward`` (the saved forward, and the
 statistics observer's share), ``_last_forward`` and ``_checked_backward``
 (the dy and out checks).
@@ -82,10 +82,10 @@ class BatchNormBase:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if cls.__doc__ is None:
-            return
+        if cls.__doc__ is None or "\nParameters\n" in cls.__doc__:
+            return   # python -OO, or a docstring of its own
         example = ""
-        if cls._DOC_EXAMPLE and cls._SHAPES:
+        if cls._DOC_EXAMPLE and cls._SHAPES.get("NCHW"):
             shape = EXAMPLE_SHAPES[min(cls._SHAPES["NCHW"])]
             example = cls._DOC_EXAMPLE.format(name=cls.__name__, shape=shape)
         cls.__doc__ = layer_doc(inspect.cleandoc(cls.__doc__), cls._DOC_PARAMETERS,
@@ -365,11 +365,12 @@ class BatchNormBase:
         p = parameters
         changes = Changes()
         if not batch_stats:
+            # the input's statistics before out=x overwrites it
+            moments = _ops.moments(canon) if observer is not None else None
             y, coef = _ops.normalize(canon, p.running_mean, p.running_var, p.eps, p.weight,
                                      p.bias, output, relu)
             pieces = (Piece(canon, p.weight, fixed_stats=FixedStatistics(
                 p.running_mean, p.running_var, p.eps), relu_coef=coef),)
-            moments = _ops.moments(canon) if observer is not None else None
         else:
             if k is None or k == x.shape[0]:
                 y, piece = self._normalize_batch(canon, output, relu, p)
@@ -381,7 +382,7 @@ class BatchNormBase:
             moments = (merge_all(piece.moments() for piece in pieces) if observer is not None
                        else None)
         self._stage_forward(changes, SavedForward(canon, pieces, batch_stats, overwritten),
-                            moments)
+                            observer, moments)
         changes.apply()
         return y
 
@@ -501,7 +502,8 @@ class BatchNormBase:
         numpy.ndarray
             dx (``out`` when given).
         """
-        saved, output = self._checked_backward(dy, out)
+        saved = self._saved
+        output = self._checked_backward(saved, dy, out)
         canon, pieces, batch_stats, _ = saved
         if len(pieces) == 1 and pieces[0].rows is None:
             p = pieces[0]
@@ -556,13 +558,12 @@ class BatchNormBase:
         """Stage attaching observer (None: detaching it)."""
         changes.set(self, "_collector", observer)
 
-    def _stage_forward(self, changes, saved, moments):
-        """Stage a forward's SavedForward and, for the observer attached when it
-        started (the state lock held since), the input's per-channel Moments
-        (None when no observer was attached)."""
+    def _stage_forward(self, changes, saved, observer, moments):
+        """Stage a forward's SavedForward and, when a statistics observer was
+        attached as it started (None if not), the input's per-channel Moments."""
         changes.set(self, "_saved", saved)
-        if moments is not None:
-            self._collector.stage_add(changes, moments)
+        if observer is not None:
+            observer.stage_add(changes, moments)
 
     def _running_snapshot(self):
         """Copies of (running_mean, running_var) and num_batches_tracked (an
@@ -575,12 +576,11 @@ class BatchNormBase:
         changes.copy(self._running_var, var)
         changes.set(self, "_num_batches_tracked", num_batches_tracked)
 
-    def _checked_backward(self, dy, out):
-        """(SavedForward, Output) for a backward of the last forward with
-        output gradient dy and out; ValueError or TypeError naming the
-        argument when there is no forward to differentiate or dy or out do
-        not fit it."""
-        saved = self._saved
+    def _checked_backward(self, saved, dy, out):
+        """The Output for a backward of saved (the last forward, read once by
+        the caller) with output gradient dy and out; ValueError or TypeError
+        naming the argument when there is no forward to differentiate or dy
+        or out do not fit it."""
         if saved is None:
             raise ValueError("dy: expected a forward on this layer first (backward differentiates "
                              "it), got none")
@@ -596,7 +596,7 @@ class BatchNormBase:
         if out is not None:
             check_out_overlap(out, canon.view, "x", allow_same=False)
             check_out_overlap(out, dy, "dy")
-        return saved, canon.output(out, orders=(dy,))
+        return canon.output(out, orders=(dy,))
 
     # ------------------------------------------------------------ state
 

@@ -201,10 +201,6 @@ class SyncBatchNorm(BatchNormBase):
             raise ValueError(f"x: expected more than 1 value per channel over all processes "
                              f"when using batch statistics, got {int(total.count)}")
 
-    def _observed(self, moments):
-        """moments when a statistics observer is attached, else None (see _stage_forward)."""
-        return moments if self._observer is not None else None
-
     # ------------------------------------------------------------ forward
 
     def forward(self, x, out=None):
@@ -265,7 +261,7 @@ class SyncBatchNorm(BatchNormBase):
         piece = Piece(canon, p.weight, batch_stats=stats, relu_coef=coef,
                       global_count=total.count)
         self._stage_forward(changes, SavedForward(canon, (piece,), True, overwritten),
-                            self._observed(total))
+                            self._observer, total)
         changes.apply()
         return y
 
@@ -308,7 +304,7 @@ class SyncBatchNorm(BatchNormBase):
                                        layout.read(gathered, "mean_sum").sum(axis=0) / count,
                                        layout.read(gathered, "var_sum").sum(axis=0) / count)
         self._stage_forward(changes, SavedForward(canon, pieces, True, overwritten),
-                            self._observed(total))
+                            self._observer, total)
         changes.apply()
         return y
 
@@ -334,12 +330,11 @@ class SyncBatchNorm(BatchNormBase):
         saved = self._last_forward
         if saved is None or not saved.pieces or saved.pieces[0].global_count is None:
             return super().backward(dy, out)   # one process, eval, or local virtual batches
-        C = self.num_features
+        C, piece = self.num_features, saved.pieces[0]
         layout = MessageLayout(sums=2 * C)
         error, local = None, np.zeros((2, C))
         try:
-            saved, output = self._checked_backward(dy, out)
-            piece = saved.pieces[0]
+            output = self._checked_backward(saved, dy, out)
             if dy.size:
                 local = _ops.grad_sums(saved.canon, dy, piece.batch_stats[0], piece.relu_coef)
         except (TypeError, ValueError) as exc:

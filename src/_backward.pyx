@@ -35,13 +35,13 @@ cdef inline const void* relu_at(const Job* job, Py_ssize_t c) noexcept nogil:
 
 cdef void cf_unit_sums(const floating* x, const Job* job, Py_ssize_t u) noexcept nogil:
     """part[2u], part[2u+1] = sums of unit u = c * parts + k (channel c, batch range k)."""
-    cdef Py_ssize_t c = u // job.parts, k = u % job.parts
+    cdef Py_ssize_t c = u // job.pieces, k = u % job.pieces
     cdef Py_ssize_t n0 = piece_start(job, k)
     cdef cbn_block runs = block_at(job, n0, piece_start(job, k + 1) - n0, c)
-    job.part[2 * u] = 0.0
-    job.part[2 * u + 1] = 0.0
+    job.partials[2 * u] = 0.0
+    job.partials[2 * u + 1] = 0.0
     runs_grad_sums(&runs, (<const floating*>job.tables.coef)[c], relu_at(job, c),
-                   &job.part[2 * u], &job.part[2 * u + 1])
+                   &job.partials[2 * u], &job.partials[2 * u + 1])
 
 
 cdef void cf_unit_grad_input(const floating* x, const Job* job, Py_ssize_t u) noexcept nogil:
@@ -75,9 +75,9 @@ cdef void cl_part_sums(const floating* x, const Job* job, Py_ssize_t k) noexcept
     cdef Py_ssize_t C = job.x.C, c
     cdef Py_ssize_t block = row_block(C, sizeof(floating))
     cdef Py_ssize_t r = piece_start(job, k), r1 = piece_start(job, k + 1)
-    cdef double* s_g = job.part + k * 2 * C
+    cdef double* s_g = job.partials + k * 2 * C
     cdef double* s_gx = s_g + C
-    cdef floating* b_g = <floating*>job.rows + k * 2 * C
+    cdef floating* b_g = <floating*>job.row_scratch + k * 2 * C
     cdef floating* b_gx = b_g + C
     cdef cbn_block rows
     for c in range(C):
@@ -103,21 +103,21 @@ cdef void cl_block_grad_input(const floating* x, const Job* job, Py_ssize_t i) n
 
 # ---------------------------------------------------------------- kernels
 
-cdef void sum_parts(const Job* job) noexcept nogil:
+cdef void sum_partials(const Job* job) noexcept nogil:
     """sums = the per-piece partial sums added in a fixed order."""
-    cdef Py_ssize_t c, k, C = job.x.C, parts = job.parts
+    cdef Py_ssize_t c, k, C = job.x.C, pieces = job.pieces
     cdef double* sums = job.tables.sums
-    cdef const double* part = job.part
+    cdef const double* partials = job.partials
     for c in range(2 * C):
         sums[c] = 0.0
     for c in range(C):
-        for k in range(parts):
+        for k in range(pieces):
             if job.channels_first:
-                sums[c] += part[2 * (c * parts + k)]
-                sums[C + c] += part[2 * (c * parts + k) + 1]
+                sums[c] += partials[2 * (c * pieces + k)]
+                sums[C + c] += partials[2 * (c * pieces + k) + 1]
             else:
-                sums[c] += part[k * 2 * C + c]
-                sums[C + c] += part[k * 2 * C + C + c]
+                sums[c] += partials[k * 2 * C + c]
+                sums[C + c] += partials[k * 2 * C + C + c]
 
 
 cdef void sums_kernel(const floating* x, const Job* job) noexcept nogil:
@@ -130,10 +130,10 @@ cdef void sums_kernel(const floating* x, const Job* job) noexcept nogil:
     for c in range(C):
         shift[c] = <floating>mean[c]
     if job.channels_first:
-        for_each(cf_unit_sums[floating], x, job, C * job.parts, job.nthreads)
+        for_each(cf_unit_sums[floating], x, job, C * job.pieces, job.nthreads)
     else:
-        for_each(cl_part_sums[floating], x, job, job.parts, job.nthreads)
-    sum_parts(job)
+        for_each(cl_part_sums[floating], x, job, job.pieces, job.nthreads)
+    sum_partials(job)
     for c in range(C):  # sum(g * (x - shift)) -> sum(g * (x - mean))
         sums[C + c] = sums[C + c] - (mean[c] - <double>shift[c]) * sums[c]
 
@@ -177,12 +177,12 @@ cdef void run_with_scratch(Kernel kernel, Job* job) except *:
     cdef bint reduces = kernel != GRAD_INPUT
     cdef bint own_sums = job.tables.sums == NULL
     cdef Py_ssize_t C = job.x.C
-    cdef Py_ssize_t partials = 2 * C * job.parts if reduces else 0
+    cdef Py_ssize_t partials = 2 * C * job.pieces if reduces else 0
     cdef void* block = allocate(job, partials + (2 * C if own_sums else 0), 4,
                                 0 if job.channels_first else partials)
     if own_sums:
-        job.tables.sums = job.part
-        job.part += 2 * C
+        job.tables.sums = job.partials
+        job.partials += 2 * C
     run_and_free(run_typed[float], run_typed[double], kernel, job, block)
 
 

@@ -24,7 +24,7 @@ cdef enum:
     BLOCK_BYTES = 16384       # channels-first: re-read from L1 by a second pass
     ROW_BLOCK_BYTES = 262144  # channels-last: within L2 if a block must be re-read
     MAX_ROW_BLOCK = 64        # rows summed in the input type before a float64 merge
-                              # (16 additions per lane, 4 rows at a time: see cbn_loops.h)
+                              # (16 additions per lane, 4 rows at a time: see cbn_loops_impl.h)
 
 cdef struct Moments:
     double count

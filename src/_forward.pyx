@@ -4,7 +4,7 @@
 # of S values, and channels-last (M, C), each row a contiguous run of C
 # channels; 3-D arrays are the first, 2-D the second. Only the innermost axis
 # must be contiguous. Each entry point fills and checks a Job (_job.pxd),
-# then run() dispatches on the dtype once; each kernel branches on the
+# then run_and_free dispatches on the dtype once; each kernel branches on the
 # layout. Loop bodies take (x, job, i) and run through for_each.
 cimport numpy as cnp
 from cython cimport floating
@@ -17,7 +17,7 @@ from _job cimport (Job, allocate, begin, block_at, channel_threads, elementwise,
                    vector_data)
 from _loops cimport CBN_RELU, cbn_block, init_loops, rows_affine, runs_affine
 from _block_moments cimport (Moments, merge_partials, moments_zero, rows_moments,
-                      strided_runs_moments)
+                             strided_runs_moments)
 from _plan cimport fuse_by_channel
 
 cnp.import_array()
@@ -34,13 +34,13 @@ cdef enum Kernel:
 
 cdef void cf_unit_moments(const floating* x, const Job* job, Py_ssize_t u) noexcept nogil:
     """part[3u : 3u+3] = (count, mean, m2) of unit u = c * parts + k (channel c, batch range k)."""
-    cdef Py_ssize_t c = u // job.parts, k = u % job.parts
+    cdef Py_ssize_t c = u // job.pieces, k = u % job.pieces
     cdef Py_ssize_t n0 = piece_start(job, k), n1 = piece_start(job, k + 1)
     cdef Moments acc = moments_zero()
     strided_runs_moments(x + n0 * job.x.sn + c * job.x.sc, n1 - n0, job.x.sn, job.x.S, &acc)
-    job.part[3 * u] = acc.count
-    job.part[3 * u + 1] = acc.mean
-    job.part[3 * u + 2] = acc.m2
+    job.partials[3 * u] = acc.count
+    job.partials[3 * u + 1] = acc.mean
+    job.partials[3 * u + 2] = acc.m2
 
 
 cdef void cf_unit_affine(const floating* x, const Job* job, Py_ssize_t u) noexcept nogil:
@@ -64,11 +64,11 @@ cdef void cf_channel_train(const floating* x, const Job* job, Py_ssize_t c) noex
 cdef void cl_part_moments(const floating* x, const Job* job, Py_ssize_t k) noexcept nogil:
     """part[k*(2C+1) :] = (count, mean[C], m2[C]) of row range k; rows: 3C per range."""
     cdef Py_ssize_t C = job.x.C, i
-    cdef double* p = job.part + k * (2 * C + 1)
+    cdef double* p = job.partials + k * (2 * C + 1)
     for i in range(2 * C + 1):
         p[i] = 0.0
     rows_moments(x, job.x.sn, piece_start(job, k), piece_start(job, k + 1), C,
-                 <floating*>job.rows + k * 3 * C, p)
+                 <floating*>job.row_scratch + k * 3 * C, p)
 
 
 cdef void cl_block_affine(const floating* x, const Job* job, Py_ssize_t i) noexcept nogil:
@@ -82,13 +82,14 @@ cdef void cl_block_affine(const floating* x, const Job* job, Py_ssize_t i) noexc
 cdef inline Moments merged(const Job* job, Py_ssize_t c) noexcept nogil:
     """Channel c's statistics, its partial results merged in a fixed order."""
     cdef Moments acc = moments_zero()
-    cdef Py_ssize_t C = job.x.C, parts = job.parts
-    cdef const double* part = job.part
+    cdef Py_ssize_t C = job.x.C, pieces = job.pieces
+    cdef const double* units   # channels-first: channel c's units, 3 values each
     if job.channels_first:
-        merge_partials(part + 3 * c * parts, part + 3 * c * parts + 1, part + 3 * c * parts + 2,
-                       parts, 3, &acc)
+        units = job.partials + 3 * c * pieces
+        merge_partials(units, units + 1, units + 2, pieces, 3, &acc)
     else:
-        merge_partials(part, part + 1 + c, part + 1 + C + c, parts, 2 * C + 1, &acc)
+        merge_partials(job.partials, job.partials + 1 + c, job.partials + 1 + C + c, pieces,
+                       2 * C + 1, &acc)
     return acc
 
 
@@ -126,9 +127,9 @@ cdef void channel_given_stats(const floating* x, const Job* job, Py_ssize_t c) n
 cdef void partial_moments(const floating* x, const Job* job) noexcept nogil:
     """Per-unit (channels-first) or per-row-range (channels-last) statistics into part."""
     if job.channels_first:
-        for_each(cf_unit_moments[floating], x, job, job.x.C * job.parts, job.nthreads)
+        for_each(cf_unit_moments[floating], x, job, job.x.C * job.pieces, job.nthreads)
     else:
-        for_each(cl_part_moments[floating], x, job, job.parts, job.nthreads)
+        for_each(cl_part_moments[floating], x, job, job.pieces, job.nthreads)
 
 
 cdef void affine(const floating* x, const Job* job) noexcept nogil:
@@ -159,23 +160,22 @@ cdef void run_typed(int kernel, const floating* x, const Job* job) noexcept nogi
 cdef Py_ssize_t partial_doubles(const Job* job) noexcept:
     """Partial statistics: per unit (channels-first) or per row range (channels-last)."""
     if job.channels_first:
-        return 3 * job.x.C * job.parts
-    return job.parts * (2 * job.x.C + 1)
+        return 3 * job.x.C * job.pieces
+    return job.pieces * (2 * job.x.C + 1)
 
 
 cdef Py_ssize_t row_values(const Job* job) noexcept:
     """Channels-last: 3*C values of x's dtype per row range."""
-    return 0 if job.channels_first else 3 * job.x.C * job.parts
+    return 0 if job.channels_first else 3 * job.x.C * job.pieces
 
 
-cdef void run_with_scratch(Kernel kernel, Job* job, object relu_coef) except *:
-    """run_typed(kernel) with its scratch, then a copy of the coefficients to
-    relu_coef (a fused ReLU's, for backward) when given."""
+cdef void run_with_scratch(Kernel kernel, Job* job) except *:
+    """run_typed(kernel) with its scratch; the coefficients go to the caller's
+    relu_coef when given (begin_affine), else to scratch."""
     cdef bint reduces = kernel != NORMALIZE
-    cdef void* block = allocate(job, partial_doubles(job) if reduces else 0, 3,
+    cdef void* block = allocate(job, partial_doubles(job) if reduces else 0,
+                                3 if job.tables.coef == NULL else 0,
                                 row_values(job) if reduces else 0)
-    if relu_coef is not None:   # the coefficients' scratch is the caller's array
-        job.tables.coef = cnp.PyArray_DATA(relu_coef)
     run_and_free(run_typed[float], run_typed[double], kernel, job, block)
 
 
@@ -187,7 +187,8 @@ cdef cnp.ndarray begin_affine(Job* job, object x, object y, object weight, objec
     job.tables.weight = vector_data(weight, "weight", xa)
     job.tables.bias = vector_data(bias, "bias", xa)
     job.eps = eps
-    table_data(relu_coef, "relu_coef", 3, xa, True)
+    # a fused ReLU's coefficients, written for backward (an array of their own)
+    job.tables.coef = table_data(relu_coef, "relu_coef", 3, xa, True)
     return xa
 
 
@@ -199,7 +200,7 @@ def moments(x, out, int nthreads):
     cdef Job job
     cdef cnp.ndarray xa = begin(&job, x, nthreads)
     job.tables.moments = f64_table(out, "out", 2, xa, True)
-    run_with_scratch(MOMENTS, &job, None)
+    run_with_scratch(MOMENTS, &job)
     return job.x.N * job.x.S
 
 
@@ -217,7 +218,7 @@ def normalize(x, y, weight, bias, double eps, stats, double count, relu_coef, in
     cdef cnp.ndarray xa = begin_affine(&job, x, y, weight, bias, eps, relu_coef, nthreads)
     job.tables.stats = f64_table(stats, "stats", 2, xa, False)
     job.count = count
-    run_with_scratch(NORMALIZE, &job, relu_coef)
+    run_with_scratch(NORMALIZE, &job)
 
 
 def train_forward(x, y, weight, bias, double eps, stats, relu_coef, int nthreads):
@@ -231,7 +232,7 @@ def train_forward(x, y, weight, bias, double eps, stats, relu_coef, int nthreads
     job.tables.stats = f64_table(stats, "stats", 3, xa, True)
     if job.x.N * job.x.S < 2:
         raise ValueError("x: expected more than 1 value per channel")
-    run_with_scratch(TRAIN, &job, relu_coef)
+    run_with_scratch(TRAIN, &job)
 
 
 cdef Py_ssize_t moved_all(floating* running_mean, floating* running_var, const double* mean,

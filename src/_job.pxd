@@ -33,7 +33,9 @@ cdef struct Tables:
     void* coef              # forward (3, C) [shift, scale, offset]:
                             #   y = (x - shift) * scale + offset
                             # backward (4, C) [shift, k_dy, k_x, k_0]: see grad_input_coefficients
-    double* stats           # float64 [mean, invstd, biased var] (3, C); backward reads (2, C)
+    double* stats           # float64 statistics: train_forward writes [mean, invstd,
+                            # biased var] (3, C); normalize reads [mean, var] (2, C),
+                            # backward and grad_input [mean, invstd] (2, C), grad_sums mean (C,)
     double* sums            # float64 (2, C) [sum(g), sum(g * (x - mean))], g = dy (ReLU-gated)
     double* moments         # float64 (2, C) [mean, M2]
     void* param_grads       # backward: (2, C) [sum(g * xhat), sum(g)], or NULL
@@ -48,10 +50,11 @@ cdef struct Job:
     bint channels_first     # x is (N, C, S) runs (else (M, C) rows)
     bint batch_stats        # backward: stats are x's own (training), not fixed (eval)
     double eps
-    double count            # values per channel behind given statistics, or 0 (see normalize)
-    Py_ssize_t parts        # pieces a channel's reduction is split into (_plan.pxd)
-    double* part            # float64 partial results, per piece
-    void* rows              # channels-last: per-piece row buffers, x's dtype
+    double count            # values per channel behind the statistics: normalize's
+                            # caller's (0: not x's own), backward N*S, grad_input all ranks'
+    Py_ssize_t pieces       # pieces a channel's reduction is split into (_plan.pxd)
+    double* partials        # float64 partial results, per piece (and work unit)
+    void* row_scratch       # channels-last: per-piece row buffers, x's dtype
     int nthreads
 
 
@@ -63,7 +66,7 @@ cdef inline cnp.ndarray begin(Job* job, object x, int nthreads):
     job.x = tensor(xa)
     job.f32 = typenum == cnp.NPY_FLOAT32
     job.channels_first = cnp.PyArray_NDIM(xa) == 3
-    job.parts = (channel_parts(job.x.N, job.x.C, job.x.S) if job.channels_first
+    job.pieces = (channel_parts(job.x.N, job.x.C, job.x.S) if job.channels_first
                  else row_parts(job.x.N))
     job.nthreads = checked_threads(nthreads)
     return xa
@@ -120,16 +123,18 @@ cdef inline double* f64_table(object a, str name, Py_ssize_t rows, cnp.ndarray x
 
 cdef inline void* allocate(Job* job, Py_ssize_t doubles, Py_ssize_t coef_rows,
                            Py_ssize_t row_values) except NULL:
-    """One block of scratch: job.part (doubles float64 values), then
-    job.tables.coef (coef_rows * C values of x's dtype), then job.rows
-    (row_values of them). Returns the block, for free_scratch."""
+    """One block of scratch: job.partials (doubles float64 values), then
+    job.tables.coef (coef_rows * C values of x's dtype; with 0 rows the
+    caller's table stays), then job.row_scratch (row_values of them).
+    Returns the block, for free_scratch."""
     cdef Py_ssize_t itemsize = 4 if job.f32 else 8
     cdef Py_ssize_t coef_bytes = coef_rows * job.x.C * itemsize
     cdef char* block = <char*>scratch(doubles * sizeof(double) + coef_bytes
                                       + row_values * itemsize)
-    job.part = <double*>block
-    job.tables.coef = block + doubles * sizeof(double)
-    job.rows = block + doubles * sizeof(double) + coef_bytes
+    job.partials = <double*>block
+    if coef_rows:
+        job.tables.coef = block + doubles * sizeof(double)
+    job.row_scratch = block + doubles * sizeof(double) + coef_bytes
     return block
 
 
@@ -171,7 +176,7 @@ cdef inline int channel_threads(const Job* job) noexcept nogil:
 
 cdef inline Py_ssize_t piece_start(const Job* job, Py_ssize_t k) noexcept nogil:
     """The first batch index (channels-first) or row (channels-last) of piece k."""
-    return part_start(job.x.N, job.parts, k)
+    return part_start(job.x.N, job.pieces, k)
 
 
 cdef inline Py_ssize_t row_blocks(const Job* job, Py_ssize_t block) noexcept nogil:

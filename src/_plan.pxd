@@ -29,14 +29,14 @@ cdef inline Py_ssize_t channel_parts(Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) n
     return max(1, min(parts, N))
 
 
-cdef inline bint fuse_by_channel(Tensor g, Py_ssize_t bytes_per_value) noexcept nogil:
+cdef inline bint fuse_by_channel(Tensor x, Py_ssize_t bytes_per_value) noexcept nogil:
     """Channels-first: statistics and output of one channel at a time (its values
     still in cache for the second pass) rather than separate passes, the output
     pass in memory order. Fusing saves a DRAM read once the input outgrows L2;
     below that memory order is faster (no L1 set conflicts between runs 4 KiB
     apart). Needs unsplit channels; depends on the shape only."""
-    return (channel_parts(g.N, g.C, g.S) == 1
-            and g.N * g.C * g.S * bytes_per_value > FUSE_MIN_BYTES)
+    return (channel_parts(x.N, x.C, x.S) == 1
+            and x.N * x.C * x.S * bytes_per_value > FUSE_MIN_BYTES)
 
 
 cdef inline Py_ssize_t channels_per_unit(Py_ssize_t C, Py_ssize_t S) noexcept nogil:

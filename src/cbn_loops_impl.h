@@ -293,30 +293,56 @@ TARGET_ATTRS static inline ELEM FN(grad_input1)(ELEM dy, ELEM x, const ELEM *k, 
     return fixed ? g * k[ts] : g * k[ts] + (x - k[0]) * k[2 * ts] + k[3 * ts];
 }
 
+/* A channel's n coefficients (read ts apart), as scalars and as splat
+ * vectors: loaded once per channel, not reloaded after every store */
+typedef struct {
+    ELEM s[4];
+    VEC v[4];
+} FN(coefs);
+
+TARGET_ATTRS static inline void FN(load_coefs)(FN(coefs) *c, const ELEM *k, ptrdiff_t ts,
+                                               int n)
+{
+    for (int j = 0; j < n; j++) {
+        c->s[j] = k ? k[j * ts] : 0;
+        c->v[j] = FN(splat)(c->s[j]);
+    }
+}
+
+/* grad_input1 on a vector, with a channel's coefficients */
+TARGET_ATTRS static inline VEC FN(grad_input)(VEC g, VEC x, const FN(coefs) *k,
+                                              const FN(coefs) *relu, int fixed)
+{
+    if (relu) g = FN(gate)(g, (x - relu->v[0]) * relu->v[1] + relu->v[2]);
+    return fixed ? g * k->v[1] : g * k->v[1] + (x - k->v[0]) * k->v[2] + k->v[3];
+}
+
 /* Scalar math: affine1 for every value of the block's runs, run r with the
  * coefficients at coef + r * table_step (flags: CBN_STREAM, CBN_RELU) */
 TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coef)
 {
     const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
-    const ptrdiff_t n = b.length, ts = b.table_stride;
+    const ptrdiff_t n = b.length;
     const int relu = b.flags & CBN_RELU, stream = b.flags & CBN_STREAM;
+    FN(coefs) k;
     for (ptrdiff_t r = 0; r < b.count; r++) {
-        const ELEM *k = coef + r * b.table_step;
-        const VEC sv = FN(splat)(k[0]), av = FN(splat)(k[ts]), bv = FN(splat)(k[2 * ts]);
+        if (r == 0 || b.table_step)
+            FN(load_coefs)(&k, coef + r * b.table_step, b.table_stride, 3);
         const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
         ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
         ptrdiff_t i = 0, head, end;
         FN(stream_span)(o, n, stream, &head, &end);
-        for (; i < head; i++) o[i] = FN(affine1)(q[i], k, ts, relu);
+        for (; i < head; i++) o[i] = FN(affine1)(q[i], k.s, 1, relu);
         for (; i < end; i += LANES) {
-            VEC v = FN(affine)(FN(load)(q + i), sv, av, bv, relu);
+            VEC v = FN(affine)(FN(load)(q + i), k.v[0], k.v[1], k.v[2], relu);
             STREAM_STORE(o + i, v);
         }
         for (; i + 2 * LANES <= n; i += 2 * LANES) {
-            FN(store)(o + i, FN(affine)(FN(load)(q + i), sv, av, bv, relu));
-            FN(store)(o + i + LANES, FN(affine)(FN(load)(q + i + LANES), sv, av, bv, relu));
+            FN(store)(o + i, FN(affine)(FN(load)(q + i), k.v[0], k.v[1], k.v[2], relu));
+            FN(store)(o + i + LANES,
+                      FN(affine)(FN(load)(q + i + LANES), k.v[0], k.v[1], k.v[2], relu));
         }
-        for (; i < n; i++) o[i] = FN(affine1)(q[i], k, ts, relu);
+        for (; i < n; i++) o[i] = FN(affine1)(q[i], k.s, 1, relu);
     }
     if (stream) CBN_SFENCE();
 }
@@ -330,29 +356,28 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
     const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
     const ptrdiff_t n = b.length, ts = b.table_stride;
     const int stream = b.flags & CBN_STREAM, fixed = b.flags & CBN_FIXED;
+    const int relu = relu_coef != NULL;
+    FN(coefs) k, z;   /* {shift, k_dy, k_x, k_0} and the ReLU's {shift, scale, offset} */
     for (ptrdiff_t r = 0; r < b.count; r++) {
-        const ELEM *k = coef + r * b.table_step;
-        const ELEM *relu = relu_coef ? relu_coef + r * b.table_step : NULL;
-        const VEC sv = FN(splat)(k[0]), dv = FN(splat)(k[ts]), xv = FN(splat)(k[2 * ts]);
-        const VEC zv = FN(splat)(k[3 * ts]);
-        const VEC rsv = FN(splat)(relu ? relu[0] : 0), rav = FN(splat)(relu ? relu[ts] : 0);
-        const VEC rbv = FN(splat)(relu ? relu[2 * ts] : 0);
+        if (r == 0 || b.table_step) {
+            FN(load_coefs)(&k, coef + r * b.table_step, ts, 4);
+            FN(load_coefs)(&z, relu ? relu_coef + r * b.table_step : NULL, ts, 3);
+        }
         const ELEM *restrict g = (const ELEM *)b.dy + r * b.dy_stride;
         const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
         ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
+        const ELEM *zs = relu ? z.s : NULL;
         ptrdiff_t i = 0, head, end;
         FN(stream_span)(o, n, stream, &head, &end);
-        for (; i < head; i++) o[i] = FN(grad_input1)(g[i], q[i], k, relu, ts, fixed);
-        for (; i + LANES <= n; i += LANES) {
-            VEC qv = FN(load)(q + i), gv = FN(load)(g + i);
-            if (relu) gv = FN(gate)(gv, (qv - rsv) * rav + rbv);
-            VEC v = fixed ? gv * dv : gv * dv + (qv - sv) * xv + zv;
-            if (i < end)
-                STREAM_STORE(o + i, v);
-            else
-                FN(store)(o + i, v);
+        for (; i < head; i++) o[i] = FN(grad_input1)(g[i], q[i], k.s, zs, 1, fixed);
+        for (; i < end; i += LANES) {
+            VEC v = FN(grad_input)(FN(load)(g + i), FN(load)(q + i), &k, relu ? &z : NULL, fixed);
+            STREAM_STORE(o + i, v);
         }
-        for (; i < n; i++) o[i] = FN(grad_input1)(g[i], q[i], k, relu, ts, fixed);
+        for (; i + LANES <= n; i += LANES)
+            FN(store)(o + i, FN(grad_input)(FN(load)(g + i), FN(load)(q + i), &k,
+                                            relu ? &z : NULL, fixed));
+        for (; i < n; i++) o[i] = FN(grad_input1)(g[i], q[i], k.s, zs, 1, fixed);
     }
     if (stream) CBN_SFENCE();
 }

@@ -80,3 +80,13 @@ def test_nesting_the_same_layer_is_refused():
             with cbn.precise_statistics(bn):
                 pass
         bn(np.ones((3, 2), np.float32) * np.arange(3, dtype=np.float32)[:, None])
+
+
+def test_an_eval_forward_in_place_collects_its_input_not_its_output(rng):
+    x = random_input(rng, (40, 3), np.float64, scale=3.0, offset=5.0)
+    bn = cbn.BatchNorm1d(3, dtype=np.float64).eval()
+    with cbn.precise_statistics(bn):
+        inout = x.copy()
+        bn(inout, out=inout)   # normalises over the input
+    np.testing.assert_allclose(bn.running_mean, x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, x.var(axis=0, ddof=1), rtol=1e-12)
