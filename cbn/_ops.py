@@ -36,11 +36,8 @@ def normalize(canon, mean, var, eps, weight, bias, output, relu=False, count=0.0
     statistics, else 0 (running statistics). Returns (y, coef) as train_forward.
     """
     view = canon.view
-    stats = np.empty((2, view.shape[1]))
-    stats[0] = mean
-    stats[1] = var
     coef = np.empty((3, view.shape[1]), view.dtype) if relu else None
-    _forward.normalize(view, output.view, weight, bias, eps, stats, count, coef,
+    _forward.normalize(view, output.view, weight, bias, eps, mean, var, count, coef,
                        threads_for(view.size))
     return output.result(), coef
 

@@ -23,14 +23,6 @@ class ForwardParameters(NamedTuple):
     eps: float
 
 
-class FixedStatistics(NamedTuple):
-    """The running statistics an eval forward normalised with, as they were."""
-
-    mean: np.ndarray
-    var: np.ndarray
-    eps: float
-
-
 class Corrections(NamedTuple):
     """Batch renormalisation's per-channel (r, d), constants for backward."""
 
@@ -50,10 +42,12 @@ class Piece:
         A copy of the weight the output was scaled with (``weight * r`` for
         renormalisation), so that backward differentiates the forward that
         ran whatever happens to the layer's weight in between.
-    batch_stats : numpy.ndarray or None
-        float64 (3, C) [mean, invstd, biased var] of the group (training).
-    fixed_stats : FixedStatistics or None
-        The running statistics used instead (eval).
+    stats : numpy.ndarray or None
+        float64 (3, C) [mean, invstd, biased var]: the group's batch
+        statistics it was normalised with (training), else None.
+    eval_parameters : ForwardParameters or None
+        What an eval forward normalised with: its running statistics and eps
+        (copies) are the fixed statistics backward differentiates with.
     relu_coef : numpy.ndarray or None
         With a fused ReLU, the forward's (3, C) coefficients [shift, scale,
         offset], from which backward recomputes where the output was positive.
@@ -68,8 +62,8 @@ class Piece:
 
     canon: object
     weight: Optional[np.ndarray]
-    batch_stats: Optional[np.ndarray] = None
-    fixed_stats: Optional[FixedStatistics] = None
+    stats: Optional[np.ndarray] = None
+    eval_parameters: Optional[ForwardParameters] = None
     relu_coef: Optional[np.ndarray] = None
     corrections: Optional[Corrections] = None
     rows: Optional[slice] = None
@@ -77,13 +71,14 @@ class Piece:
 
     def backward_stats(self):
         """[mean, invstd] (float64 (2, C)) for the backward kernels."""
-        if self.batch_stats is None:
-            return _ops.fixed_stats(*self.fixed_stats)
-        return self.batch_stats[:2]
+        if self.stats is None:
+            p = self.eval_parameters
+            return _ops.fixed_stats(p.running_mean, p.running_var, p.eps)
+        return self.stats[:2]
 
     def moments(self):
         """The group's Moments (training forwards only)."""
-        stats, count = self.batch_stats, self.canon.count
+        stats, count = self.stats, self.canon.count
         return Moments(count, stats[0], stats[2] * count)
 
 

@@ -16,7 +16,7 @@ from ._commit import Changes
 from ._docs import EXAMPLE_SHAPES, LAYER_EXAMPLE, LAYER_OPTIONS, LAYER_PARAMETERS, layer_doc
 from ._layout import canonicalize, channel_axis, check_layout
 from ._moments import merge_all
-from ._records import FixedStatistics, ForwardParameters, Piece, SavedForward
+from ._records import ForwardParameters, Piece, SavedForward
 from ._state import INT64_MAX, checked_bound_vector, checked_count, layer_state, load_layer_state
 from ._validation import (
     check_batch_for_statistics,
@@ -369,8 +369,7 @@ class BatchNormBase:
             moments = _ops.moments(canon) if observer is not None else None
             y, coef = _ops.normalize(canon, p.running_mean, p.running_var, p.eps, p.weight,
                                      p.bias, output, relu)
-            pieces = (Piece(canon, p.weight, fixed_stats=FixedStatistics(
-                p.running_mean, p.running_var, p.eps), relu_coef=coef),)
+            pieces = (Piece(canon, p.weight, eval_parameters=p, relu_coef=coef),)
         else:
             if k is None or k == x.shape[0]:
                 y, piece = self._normalize_batch(canon, output, relu, p)
@@ -409,7 +408,7 @@ class BatchNormBase:
         parameters: the ForwardParameters this forward uses."""
         p = parameters
         y, stats, coef = _ops.train_forward(canon, p.weight, p.bias, p.eps, output, relu)
-        return y, Piece(canon, p.weight, batch_stats=stats, relu_coef=coef)
+        return y, Piece(canon, p.weight, stats=stats, relu_coef=coef)
 
     def _normalize_virtual_batches(self, x, canon, k, output, relu, parameters):
         """Ghost batch norm: each run of k consecutive rows normalised with its
@@ -434,9 +433,9 @@ class BatchNormBase:
         count = pieces[0].canon.count
         unbias = count / (count - 1.0)
         if len(pieces) == 1:
-            return pieces[0].batch_stats[0], pieces[0].batch_stats[2], unbias
-        means = np.mean([p.batch_stats[0] for p in pieces], axis=0)
-        unbiased = np.mean([p.batch_stats[2] * unbias for p in pieces], axis=0)
+            return pieces[0].stats[0], pieces[0].stats[2], unbias
+        means = np.mean([p.stats[0] for p in pieces], axis=0)
+        unbiased = np.mean([p.stats[2] * unbias for p in pieces], axis=0)
         return means, unbiased, 1.0
 
     def _updated_running_stats(self, mean, var, var_scale):

@@ -134,13 +134,13 @@ True"""
         stats[0] = moments.mean
         stats[1] = 1.0 / np.sqrt(var + p.eps)
         stats[2] = var
-        return y, Piece(canon, scaled_weight, batch_stats=stats, relu_coef=coef,
+        return y, Piece(canon, scaled_weight, stats=stats, relu_coef=coef,
                         corrections=corrections)
 
     def _running_targets(self, pieces):
         """(mean_B, sigma_B, 1) of the batch, or the means over virtual batches."""
-        means = np.mean([p.batch_stats[0] for p in pieces], axis=0)
-        sigmas = np.mean([np.sqrt(p.batch_stats[2] + self.eps) for p in pieces], axis=0)
+        means = np.mean([p.stats[0] for p in pieces], axis=0)
+        sigmas = np.mean([np.sqrt(p.stats[2] + self.eps) for p in pieces], axis=0)
         return means, sigmas, 1.0
 
     def _updated_running_stats(self, mean, sigma_b, _):

@@ -258,7 +258,7 @@ class SyncBatchNorm(BatchNormBase):
         stats[0] = total.mean
         stats[1] = 1.0 / np.sqrt(var + p.eps)
         stats[2] = var
-        piece = Piece(canon, p.weight, batch_stats=stats, relu_coef=coef,
+        piece = Piece(canon, p.weight, stats=stats, relu_coef=coef,
                       global_count=total.count)
         self._stage_forward(changes, SavedForward(canon, (piece,), True, overwritten),
                             self._observer, total)
@@ -336,7 +336,7 @@ class SyncBatchNorm(BatchNormBase):
         try:
             output = self._checked_backward(saved, dy, out)
             if dy.size:
-                local = _ops.grad_sums(saved.canon, dy, piece.batch_stats[0], piece.relu_coef)
+                local = _ops.grad_sums(saved.canon, dy, piece.stats[0], piece.relu_coef)
         except (TypeError, ValueError) as exc:
             error = exc
         sent = layout.pack(error, sums=local.ravel())
@@ -347,12 +347,12 @@ class SyncBatchNorm(BatchNormBase):
         if MessageLayout.flagged(total).size:
             raise ValueError("dy: expected valid inputs on every rank, got one rejected on another "
                              "rank; no gradient was computed")
-        dx = _ops.grad_input(saved.canon, dy, piece.batch_stats[:2], piece.weight,
+        dx = _ops.grad_input(saved.canon, dy, piece.stats[:2], piece.weight,
                              layout.read(total, "sums").reshape(2, C), piece.global_count, output,
                              piece.relu_coef)
         if self.affine:
             changes = Changes()
-            changes.set(self, "grad_weight", (local[1] * piece.batch_stats[1]).astype(self.dtype))
+            changes.set(self, "grad_weight", (local[1] * piece.stats[1]).astype(self.dtype))
             changes.set(self, "grad_bias", local[0].astype(self.dtype))
             changes.apply()
         return dx

@@ -204,21 +204,51 @@ def moments(x, out, int nthreads):
     return job.x.N * job.x.S
 
 
-def normalize(x, y, weight, bias, double eps, stats, double count, relu_coef, int nthreads):
-    """y = weight * (x - mean) / sqrt(var + eps) + bias, stats = [mean, var]
-    (float64 (2, C), e.g. the running statistics).
+def normalize(x, y, weight, bias, double eps, mean, var, double count, relu_coef, int nthreads):
+    """y = weight * (x - mean) / sqrt(var + eps) + bias; mean, var: (C,)
+    float32 or float64 (the same), e.g. the running statistics.
 
-    count: values per channel when stats are x's own (biased) statistics
-    (batch renormalisation, synchronised statistics), else 0.
+    Ten parameters, one per argument (as PyTorch's batch_norm): bundling mean
+    and var would cost every eval forward a copy into a table.
+    count: values per channel when mean and var are x's own (biased)
+    statistics (batch renormalisation, synchronised statistics), else 0.
     relu_coef: None, or for a fused ReLU (y = max(y, 0)) a (3, C) array of
     x's dtype receiving the coefficients used, [shift, scale, offset] with
     y = (x - shift) * scale + offset (what backward needs).
     """
     cdef Job job
     cdef cnp.ndarray xa = begin_affine(&job, x, y, weight, bias, eps, relu_coef, nthreads)
-    job.tables.stats = f64_table(stats, "stats", 2, xa, False)
+    cdef cnp.ndarray stats = mean_var_table(mean, var, xa)
+    job.tables.stats = <double*>cnp.PyArray_DATA(stats)
     job.count = count
     run_with_scratch(NORMALIZE, &job)
+
+
+cdef cnp.ndarray mean_var_table(object mean, object var, cnp.ndarray x):
+    """[mean, var] as a new float64 (2, C) array; mean and var (C,) float32 or
+    float64 arrays of the same dtype."""
+    cdef Py_ssize_t c, C = cnp.PyArray_DIMS(x)[1]
+    cdef int typenum = (cnp.PyArray_TYPE(<cnp.ndarray>mean) if cnp.PyArray_Check(mean)
+                        else cnp.NPY_FLOAT64)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        raise TypeError(f"mean, var: expected float32 or float64 arrays, got {mean.dtype}")
+    cdef cnp.ndarray ma = checked_vector(mean, "mean", C, typenum, False)
+    cdef cnp.ndarray va = checked_vector(var, "var", C, typenum, False)
+    if ma is None or va is None:
+        raise TypeError("mean, var: expected arrays, got None")
+    cdef cnp.npy_intp dims[2]
+    dims[0] = 2
+    dims[1] = C
+    cdef cnp.ndarray table = cnp.PyArray_SimpleNew(2, dims, cnp.NPY_FLOAT64)
+    cdef double* t = <double*>cnp.PyArray_DATA(table)
+    for c in range(C):
+        if typenum == cnp.NPY_FLOAT32:
+            t[c] = (<const float*>cnp.PyArray_DATA(ma))[c]
+            t[C + c] = (<const float*>cnp.PyArray_DATA(va))[c]
+        else:
+            t[c] = (<const double*>cnp.PyArray_DATA(ma))[c]
+            t[C + c] = (<const double*>cnp.PyArray_DATA(va))[c]
+    return table
 
 
 def train_forward(x, y, weight, bias, double eps, stats, relu_coef, int nthreads):

@@ -258,21 +258,23 @@ TARGET_ATTRS static void FN(runs_grad_sums)(const cbn_block *block, ELEM shift, 
 TARGET_ATTRS static inline void FN(stream_span)(const ELEM *o, ptrdiff_t n, int stream,
                                                 ptrdiff_t *head, ptrdiff_t *end)
 {
-    ptrdiff_t h = (ptrdiff_t)(((CBN_LINE - ((size_t)o % CBN_LINE)) % CBN_LINE) / sizeof(ELEM));
+    ptrdiff_t h;
     if (!stream) {
         *head = *end = 0;
         return;
     }
+    h = (ptrdiff_t)(((CBN_LINE - ((size_t)o % CBN_LINE)) % CBN_LINE) / sizeof(ELEM));
     *head = h > n ? n : h;
     *end = *head + (n - *head) / LINE_VALUES * LINE_VALUES;
 }
 
 /* (x - shift) * scale + offset, then max(y, 0) with relu: not x * a + b':
  * when |mean| >> std, x * a and b' are huge and cancel, while x - shift is
- * exact near the mean. k: the channel's {shift, scale, offset}, ts apart. */
-TARGET_ATTRS static inline ELEM FN(affine1)(ELEM x, const ELEM *k, ptrdiff_t ts, int relu)
+ * exact near the mean. */
+TARGET_ATTRS static inline ELEM FN(affine1)(ELEM x, ELEM shift, ELEM scale, ELEM offset,
+                                            int relu)
 {
-    ELEM v = (x - k[0]) * k[ts] + k[2 * ts];
+    ELEM v = (x - shift) * scale + offset;
     return relu ? FN(relu1)(v) : v;
 }
 
@@ -332,7 +334,7 @@ TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coe
         ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
         ptrdiff_t i = 0, head, end;
         FN(stream_span)(o, n, stream, &head, &end);
-        for (; i < head; i++) o[i] = FN(affine1)(q[i], k.s, 1, relu);
+        for (; i < head; i++) o[i] = FN(affine1)(q[i], k.s[0], k.s[1], k.s[2], relu);
         for (; i < end; i += LANES) {
             VEC v = FN(affine)(FN(load)(q + i), k.v[0], k.v[1], k.v[2], relu);
             STREAM_STORE(o + i, v);
@@ -342,7 +344,7 @@ TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coe
             FN(store)(o + i + LANES,
                       FN(affine)(FN(load)(q + i + LANES), k.v[0], k.v[1], k.v[2], relu));
         }
-        for (; i < n; i++) o[i] = FN(affine1)(q[i], k.s, 1, relu);
+        for (; i < n; i++) o[i] = FN(affine1)(q[i], k.s[0], k.s[1], k.s[2], relu);
     }
     if (stream) CBN_SFENCE();
 }
@@ -384,31 +386,38 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
 
 /* ---------------------------------------------------------------- rows (channels-last) */
 
+/* One row of rows_affine: the coefficient pointers as restrict parameters,
+ * so that the stores to o are known not to change them */
+TARGET_ATTRS static inline void FN(affine_row)(const ELEM *restrict q, ELEM *restrict o,
+                                               ptrdiff_t C, const ELEM *restrict shift,
+                                               const ELEM *restrict scale,
+                                               const ELEM *restrict offset, int flags)
+{
+    const int relu = flags & CBN_RELU;
+    ptrdiff_t c = 0, head, end;
+    FN(stream_span)(o, C, flags & CBN_STREAM, &head, &end);
+    for (; c < head; c++) o[c] = FN(affine1)(q[c], shift[c], scale[c], offset[c], relu);
+    for (; c < end; c += LANES) {
+        VEC v = FN(affine)(FN(load)(q + c), FN(load)(shift + c), FN(load)(scale + c),
+                           FN(load)(offset + c), relu);
+        STREAM_STORE(o + c, v);
+    }
+    for (; c + LANES <= C; c += LANES)
+        FN(store)(o + c, FN(affine)(FN(load)(q + c), FN(load)(shift + c), FN(load)(scale + c),
+                                    FN(load)(offset + c), relu));
+    for (; c < C; c++) o[c] = FN(affine1)(q[c], shift[c], scale[c], offset[c], relu);
+}
+
 /* Scalar math: affine1 for every value of the block's rows, channel c's
  * coefficients at k + c (flags: CBN_STREAM, CBN_RELU) */
-TARGET_ATTRS static void FN(rows_affine)(const cbn_block *block, const ELEM *restrict k)
+TARGET_ATTRS static void FN(rows_affine)(const cbn_block *block, const ELEM *k)
 {
     const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
-    const ptrdiff_t C = b.length, ts = b.table_stride;
-    const int relu = b.flags & CBN_RELU, stream = b.flags & CBN_STREAM;
-    const ELEM *shift = k, *scale = k + ts, *offset = k + 2 * ts;
-    for (ptrdiff_t r = 0; r < b.count; r++) {
-        const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
-        ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
-        ptrdiff_t c = 0, head, end;
-        FN(stream_span)(o, C, stream, &head, &end);
-        for (; c < head; c++) o[c] = FN(affine1)(q[c], k + c, ts, relu);
-        for (; c < end; c += LANES) {
-            VEC v = FN(affine)(FN(load)(q + c), FN(load)(shift + c), FN(load)(scale + c),
-                               FN(load)(offset + c), relu);
-            STREAM_STORE(o + c, v);
-        }
-        for (; c + LANES <= C; c += LANES)
-            FN(store)(o + c, FN(affine)(FN(load)(q + c), FN(load)(shift + c), FN(load)(scale + c),
-                                        FN(load)(offset + c), relu));
-        for (; c < C; c++) o[c] = FN(affine1)(q[c], k + c, ts, relu);
-    }
-    if (stream) CBN_SFENCE();
+    const ptrdiff_t ts = b.table_stride;
+    for (ptrdiff_t r = 0; r < b.count; r++)
+        FN(affine_row)((const ELEM *)b.x + r * b.x_stride, (ELEM *)b.out + r * b.out_stride,
+                       b.length, k, k + ts, k + 2 * ts, b.flags);
+    if (b.flags & CBN_STREAM) CBN_SFENCE();
 }
 
 /* Scalar math: grad_input1 for every value of the block's rows, channel c's
