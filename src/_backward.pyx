@@ -11,7 +11,6 @@ from _job cimport (Job, allocate, begin, block_at, elementwise, f64_table, f64_v
                    vector_data)
 from _loops cimport (CBN_FIXED, cbn_block, init_loops, rows_grad_input, rows_grad_sums,
                      runs_grad_input, runs_grad_sums)
-from _block_moments cimport row_block
 from _plan cimport fuse_by_channel
 
 cnp.import_array()
@@ -73,7 +72,7 @@ cdef void cl_part_sums(const floating* x, const Job* job, Py_ssize_t k) noexcept
     of rows summed in x's dtype (into the 2C row buffers of range k), merged in
     float64."""
     cdef Py_ssize_t C = job.x.C, c
-    cdef Py_ssize_t block = row_block(C, sizeof(floating))
+    cdef Py_ssize_t block = job.block_rows
     cdef Py_ssize_t r = piece_start(job, k), r1 = piece_start(job, k + 1)
     cdef double* s_g = job.partials + k * 2 * C
     cdef double* s_gx = s_g + C

@@ -55,6 +55,10 @@ cdef struct Job:
     Py_ssize_t pieces       # pieces a channel's reduction is split into (_plan.pxd)
     double* partials        # float64 partial results, per piece (and work unit)
     void* row_scratch       # channels-last: per-piece row buffers, x's dtype
+    Py_ssize_t units        # work units of an elementwise pass (see elementwise):
+    Py_ssize_t unit_groups  #   channels-first: a sample's channels in unit_groups groups
+    Py_ssize_t unit_channels  # of unit_channels (channels_per_unit);
+    Py_ssize_t block_rows   #   channels-last: blocks of block_rows rows (row_block)
     int nthreads
 
 
@@ -67,7 +71,14 @@ cdef inline cnp.ndarray begin(Job* job, object x, int nthreads):
     job.f32 = typenum == cnp.NPY_FLOAT32
     job.channels_first = cnp.PyArray_NDIM(xa) == 3
     job.pieces = (channel_parts(job.x.N, job.x.C, job.x.S) if job.channels_first
-                 else row_parts(job.x.N))
+                  else row_parts(job.x.N))
+    if job.channels_first:
+        job.unit_channels = channels_per_unit(job.x.C, job.x.S)
+        job.unit_groups = (job.x.C + job.unit_channels - 1) // job.unit_channels
+        job.units = job.x.N * job.unit_groups
+    else:
+        job.block_rows = row_block(job.x.C, cnp.PyArray_ITEMSIZE(xa))
+        job.units = (job.x.N + job.block_rows - 1) // job.block_rows
     job.nthreads = checked_threads(nthreads)
     return xa
 
@@ -179,17 +190,6 @@ cdef inline Py_ssize_t piece_start(const Job* job, Py_ssize_t k) noexcept nogil:
     return part_start(job.x.N, job.pieces, k)
 
 
-cdef inline Py_ssize_t row_blocks(const Job* job, Py_ssize_t block) noexcept nogil:
-    """Blocks of block rows (the last one shorter) covering channels-last x."""
-    return (job.x.N + block - 1) // block
-
-
-cdef inline Py_ssize_t block_start(const Job* job, Py_ssize_t block, Py_ssize_t i) noexcept nogil:
-    """The first row of the i-th block, taken last first: after a reduction
-    the most recently read rows are the likeliest to be still in cache."""
-    return (row_blocks(job, block) - 1 - i) * block
-
-
 cdef inline void* element(Tensor t, Py_ssize_t n, Py_ssize_t c, bint f32) noexcept nogil:
     """Address of t's element (n, c, 0), or NULL for an absent operand."""
     if t.data == NULL:
@@ -217,21 +217,12 @@ cdef inline cbn_block block_at(const Job* job, Py_ssize_t n0, Py_ssize_t count,
     return b
 
 
-cdef inline Py_ssize_t sample_units(const Job* job) noexcept nogil:
-    """Work units of a channels-first elementwise pass: each sample's channels
-    in groups of channels_per_unit (_plan.pxd), in memory order."""
-    cdef Py_ssize_t group = channels_per_unit(job.x.C, job.x.S)
-    return job.x.N * ((job.x.C + group - 1) // group)
-
-
 cdef inline cbn_block unit_runs(const Job* job, Py_ssize_t u, Py_ssize_t* c0) noexcept nogil:
-    """Unit u's runs: one sample's channels c0[0] onwards, a channel (and its
-    coefficients) per run."""
-    cdef Py_ssize_t group = channels_per_unit(job.x.C, job.x.S)
-    cdef Py_ssize_t groups = (job.x.C + group - 1) // group
+    """Channels-first unit u's runs, in memory order: one sample's channels
+    c0[0] onwards, a channel (and its coefficients) per run."""
     cdef cbn_block b
-    c0[0] = (u % groups) * group
-    b = block_at(job, u // groups, min(group, job.x.C - c0[0]), c0[0])
+    c0[0] = (u % job.unit_groups) * job.unit_channels
+    b = block_at(job, u // job.unit_groups, min(job.unit_channels, job.x.C - c0[0]), c0[0])
     b.x_stride = job.x.sc
     b.dy_stride = job.dy.sc
     b.out_stride = job.out.sc
@@ -240,20 +231,20 @@ cdef inline cbn_block unit_runs(const Job* job, Py_ssize_t u, Py_ssize_t* c0) no
 
 
 cdef inline cbn_block rows_at(const Job* job, Py_ssize_t i) noexcept nogil:
-    """Block i of channels-last rows (row_block rows each, see block_start)."""
-    cdef Py_ssize_t block = row_block(job.x.C, 4 if job.f32 else 8)
-    cdef Py_ssize_t r0 = block_start(job, block, i)
-    return block_at(job, r0, min(block, job.x.N - r0), 0)
+    """Channels-last block i: block_rows rows, taken last first (after a
+    reduction the most recently read rows are the likeliest to be cached)."""
+    cdef Py_ssize_t r0 = (job.units - 1 - i) * job.block_rows
+    return block_at(job, r0, min(job.block_rows, job.x.N - r0), 0)
 
 
 cdef inline void elementwise(
         void (*runs_body)(const floating*, const Job*, Py_ssize_t) noexcept nogil,
         void (*rows_body)(const floating*, const Job*, Py_ssize_t) noexcept nogil,
         const floating* x, const Job* job) noexcept nogil:
-    """An elementwise pass: runs_body over the channels-first work units
-    (unit_runs), or rows_body over the channels-last row blocks (rows_at)."""
-    if job.channels_first:
-        for_each(runs_body, x, job, sample_units(job), job.nthreads)
+    """An elementwise pass over job.units work units: runs_body over the
+    channels-first ones (unit_runs), or rows_body over the channels-last
+    row blocks (rows_at)."""
+    if job.channels_first:   # (two calls: each body a constant the compiler can inline)
+        for_each(runs_body, x, job, job.units, job.nthreads)
     else:
-        for_each(rows_body, x, job, row_blocks(job, row_block(job.x.C, sizeof(floating))),
-                 job.nthreads)
+        for_each(rows_body, x, job, job.units, job.nthreads)

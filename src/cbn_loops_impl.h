@@ -386,38 +386,36 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
 
 /* ---------------------------------------------------------------- rows (channels-last) */
 
-/* One row of rows_affine: the coefficient pointers as restrict parameters,
- * so that the stores to o are known not to change them */
-TARGET_ATTRS static inline void FN(affine_row)(const ELEM *restrict q, ELEM *restrict o,
-                                               ptrdiff_t C, const ELEM *restrict shift,
-                                               const ELEM *restrict scale,
-                                               const ELEM *restrict offset, int flags)
-{
-    const int relu = flags & CBN_RELU;
-    ptrdiff_t c = 0, head, end;
-    FN(stream_span)(o, C, flags & CBN_STREAM, &head, &end);
-    for (; c < head; c++) o[c] = FN(affine1)(q[c], shift[c], scale[c], offset[c], relu);
-    for (; c < end; c += LANES) {
-        VEC v = FN(affine)(FN(load)(q + c), FN(load)(shift + c), FN(load)(scale + c),
-                           FN(load)(offset + c), relu);
-        STREAM_STORE(o + c, v);
-    }
-    for (; c + LANES <= C; c += LANES)
-        FN(store)(o + c, FN(affine)(FN(load)(q + c), FN(load)(shift + c), FN(load)(scale + c),
-                                    FN(load)(offset + c), relu));
-    for (; c < C; c++) o[c] = FN(affine1)(q[c], shift[c], scale[c], offset[c], relu);
-}
-
 /* Scalar math: affine1 for every value of the block's rows, channel c's
  * coefficients at k + c (flags: CBN_STREAM, CBN_RELU) */
-TARGET_ATTRS static void FN(rows_affine)(const cbn_block *block, const ELEM *k)
+TARGET_ATTRS static void FN(rows_affine)(const cbn_block *block, const ELEM *restrict k)
 {
     const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
-    const ptrdiff_t ts = b.table_stride;
-    for (ptrdiff_t r = 0; r < b.count; r++)
-        FN(affine_row)((const ELEM *)b.x + r * b.x_stride, (ELEM *)b.out + r * b.out_stride,
-                       b.length, k, k + ts, k + 2 * ts, b.flags);
-    if (b.flags & CBN_STREAM) CBN_SFENCE();
+    const ptrdiff_t C = b.length, ts = b.table_stride;
+    const int relu = b.flags & CBN_RELU, stream = b.flags & CBN_STREAM;
+    const ELEM *restrict shift = k, *restrict scale = k + ts, *restrict offset = k + 2 * ts;
+    for (ptrdiff_t r = 0; r < b.count; r++) {
+        const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
+        ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
+        ptrdiff_t c = 0;
+        if (stream) {
+            ptrdiff_t head, end;
+            FN(stream_span)(o, C, stream, &head, &end);
+            for (; c < head; c++) o[c] = FN(affine1)(q[c], shift[c], scale[c], offset[c], relu);
+            for (; c < end; c += LANES) {
+                VEC v = FN(affine)(FN(load)(q + c), FN(load)(shift + c), FN(load)(scale + c),
+                                   FN(load)(offset + c), relu);
+                STREAM_STORE(o + c, v);
+            }
+        }
+        for (; c + LANES <= C; c += LANES) {
+            VEC v = (FN(load)(q + c) - FN(load)(shift + c)) * FN(load)(scale + c)
+                    + FN(load)(offset + c);
+            FN(store)(o + c, relu ? FN(relu)(v) : v);
+        }
+        for (; c < C; c++) o[c] = FN(affine1)(q[c], shift[c], scale[c], offset[c], relu);
+    }
+    if (stream) CBN_SFENCE();
 }
 
 /* Scalar math: grad_input1 for every value of the block's rows, channel c's
