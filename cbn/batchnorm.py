@@ -85,7 +85,7 @@ class BatchNormBase:
         if cls.__doc__ is None or "\nParameters\n" in cls.__doc__:
             return   # python -OO, or a docstring of its own
         example = ""
-        if cls._DOC_EXAMPLE and cls._SHAPES.get("NCHW"):
+        if cls._DOC_EXAMPLE and cls._SHAPES.get("NCHW") and cls.__module__.startswith("cbn."):
             shape = EXAMPLE_SHAPES[min(cls._SHAPES["NCHW"])]
             example = cls._DOC_EXAMPLE.format(name=cls.__name__, shape=shape)
         cls.__doc__ = layer_doc(inspect.cleandoc(cls.__doc__), cls._DOC_PARAMETERS,
