@@ -4,10 +4,20 @@ import sys
 
 from . import _bench, _info
 from ._bench import DTYPES, LAYOUTS, OPS
+from ._version import __version__
+
+
+def _shape(text):
+    """argparse type of --shapes: a bad shape is a usage error, not a traceback."""
+    try:
+        return _bench.parse_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cbn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"cbn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="the paper's Figure 1 setting on handwritten digits: "
                                        "an MLP with and without batch norm")
@@ -20,7 +30,7 @@ def main(argv=None):
     bench = sub.add_parser("bench", help="time cbn against the memory floor, NumPy and PyTorch")
     bench.add_argument("--threads", type=int, default=None,
                        help="threads for cbn, the floor and PyTorch (default: cbn.get_num_threads())")
-    bench.add_argument("--shapes", nargs="+", default=None, metavar="NxCxHxW",
+    bench.add_argument("--shapes", nargs="+", type=_shape, default=None, metavar="NxCxHxW",
                        help="NCHW-ordered shapes, e.g. 32x64x56x56 256x1024 (default: the suite)")
     bench.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
     bench.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
@@ -47,8 +57,7 @@ def main(argv=None):
             parser.error("--threads: expected a positive integer")
         if args.repeats < 1:
             parser.error("--repeats: expected a positive integer")
-        shapes = None if args.shapes is None else [_bench.parse_shape(s) for s in args.shapes]
-        _bench.run(threads=args.threads, shapes=shapes, ops=args.ops, layouts=args.layouts,
+        _bench.run(threads=args.threads, shapes=args.shapes, ops=args.ops, layouts=args.layouts,
                    dtypes=args.dtypes, repeats=args.repeats, json_path=args.json,
                    with_torch=not args.no_torch)
     return 0

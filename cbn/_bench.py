@@ -29,7 +29,15 @@ _LAYERS = {2: BatchNorm1d, 3: BatchNorm1d, 4: BatchNorm2d, 5: BatchNorm3d}
 
 
 def parse_shape(text):
-    return tuple(int(s) for s in text.lower().split("x"))
+    """An NCHW-ordered shape from "NxCxHxW": 2 to 5 positive integers joined by x."""
+    try:
+        shape = tuple(int(s) for s in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not 2 <= len(shape) <= 5 or min(shape) < 1:
+        raise ValueError(f"expected 2 to 5 positive integers joined by 'x' (e.g. 32x64x56x56 "
+                         f"or 256x1024), got {text!r}")
+    return shape
 
 
 def shape_name(shape):

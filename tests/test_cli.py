@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import cbn
+
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "cbn", *args], capture_output=True, text=True,
@@ -34,3 +36,16 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
 def test_bench_rejects_bad_arguments():
     assert run("bench", "--threads", "0").returncode == 2
     assert run("bench", "--ops", "sideways").returncode == 2
+
+
+def test_a_bad_shape_is_a_usage_error_naming_it():
+    for shape in ("foo", "4x0x5x5", "4", "1x2x3x4x5x6", "4x-3"):
+        result = run("bench", "--shapes", shape)
+        assert result.returncode == 2, (shape, result.stderr)
+        assert "--shapes" in result.stderr and repr(shape) in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_version():
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"cbn {cbn.__version__}"
