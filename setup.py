@@ -47,10 +47,13 @@ def _openmp_flag(compiler):
     return "/openmp" if compiler.compiler_type == "msvc" else "-fopenmp"
 
 
+def _serial_requested():
+    """CBN_DISABLE_OPENMP asks for the serial kernels."""
+    return os.environ.get("CBN_DISABLE_OPENMP", "") not in ("", "0")
+
+
 def _probe_openmp(compiler):
     """Return the OpenMP flag if a program using it compiles, links and runs."""
-    if os.environ.get("CBN_DISABLE_OPENMP", "") not in ("", "0"):
-        return None
     flag = _openmp_flag(compiler)
     with tempfile.TemporaryDirectory() as tmp:
         source = os.path.join(tmp, "probe_openmp.c")
@@ -80,8 +83,12 @@ def _c_string(value):
 
 class BuildExtWithOpenMP(build_ext):
     def build_extensions(self):
-        openmp = _probe_openmp(self.compiler)
-        if openmp is None:
+        serial = _serial_requested()
+        openmp = None if serial else _probe_openmp(self.compiler)
+        if serial:
+            warnings.warn("cbn: building the serial kernels, as CBN_DISABLE_OPENMP asks: "
+                          "they run on one thread")
+        elif openmp is None:
             warnings.warn(
                 "cbn: building WITHOUT OpenMP - kernels run on one thread. "
                 "Install a compiler with OpenMP support (e.g. gcc) for parallel kernels."
@@ -98,6 +105,7 @@ class BuildExtWithOpenMP(build_ext):
             ext.extra_compile_args = compile_args + ext.extra_compile_args
             ext.extra_link_args = link_args + ext.extra_link_args
             ext.define_macros.append(("CBN_BUILD_FLAGS", _c_string(build_info)))
+            ext.define_macros.append(("CBN_SERIAL_REQUESTED", "1" if serial else "0"))
         super().build_extensions()
 
 

@@ -13,10 +13,18 @@ def report():
     lines = [
         f"cbn {__version__}",
         f"python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}",
-        f"OpenMP: {'enabled' if _runtime.openmp_enabled() else 'disabled (serial build)'}",
+        f"OpenMP: {_openmp_state()}",
         f"threads: {get_num_threads()} (from {num_threads_source()}); CPUs available: "
         f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}",
         f"vector loops: {_runtime.loops_isa()}",
         f"built with: {_runtime.build_flags()}",
     ]
     return "\n".join(lines)
+
+
+def _openmp_state():
+    if _runtime.openmp_enabled():
+        return "enabled"
+    if _runtime.serial_requested():
+        return "disabled (serial build, as CBN_DISABLE_OPENMP asked)"
+    return "disabled (serial build: the compiler's OpenMP did not work)"

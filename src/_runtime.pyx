@@ -15,8 +15,17 @@ cdef extern from *:
     #ifndef CBN_BUILD_FLAGS
     #define CBN_BUILD_FLAGS "unknown"
     #endif
+    #ifndef CBN_SERIAL_REQUESTED
+    #define CBN_SERIAL_REQUESTED 0
+    #endif
     """
     const char* CBN_BUILD_FLAGS
+    int CBN_SERIAL_REQUESTED
+
+
+def serial_requested():
+    """True when the build was asked for serial kernels (CBN_DISABLE_OPENMP)."""
+    return bool(CBN_SERIAL_REQUESTED)
 
 
 def openmp_enabled():

@@ -5,10 +5,14 @@ import numpy as np
 import pytest
 
 import cbn
+from cbn import _runtime
 from helpers import DTYPES, random_input
 
 
-def test_openmp_is_enabled():
+def test_openmp_is_what_the_build_asked_for():
+    if _runtime.serial_requested():   # CBN_DISABLE_OPENMP=1 at build time
+        assert cbn.openmp_enabled() is False
+        return
     if os.environ.get("CBN_ALLOW_NO_OPENMP", "") not in ("", "0"):
         pytest.skip("CBN_ALLOW_NO_OPENMP is set: a serial build is acceptable here")
     assert cbn.openmp_enabled() is True
