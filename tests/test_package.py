@@ -41,3 +41,21 @@ def test_typing_stubs_match_the_compiled_functions(module):
     assert sorted(stubbed) == sorted(public)
     for name, fn in public.items():
         assert list(inspect.signature(fn).parameters) == stubbed[name], name
+
+
+def test_a_source_tree_without_compiled_kernels_says_so(tmp_path):
+    """Importing cbn from a checkout or unpacked sdist that was never built
+    names the problem and the fix, not a misleading circular import."""
+    import shutil
+    import subprocess
+    import sys
+
+    tree = tmp_path / "cbn"
+    shutil.copytree(Path(cbn.__file__).parent, tree,
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    # -S: no site-packages, so that an installed (or editable) cbn cannot answer first
+    result = subprocess.run([sys.executable, "-S", "-c", "import cbn"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "compiled kernels are not built" in result.stderr
+    assert "pip install -e ." in result.stderr
