@@ -21,7 +21,10 @@ cdef extern from "cbn_loops.h" nogil:
         Py_ssize_t table_step
         int flags
         int f32
-    void cbn_loops_init(int allow_avx2)
+    int CBN_LOOPS_SCALAR
+    int CBN_LOOPS_BASELINE
+    int CBN_LOOPS_AUTO
+    void cbn_loops_init(int request)
     const char* cbn_loops_isa()
     # Pointers to per-channel values have the block's element type; see
     # cbn_loops_impl.h for each loop's scalar math.
@@ -54,16 +57,19 @@ cdef inline cbn_block input_block(const floating* x, Py_ssize_t stride, Py_ssize
 
 
 cdef inline int init_loops() except -1:
-    """Pick SSE2 or AVX2 loops for this process; call once at module import.
+    """Pick this process's loops; call once at module import.
 
-    AVX2 where the CPU has it, unless the environment variable CBN_LOOPS is
-    "baseline": the tests run the baseline loops that way, and valgrind
-    (which does not decode every AVX instruction) needs them.
+    AVX2 where the CPU has it, else the baseline vector loops, unless the
+    environment variable CBN_LOOPS is "baseline" (the tests run those that
+    way, and valgrind, which does not decode every AVX instruction, needs
+    them) or "scalar" (the portable reference loops, the only ones of a
+    build without GCC/Clang vector extensions).
     """
     cdef const char* env = getenv("CBN_LOOPS")
     cdef bytes choice = b"" if env == NULL else <bytes>env
-    if choice not in (b"", b"auto", b"baseline"):
-        raise ValueError("CBN_LOOPS: expected 'auto' or 'baseline', got "
+    if choice not in (b"", b"auto", b"baseline", b"scalar"):
+        raise ValueError("CBN_LOOPS: expected 'auto', 'baseline' or 'scalar', got "
                          f"{choice.decode(errors='replace')!r}")
-    cbn_loops_init(choice != b"baseline")
+    cbn_loops_init(CBN_LOOPS_SCALAR if choice == b"scalar"
+                   else CBN_LOOPS_BASELINE if choice == b"baseline" else CBN_LOOPS_AUTO)
     return 0

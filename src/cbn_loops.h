@@ -21,15 +21,21 @@
 #ifndef CBN_LOOPS_H
 #define CBN_LOOPS_H
 
-#if !defined(__GNUC__) && !defined(__clang__)
-#error "cbn's kernels need GCC or Clang (vector extensions and target attributes)"
+/* the vector loops need GCC/Clang vector extensions and target attributes;
+ * elsewhere (MSVC) only the reference loops of cbn_loops_scalar.h are built */
+#if defined(__GNUC__) || defined(__clang__)
+#define CBN_VECTOR_LOOPS 1
+#else
+#define CBN_VECTOR_LOOPS 0
 #endif
 
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if !defined(_WIN32)
 #include <unistd.h>
+#endif
 
 #define CBN_UNROLL 4
 #define CBN_ADDS_PER_LANE 8
@@ -48,7 +54,7 @@
 #define CBN_X86 0
 #endif
 
-#if CBN_X86 && !defined(__AVX2__)
+#if CBN_VECTOR_LOOPS && CBN_X86 && !defined(__AVX2__)
 #define CBN_DISPATCH_AVX2 1
 #else
 #define CBN_DISPATCH_AVX2 0
@@ -87,8 +93,17 @@ typedef struct {
 
 /* ---------------------------------------------------------------- instances */
 
+/* the reference loops, for float and double */
+#define CBN_IMPL_F32 1
+#include "cbn_loops_scalar.h"
+#undef CBN_IMPL_F32
+#define CBN_IMPL_F32 0
+#include "cbn_loops_scalar.h"
+#undef CBN_IMPL_F32
+
 /* cbn_loops_impl.h once per element type (CBN_IMPL_F32) and instruction set
  * (CBN_IMPL_AVX2) */
+#if CBN_VECTOR_LOOPS
 #define CBN_IMPL_AVX2 0
 #define CBN_IMPL_F32 1
 #include "cbn_loops_impl.h"
@@ -97,6 +112,7 @@ typedef struct {
 #include "cbn_loops_impl.h"
 #undef CBN_IMPL_F32
 #undef CBN_IMPL_AVX2
+#endif
 
 #if CBN_DISPATCH_AVX2
 #define CBN_IMPL_AVX2 1
@@ -107,27 +123,39 @@ typedef struct {
 #include "cbn_loops_impl.h"
 #undef CBN_IMPL_F32
 #undef CBN_IMPL_AVX2
-
-static int cbn_use_avx2 = 0;
-
-/* allow_avx2 = 0 keeps the baseline loops (CBN_LOOPS=baseline, see _loops.pxd) */
-static void cbn_loops_init(int allow_avx2)
-{
-    __builtin_cpu_init();
-    cbn_use_avx2 = allow_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-#else
-#define cbn_use_avx2 0
-static void cbn_loops_init(int allow_avx2) { (void)allow_avx2; }
 #endif
+
+/* Which loops run: the reference (scalar) ones, the baseline vector ones, or
+ * the AVX2 ones; chosen once per process by cbn_loops_init. */
+enum { CBN_LOOPS_SCALAR = 0, CBN_LOOPS_BASELINE = 1, CBN_LOOPS_AUTO = 2 };
+static int cbn_loops_kind = CBN_VECTOR_LOOPS ? CBN_LOOPS_BASELINE : CBN_LOOPS_SCALAR;
+
+/* request: CBN_LOOPS_SCALAR, CBN_LOOPS_BASELINE, or CBN_LOOPS_AUTO (AVX2
+ * where the CPU has it; see _loops.pxd) */
+static void cbn_loops_init(int request)
+{
+    if (!CBN_VECTOR_LOOPS || request == CBN_LOOPS_SCALAR) {
+        cbn_loops_kind = CBN_LOOPS_SCALAR;
+        return;
+    }
+    cbn_loops_kind = CBN_LOOPS_BASELINE;
+#if CBN_DISPATCH_AVX2
+    __builtin_cpu_init();
+    if (request == CBN_LOOPS_AUTO && __builtin_cpu_supports("avx2")
+            && __builtin_cpu_supports("fma"))
+        cbn_loops_kind = CBN_LOOPS_AUTO;
+#endif
+}
 
 static const char *cbn_loops_isa(void)
 {
+    if (cbn_loops_kind == CBN_LOOPS_SCALAR)
+        return "scalar (portable C reference)";
 #if defined(__AVX2__)
     return "avx2 (compile-time)";
 #else
-    return cbn_use_avx2 ? "avx2 (run-time dispatch)"
-                        : (CBN_BASE_BYTES == 16 ? "baseline 16-byte vectors" : "baseline");
+    return cbn_loops_kind == CBN_LOOPS_AUTO ? "avx2 (run-time dispatch)"
+           : (CBN_BASE_BYTES == 16 ? "baseline 16-byte vectors" : "baseline");
 #endif
 }
 
@@ -160,9 +188,16 @@ static ptrdiff_t cbn_stream_threshold(void)
  * branches always predicted). Pointers to per-channel values (coefficient
  * tables, accumulators) have the block's element type. */
 #if CBN_DISPATCH_AVX2
-#define CBN_PICK(name, elem) (cbn_use_avx2 ? cbn_##name##_##elem##_avx2 : cbn_##name##_##elem##_base)
+#define CBN_PICK(name, elem)                                                                   \
+    (cbn_loops_kind == CBN_LOOPS_AUTO ? cbn_##name##_##elem##_avx2                             \
+     : cbn_loops_kind == CBN_LOOPS_BASELINE ? cbn_##name##_##elem##_base                      \
+     : cbn_##name##_##elem##_scalar)
+#elif CBN_VECTOR_LOOPS
+#define CBN_PICK(name, elem)                                                                   \
+    (cbn_loops_kind == CBN_LOOPS_SCALAR ? cbn_##name##_##elem##_scalar                         \
+     : cbn_##name##_##elem##_base)
 #else
-#define CBN_PICK(name, elem) cbn_##name##_##elem##_base
+#define CBN_PICK(name, elem) cbn_##name##_##elem##_scalar
 #endif
 #define CBN_CALL(name, b, ...) \
     ((b)->f32 ? CBN_PICK(name, f32)(__VA_ARGS__) : CBN_PICK(name, f64)(__VA_ARGS__))

@@ -1,0 +1,195 @@
+/*
+ * The reference loops: every loop of cbn_loops_impl.h in plain C, one value
+ * at a time, with the same arithmetic per value (x - shift before the scale,
+ * ReLU and its gate, the coefficient tables read table_stride apart) and the
+ * same merge of the sums into float64 every CBN_ADDS_PER_LANE additions.
+ * They run where the compiler has no GCC/Clang vector extensions (MSVC), and
+ * anywhere with CBN_LOOPS=scalar; the tests compare the vector loops with
+ * them. Streaming stores are a vector-loop matter: these store plainly.
+ *
+ * Included once per element type with CBN_IMPL_F32 set (float, else double).
+ */
+#if CBN_IMPL_F32
+#define ELEM float
+#define FN(name) cbn_##name##_f32_scalar
+#else
+#define ELEM double
+#define FN(name) cbn_##name##_f64_scalar
+#endif
+
+/* (x - shift) * scale + offset, then max(v, 0) with relu (NaN kept) */
+static inline ELEM FN(affine1)(ELEM x, ELEM shift, ELEM scale, ELEM offset, int relu)
+{
+    ELEM v = (x - shift) * scale + offset;
+    return relu && v < 0 ? 0 : v;
+}
+
+/* dx = g * k_dy + (x - shift) * k_x + k_0 (fixed: g * k_dy), g = dy where the
+ * fused ReLU's input z = (x - r_shift) * r_scale + r_offset was positive; k and
+ * relu: a channel's coefficients, ts apart (relu NULL: no ReLU) */
+static inline ELEM FN(grad_input1)(ELEM dy, ELEM x, const ELEM *k, const ELEM *relu,
+                                   ptrdiff_t ts, int fixed)
+{
+    ELEM g = dy;
+    if (relu && !((x - relu[0]) * relu[ts] + relu[2 * ts] > 0)) g = 0;
+    return fixed ? g * k[ts] : g * k[ts] + (x - k[0]) * k[2 * ts] + k[3 * ts];
+}
+
+/* sum of x over the block's runs, in ELEM (it only centres the next pass) */
+static ELEM FN(runs_sum)(const cbn_block *b)
+{
+    ELEM total = 0;
+    for (ptrdiff_t r = 0; r < b->count; r++) {
+        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
+        for (ptrdiff_t i = 0; i < b->length; i++) total += q[i];
+    }
+    return total;
+}
+
+/* *s1 += sum(x - m), *s2 += sum((x - m)^2), merged into float64 every
+ * CBN_ADDS_PER_LANE values */
+static void FN(runs_centered)(const cbn_block *b, ELEM m, double *s1, double *s2)
+{
+    ELEM a1 = 0, a2 = 0;
+    double d1 = 0.0, d2 = 0.0;
+    int adds = 0;
+    for (ptrdiff_t r = 0; r < b->count; r++) {
+        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
+        for (ptrdiff_t i = 0; i < b->length; i++) {
+            ELEM u = q[i] - m;
+            a1 += u;
+            a2 += u * u;
+            if (++adds == CBN_ADDS_PER_LANE) {
+                d1 += a1;
+                d2 += a2;
+                a1 = a2 = 0;
+                adds = 0;
+            }
+        }
+    }
+    *s1 += d1 + a1;
+    *s2 += d2 + a2;
+}
+
+/* *s1 += sum(g), *s2 += sum(g * (x - shift)), g = dy gated by relu (the
+ * channel's {shift, scale, offset}, table_stride apart, or NULL) */
+static void FN(runs_grad_sums)(const cbn_block *b, ELEM shift, const ELEM *relu, double *s1,
+                               double *s2)
+{
+    const ptrdiff_t ts = b->table_stride;
+    ELEM a1 = 0, a2 = 0;
+    double d1 = 0.0, d2 = 0.0;
+    int adds = 0;
+    for (ptrdiff_t r = 0; r < b->count; r++) {
+        const ELEM *g = (const ELEM *)b->dy + r * b->dy_stride;
+        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
+        for (ptrdiff_t i = 0; i < b->length; i++) {
+            ELEM gi = g[i];
+            if (relu && !((q[i] - relu[0]) * relu[ts] + relu[2 * ts] > 0)) gi = 0;
+            a1 += gi;
+            a2 += gi * (q[i] - shift);
+            if (++adds == CBN_ADDS_PER_LANE) {
+                d1 += a1;
+                d2 += a2;
+                a1 = a2 = 0;
+                adds = 0;
+            }
+        }
+    }
+    *s1 += d1 + a1;
+    *s2 += d2 + a2;
+}
+
+/* affine1 over the block's runs, run r with the coefficients at
+ * coef + r * table_step */
+static void FN(runs_affine)(const cbn_block *b, const ELEM *coef)
+{
+    const ptrdiff_t ts = b->table_stride;
+    const int relu = b->flags & CBN_RELU;
+    for (ptrdiff_t r = 0; r < b->count; r++) {
+        const ELEM *k = coef + r * b->table_step;
+        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
+        ELEM *o = (ELEM *)b->out + r * b->out_stride;
+        for (ptrdiff_t i = 0; i < b->length; i++)
+            o[i] = FN(affine1)(q[i], k[0], k[ts], k[2 * ts], relu);
+    }
+}
+
+/* grad_input1 over the block's runs, run r with the coefficients at
+ * coef + r * table_step (relu_coef likewise) */
+static void FN(runs_grad_input)(const cbn_block *b, const ELEM *coef, const ELEM *relu_coef)
+{
+    const ptrdiff_t ts = b->table_stride;
+    const int fixed = b->flags & CBN_FIXED;
+    for (ptrdiff_t r = 0; r < b->count; r++) {
+        const ELEM *k = coef + r * b->table_step;
+        const ELEM *relu = relu_coef ? relu_coef + r * b->table_step : NULL;
+        const ELEM *g = (const ELEM *)b->dy + r * b->dy_stride;
+        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
+        ELEM *o = (ELEM *)b->out + r * b->out_stride;
+        for (ptrdiff_t i = 0; i < b->length; i++)
+            o[i] = FN(grad_input1)(g[i], q[i], k, relu, ts, fixed);
+    }
+}
+
+/* affine1 over the block's rows, channel c's coefficients at k + c */
+static void FN(rows_affine)(const cbn_block *b, const ELEM *k)
+{
+    const ptrdiff_t ts = b->table_stride;
+    const int relu = b->flags & CBN_RELU;
+    for (ptrdiff_t r = 0; r < b->count; r++) {
+        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
+        ELEM *o = (ELEM *)b->out + r * b->out_stride;
+        for (ptrdiff_t c = 0; c < b->length; c++)
+            o[c] = FN(affine1)(q[c], k[c], k[ts + c], k[2 * ts + c], relu);
+    }
+}
+
+/* grad_input1 over the block's rows, channel c's coefficients at k + c and
+ * relu + c */
+static void FN(rows_grad_input)(const cbn_block *b, const ELEM *k, const ELEM *relu)
+{
+    const ptrdiff_t ts = b->table_stride;
+    const int fixed = b->flags & CBN_FIXED;
+    for (ptrdiff_t r = 0; r < b->count; r++) {
+        const ELEM *g = (const ELEM *)b->dy + r * b->dy_stride;
+        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
+        ELEM *o = (ELEM *)b->out + r * b->out_stride;
+        for (ptrdiff_t c = 0; c < b->length; c++)
+            o[c] = FN(grad_input1)(g[c], q[c], k + c, relu ? relu + c : NULL, ts, fixed);
+    }
+}
+
+/* s1[c] += sum(x[c] - m[c]), s2[c] += sum((x[c] - m[c])^2) over the block's rows */
+static void FN(rows_centered)(const cbn_block *b, const ELEM *m, ELEM *s1, ELEM *s2)
+{
+    for (ptrdiff_t r = 0; r < b->count; r++) {
+        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
+        for (ptrdiff_t c = 0; c < b->length; c++) {
+            ELEM u = q[c] - m[c];
+            s1[c] += u;
+            s2[c] += u * u;
+        }
+    }
+}
+
+/* s1[c] += sum(g[c]), s2[c] += sum(g[c] * (x[c] - shift[c])), g = dy gated by
+ * relu (channel c's coefficients at relu + c, table_stride apart, or NULL) */
+static void FN(rows_grad_sums)(const cbn_block *b, const ELEM *shift, const ELEM *relu,
+                               ELEM *s1, ELEM *s2)
+{
+    const ptrdiff_t ts = b->table_stride;
+    for (ptrdiff_t r = 0; r < b->count; r++) {
+        const ELEM *g = (const ELEM *)b->dy + r * b->dy_stride;
+        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
+        for (ptrdiff_t c = 0; c < b->length; c++) {
+            ELEM gc = g[c];
+            if (relu && !((q[c] - relu[c]) * relu[ts + c] + relu[2 * ts + c] > 0)) gc = 0;
+            s1[c] += gc;
+            s2[c] += gc * (q[c] - shift[c]);
+        }
+    }
+}
+
+#undef ELEM
+#undef FN
