@@ -43,8 +43,13 @@ def _env_flags(name):
     return shlex.split(os.environ.get(name, ""))
 
 
-def _openmp_flag(compiler):
-    return "/openmp" if compiler.compiler_type == "msvc" else "-fopenmp"
+def _openmp_flags(compiler):
+    """(compile flags, link flags) to try in turn: GCC and Clang, Apple's
+    clang with Homebrew's libomp (its include and lib directories in CFLAGS
+    and LDFLAGS), MSVC."""
+    if compiler.compiler_type == "msvc":
+        return [(["/openmp"], [])]
+    return [(["-fopenmp"], ["-fopenmp"]), (["-Xpreprocessor", "-fopenmp"], ["-lomp"])]
 
 
 def _serial_requested():
@@ -53,28 +58,31 @@ def _serial_requested():
 
 
 def _probe_openmp(compiler):
-    """Return the OpenMP flag if a program using it compiles, links and runs."""
-    flag = _openmp_flag(compiler)
-    with tempfile.TemporaryDirectory() as tmp:
-        source = os.path.join(tmp, "probe_openmp.c")
-        with open(source, "w") as f:
-            f.write(OPENMP_PROBE)
-        try:
-            objects = compiler.compile(
-                [source], output_dir=tmp, extra_postargs=[flag] + _env_flags("CFLAGS")
-            )
-            exe = os.path.join(tmp, "probe_openmp")
-            compiler.link_executable(
-                objects, exe, extra_postargs=[flag] + _env_flags("LDFLAGS")
-            )
-            out = subprocess.run([exe], capture_output=True, text=True, timeout=60)
-        except Exception as exc:  # CompileError, LinkError, OSError, timeout
-            warnings.warn(f"OpenMP probe failed ({type(exc).__name__}: {exc})")
-            return None
-        if out.returncode != 0 or out.stdout.strip() != "1":
-            warnings.warn(f"OpenMP probe program misbehaved: rc={out.returncode} {out.stdout!r}")
-            return None
-    return flag
+    """(compile flags, link flags) of the first OpenMP flags with which a
+    program compiles, links and runs, or None."""
+    failures = []
+    for cflags, lflags in _openmp_flags(compiler):
+        with tempfile.TemporaryDirectory() as tmp:
+            source = os.path.join(tmp, "probe_openmp.c")
+            with open(source, "w") as f:
+                f.write(OPENMP_PROBE)
+            try:
+                objects = compiler.compile(
+                    [source], output_dir=tmp, extra_postargs=cflags + _env_flags("CFLAGS")
+                )
+                exe = os.path.join(tmp, "probe_openmp")
+                compiler.link_executable(
+                    objects, exe, extra_postargs=lflags + _env_flags("LDFLAGS")
+                )
+                out = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+            except Exception as exc:  # CompileError, LinkError, OSError, timeout
+                failures.append(f"{' '.join(cflags)}: {type(exc).__name__}: {exc}")
+                continue
+            if out.returncode == 0 and out.stdout.strip() == "1":
+                return cflags, lflags
+            failures.append(f"{' '.join(cflags)}: rc={out.returncode} {out.stdout!r}")
+    warnings.warn("OpenMP probe failed: " + "; ".join(failures))
+    return None
 
 
 def _c_string(value):
@@ -84,7 +92,7 @@ def _c_string(value):
 class BuildExtWithOpenMP(build_ext):
     def build_extensions(self):
         serial = _serial_requested()
-        openmp = None if serial else _probe_openmp(self.compiler)
+        openmp = None if serial else _probe_openmp(self.compiler)   # (cflags, lflags)
         if serial:
             warnings.warn("cbn: building the serial kernels, as CBN_DISABLE_OPENMP asks: "
                           "they run on one thread")
@@ -97,8 +105,8 @@ class BuildExtWithOpenMP(build_ext):
         if os.environ.get("CBN_MARCH_NATIVE", "") not in ("", "0"):
             compile_args.append("-march=native")
         if openmp:
-            compile_args.append(openmp)
-        link_args = [openmp] if openmp else []
+            compile_args += openmp[0]
+        link_args = openmp[1] if openmp else []
         compiler_cmd = " ".join(getattr(self.compiler, "compiler_so", []) or [self.compiler.compiler_type])
         build_info = f"{compiler_cmd} {' '.join(compile_args)}".strip()
         for ext in self.extensions:
