@@ -93,37 +93,24 @@ typedef struct {
 
 /* ---------------------------------------------------------------- instances */
 
-/* the reference loops, for float and double */
-#define CBN_IMPL_F32 1
-#include "cbn_loops_scalar.h"
-#undef CBN_IMPL_F32
-#define CBN_IMPL_F32 0
-#include "cbn_loops_scalar.h"
-#undef CBN_IMPL_F32
+/* the reference loops, then cbn_loops_impl.h once per instruction set
+ * (CBN_IMPL_AVX2), each for float and double */
+#define CBN_TEMPLATE "cbn_loops_scalar.h"
+#include "cbn_loops_types.h"
+#undef CBN_TEMPLATE
 
-/* cbn_loops_impl.h once per element type (CBN_IMPL_F32) and instruction set
- * (CBN_IMPL_AVX2) */
+#define CBN_TEMPLATE "cbn_loops_impl.h"
 #if CBN_VECTOR_LOOPS
 #define CBN_IMPL_AVX2 0
-#define CBN_IMPL_F32 1
-#include "cbn_loops_impl.h"
-#undef CBN_IMPL_F32
-#define CBN_IMPL_F32 0
-#include "cbn_loops_impl.h"
-#undef CBN_IMPL_F32
+#include "cbn_loops_types.h"
 #undef CBN_IMPL_AVX2
 #endif
-
 #if CBN_DISPATCH_AVX2
 #define CBN_IMPL_AVX2 1
-#define CBN_IMPL_F32 1
-#include "cbn_loops_impl.h"
-#undef CBN_IMPL_F32
-#define CBN_IMPL_F32 0
-#include "cbn_loops_impl.h"
-#undef CBN_IMPL_F32
+#include "cbn_loops_types.h"
 #undef CBN_IMPL_AVX2
 #endif
+#undef CBN_TEMPLATE
 
 /* Which loops run: the reference (scalar) ones, the baseline vector ones, or
  * the AVX2 ones; chosen once per process by cbn_loops_init. */
