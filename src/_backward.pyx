@@ -30,6 +30,13 @@ cdef inline const void* relu_at(const Job* job, Py_ssize_t c) noexcept nogil:
     return <const char*>job.tables.relu_coef + c * (4 if job.f32 else 8)
 
 
+cdef inline double centred_on_mean(const double* sums, Py_ssize_t C, Py_ssize_t c, double mean,
+                                   double shift) noexcept nogil:
+    """sum(g * (x - mean)) from sums = [sum(g), sum(g * (x - shift))]: the loops
+    centre on the shift (the mean rounded to x's dtype), exact near it."""
+    return sums[C + c] - (mean - shift) * sums[c]
+
+
 # ---------------------------------------------------------------- channels-first
 
 cdef void cf_unit_sums(const floating* x, const Job* job, Py_ssize_t u) noexcept nogil:
@@ -60,7 +67,7 @@ cdef void cf_channel_backward(const floating* x, const Job* job, Py_ssize_t c) n
     sums[c] = 0.0
     sums[C + c] = 0.0
     runs_grad_sums(&runs, shift, relu, &sums[c], &sums[C + c])
-    sums[C + c] = sums[C + c] - (job.tables.stats[c] - <double>shift) * sums[c]
+    sums[C + c] = centred_on_mean(sums, C, c, job.tables.stats[c], shift)
     grad_input_coefficients(x, job, c)
     runs_grad_input(&runs, <const floating*>job.tables.coef + c, relu)
 
@@ -133,8 +140,8 @@ cdef void sums_kernel(const floating* x, const Job* job) noexcept nogil:
     else:
         for_each(cl_part_sums[floating], x, job, job.pieces, job.nthreads)
     sum_partials(job)
-    for c in range(C):  # sum(g * (x - shift)) -> sum(g * (x - mean))
-        sums[C + c] = sums[C + c] - (mean[c] - <double>shift[c]) * sums[c]
+    for c in range(C):
+        sums[C + c] = centred_on_mean(sums, C, c, mean[c], shift[c])
 
 
 cdef void grad_input_kernel(const floating* x, const Job* job) noexcept nogil:

@@ -9,6 +9,7 @@
 cimport numpy as cnp
 from cython cimport floating
 from libc.math cimport isfinite, sqrt
+from libc.string cimport memcpy
 
 from _arrays cimport checked, checked_vector
 from _coefficients cimport inverse_std, normalize_coefficients
@@ -241,13 +242,13 @@ cdef cnp.ndarray mean_var_table(object mean, object var, cnp.ndarray x):
     dims[1] = C
     cdef cnp.ndarray table = cnp.PyArray_SimpleNew(2, dims, cnp.NPY_FLOAT64)
     cdef double* t = <double*>cnp.PyArray_DATA(table)
-    for c in range(C):
-        if typenum == cnp.NPY_FLOAT32:
+    if typenum == cnp.NPY_FLOAT32:
+        for c in range(C):
             t[c] = (<const float*>cnp.PyArray_DATA(ma))[c]
             t[C + c] = (<const float*>cnp.PyArray_DATA(va))[c]
-        else:
-            t[c] = (<const double*>cnp.PyArray_DATA(ma))[c]
-            t[C + c] = (<const double*>cnp.PyArray_DATA(va))[c]
+    else:
+        memcpy(t, cnp.PyArray_DATA(ma), C * sizeof(double))
+        memcpy(t + C, cnp.PyArray_DATA(va), C * sizeof(double))
     return table
 
 

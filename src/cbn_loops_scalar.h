@@ -24,14 +24,20 @@ static inline ELEM FN(affine1)(ELEM x, ELEM shift, ELEM scale, ELEM offset, int 
     return relu && v < 0 ? 0 : v;
 }
 
-/* dx = g * k_dy + (x - shift) * k_x + k_0 (fixed: g * k_dy), g = dy where the
- * fused ReLU's input z = (x - r_shift) * r_scale + r_offset was positive; k and
- * relu: a channel's coefficients, ts apart (relu NULL: no ReLU) */
+/* g = dy where the fused ReLU's input z = (x - r_shift) * r_scale + r_offset
+ * was positive, else 0 (NaN z stops it too); relu: a channel's {r_shift,
+ * r_scale, r_offset}, ts apart, or NULL for no ReLU */
+static inline ELEM FN(gated)(ELEM dy, ELEM x, const ELEM *relu, ptrdiff_t ts)
+{
+    return relu && !((x - relu[0]) * relu[ts] + relu[2 * ts] > 0) ? 0 : dy;
+}
+
+/* dx = g * k_dy + (x - shift) * k_x + k_0 (fixed: g * k_dy), g = gated(dy);
+ * k: a channel's coefficients, ts apart */
 static inline ELEM FN(grad_input1)(ELEM dy, ELEM x, const ELEM *k, const ELEM *relu,
                                    ptrdiff_t ts, int fixed)
 {
-    ELEM g = dy;
-    if (relu && !((x - relu[0]) * relu[ts] + relu[2 * ts] > 0)) g = 0;
+    ELEM g = FN(gated)(dy, x, relu, ts);
     return fixed ? g * k[ts] : g * k[ts] + (x - k[0]) * k[2 * ts] + k[3 * ts];
 }
 
@@ -84,8 +90,7 @@ static void FN(runs_grad_sums)(const cbn_block *b, ELEM shift, const ELEM *relu,
         const ELEM *g = (const ELEM *)b->dy + r * b->dy_stride;
         const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
         for (ptrdiff_t i = 0; i < b->length; i++) {
-            ELEM gi = g[i];
-            if (relu && !((q[i] - relu[0]) * relu[ts] + relu[2 * ts] > 0)) gi = 0;
+            ELEM gi = FN(gated)(g[i], q[i], relu, ts);
             a1 += gi;
             a2 += gi * (q[i] - shift);
             if (++adds == CBN_ADDS_PER_LANE) {
@@ -183,8 +188,7 @@ static void FN(rows_grad_sums)(const cbn_block *b, const ELEM *shift, const ELEM
         const ELEM *g = (const ELEM *)b->dy + r * b->dy_stride;
         const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
         for (ptrdiff_t c = 0; c < b->length; c++) {
-            ELEM gc = g[c];
-            if (relu && !((q[c] - relu[c]) * relu[ts + c] + relu[2 * ts + c] > 0)) gc = 0;
+            ELEM gc = FN(gated)(g[c], q[c], relu ? relu + c : NULL, ts);
             s1[c] += gc;
             s2[c] += gc * (q[c] - shift[c]);
         }
