@@ -27,9 +27,9 @@ def main(argv=None):
     demo.add_argument("--out", default="cbn_demo.png", help="where to write the figure")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("info", help="version, OpenMP, threads and build flags")
-    bench = sub.add_parser("bench", help="time cbn against the memory floor, NumPy and PyTorch")
+    bench = sub.add_parser("bench", help="time cbn against its memory-traffic limit, NumPy and PyTorch")
     bench.add_argument("--threads", type=int, default=None,
-                       help="threads for cbn, the floor and PyTorch (default: cbn.get_num_threads())")
+                       help="threads for cbn, the limit's floors and PyTorch (default: cbn.get_num_threads())")
     bench.add_argument("--shapes", nargs="+", type=_shape, default=None, metavar="NxCxHxW",
                        help="NCHW-ordered shapes, e.g. 32x64x56x56 256x1024 (default: the suite)")
     bench.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)

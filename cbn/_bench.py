@@ -1,9 +1,12 @@
-"""Benchmarks: cbn against the memory floor, plain NumPy and PyTorch.
+"""Benchmarks: cbn against its memory-traffic limit, plain NumPy and PyTorch.
 
-The floor is a parallel copy of the same bytes at the same thread count (read
-x once, write y once), measured in the same process. Every implementation of
-a case is timed in interleaved rounds (the order rotating each round) and the
-median is reported, so a noisy neighbour affects all of them alike.
+Two floors are measured in the same process at the same thread count:
+``copy`` (read the input's bytes once and write them once) and ``read`` (one
+pass that only reads them). Each op has passes no implementation can avoid
+(``limit_passes``); its limit is that many copies and reads. Every
+implementation of a case is timed in interleaved rounds (the order rotating
+each round) and the median is reported, so a noisy neighbour affects all of
+them alike.
 """
 import json
 import math
@@ -120,11 +123,36 @@ def relu_pair_call(case, x, dy, fused):
     return run
 
 
-def floor_call(case, x, threads):
+def copy_call(case, x, threads):
     """Parallel copy of x's bytes into a preallocated buffer."""
     src = x.reshape(-1).view(np.uint8)
     dst = np.empty_like(src)
     return lambda: _runtime.parallel_copy(src, dst, threads)
+
+
+def read_call(case, x, threads):
+    """One parallel pass that only reads x's bytes."""
+    src = x.reshape(-1).view(np.uint8)
+    return lambda: _runtime.parallel_read(src, threads)
+
+
+def limit_passes(case):
+    """(copies, reads) of the input's bytes that case.op cannot avoid.
+
+    Eval: one copy (read x, write y). Channels-first train forward: one copy,
+    a channel's values staying in cache between its statistics and its
+    output. Channels-last (and (N, C)) train forward: every row is needed for
+    the statistics before any output, so a read, then a copy. The backward
+    reads x and dy and writes dx (a copy and a read), channels-first once, a
+    channel staying in cache between its sums and its dx; channels-last x and
+    dy are read for the sums first (two more reads).
+    """
+    channels_first = case.layout == "NCHW" and len(case.shape) > 2
+    if case.op == "eval":
+        return 1, 0
+    if case.op == "train":
+        return (1, 0) if channels_first else (1, 1)
+    return (2, 1) if channels_first else (2, 4)
 
 
 def numpy_call(case, x, dy):
@@ -218,14 +246,15 @@ def time_interleaved(fns, repeats):
 
 
 def measure(case, threads=None, repeats=11, with_numpy=True, with_torch=True, seed=0):
-    """Median seconds per call: {"cbn", "cbn_alloc", "floor", "numpy", "torch"} (absent ones omitted)."""
+    """Median seconds per call: {"cbn", "cbn_alloc", "copy", "read", "numpy", "torch"}
+    (absent ones omitted), and "limit" from copy and read (limit_passes)."""
     threads = get_num_threads() if threads is None else threads
     previous = get_num_threads()
     set_num_threads(threads)
     try:
         x, dy = case.arrays(seed)
         fns = {"cbn": cbn_call(case, x, dy), "cbn_alloc": cbn_call(case, x, dy, out=False),
-               "floor": floor_call(case, x, threads)}
+               "copy": copy_call(case, x, threads), "read": read_call(case, x, threads)}
         if with_numpy:
             fns["numpy"] = numpy_call(case, x, dy)
         if with_torch:
@@ -235,6 +264,8 @@ def measure(case, threads=None, repeats=11, with_numpy=True, with_torch=True, se
         medians, samples = time_interleaved(fns, repeats)
     finally:
         set_num_threads(previous)
+    copies, reads = limit_passes(case)
+    medians["limit"] = copies * medians["copy"] + reads * medians["read"]
     return medians, samples
 
 
@@ -251,7 +282,7 @@ def machine():
         pass
     return {"cpus": cpus, "cpu": model, "python": platform.python_version(),
             "numpy": np.__version__, "cbn": __version__, "isa": _runtime.loops_isa(),
-            "openmp": _runtime.openmp_enabled()}
+            "openmp": _runtime.openmp_enabled(), "stream_bytes": _runtime.stream_threshold()}
 
 
 def cases(shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES):
@@ -279,26 +310,36 @@ def run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES, repe
     except ImportError:
         info["torch"] = None
     out(f"cbn {info['cbn']} bench: {threads} thread(s) on {info['cpus']} CPU(s) ({info['cpu']}); "
-        f"loops: {info['isa']}; times are medians of {repeats} interleaved runs, in microseconds")
+        f"loops: {info['isa']}; streaming stores from {info['stream_bytes'] / 2**20:.1f} MiB; "
+        f"times are medians of {repeats} interleaved runs, in microseconds")
     if with_torch and info["torch"] is None:
         out("PyTorch is not installed: its column is skipped (pip install torch to compare).")
-    out("floor = parallel copy of the same bytes at the same thread count; cbn writes into "
-        "preallocated outputs (out=), cbn+alloc does not")
-    header = (f"{'case':34s} {'cbn':>9s} {'floor':>9s} {'cbn/floor':>9s} {'cbn+alloc':>9s} "
-              f"{'numpy':>9s} {'torch':>9s} {'torch/cbn':>9s}")
+    out("limit = the passes over the input each op cannot avoid, as parallel copies (copy) "
+        "and reading passes (read) of the same bytes at the same thread count: eval 1 copy; "
+        "train 1 copy (NCHW) or 1 copy + 1 read (NHWC, (N, C)); train+bwd 2 copies + 1 read "
+        "(NCHW) or 2 copies + 4 reads. cbn writes into preallocated outputs (out=), cbn+alloc "
+        "does not; torch/cbn compares with cbn+alloc")
+    header = (f"{'case':34s} {'cbn':>9s} {'limit':>9s} {'cbn/limit':>9s} {'copy':>9s} "
+              f"{'read':>9s} {'cbn+alloc':>9s} {'numpy':>9s} {'torch':>9s} {'torch/cbn':>9s}")
     out(header)
     results = []
     for case in cases(shapes, ops, layouts, dtypes):
         medians, samples = measure(case, threads, repeats, with_torch=with_torch)
-        ratio = medians["cbn"] / medians["floor"]
+        ratio = medians["cbn"] / medians["limit"]
         torch_t = medians.get("torch")
         speedup = torch_t / medians["cbn_alloc"] if torch_t else None
-        out(f"{case.name:34s} {_fmt(medians['cbn'])} {_fmt(medians['floor'])} {ratio:9.2f} "
-            f"{_fmt(medians['cbn_alloc'])} {_fmt(medians.get('numpy'))} {_fmt(torch_t)} "
+        out(f"{case.name:34s} {_fmt(medians['cbn'])} {_fmt(medians['limit'])} {ratio:9.2f} "
+            f"{_fmt(medians['copy'])} {_fmt(medians['read'])} {_fmt(medians['cbn_alloc'])} "
+            f"{_fmt(medians.get('numpy'))} {_fmt(torch_t)} "
             f"{'-' if speedup is None else f'{speedup:9.2f}':>9s}")
         results.append({"op": case.op, "shape": list(case.shape), "layout": case.layout,
                         "dtype": case.dtype.name, "threads": threads, "median_s": medians,
-                        "samples_s": samples, "ratio_to_floor": ratio, "torch_over_cbn": speedup})
+                        "samples_s": samples, "limit_passes": list(limit_passes(case)),
+                        "ratio_to_limit": ratio, "torch_over_cbn": speedup})
+    ratios = [r["ratio_to_limit"] for r in results]
+    if ratios:
+        out(f"cbn time / limit: geometric mean {math.exp(np.mean(np.log(ratios))):.2f}, "
+            f"max {max(ratios):.2f} over {len(ratios)} cases")
     speedups = [r["torch_over_cbn"] for r in results if r["torch_over_cbn"]]
     if speedups:
         out(f"PyTorch time / cbn time: geometric mean {math.exp(np.mean(np.log(speedups))):.2f}, "

@@ -2,9 +2,11 @@
 # the one step in which a call changes a layer's state.
 cimport numpy as cnp
 from cython.parallel cimport prange
+from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
 from _loops cimport cbn_loops_isa, init_loops
+from _plan cimport cbn_stream_threshold
 from _openmp_helpers cimport CBN_OPENMP_ENABLED, omp_get_max_threads
 
 cnp.import_array()
@@ -43,6 +45,13 @@ def loops_isa():
     return cbn_loops_isa().decode()
 
 
+def stream_threshold():
+    """Output bytes from which the kernels write with streaming stores (see
+    cbn_loops.h: half the reported last-level cache, bounded, or
+    CBN_STREAM_BYTES)."""
+    return cbn_stream_threshold()
+
+
 def build_flags():
     """Compiler command and flags the kernels were built with."""
     return CBN_BUILD_FLAGS.decode("utf-8", "replace")
@@ -70,6 +79,31 @@ def parallel_copy(const unsigned char[::1] src, unsigned char[::1] dst, int nthr
         for k in prange(chunks, num_threads=nthreads, schedule="static"):
             start = k * chunk
             memcpy(&dst[start], &src[start], min(chunk, n - start))
+
+
+def parallel_read(const unsigned char[::1] src, int nthreads):
+    """The sum of src's bytes as 64-bit words (any tail bytes ignored), with
+    nthreads threads: the memory floor of one pass that only reads src.
+    Returns the sum (modulo 2**64) so that the reads cannot be optimised away."""
+    cdef Py_ssize_t words = src.shape[0] // 8, chunk, chunks, k, i, start, stop
+    cdef const uint64_t* w = <const uint64_t*>&src[0] if src.shape[0] else NULL
+    cdef uint64_t total = 0, part
+    if nthreads < 1:
+        raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
+    if words == 0:
+        return 0
+    chunk = min(<Py_ssize_t>MAX_COPY_CHUNK // 8, (words + nthreads - 1) // nthreads)
+    chunk = max(8, (chunk + 7) // 8 * 8)
+    chunks = (words + chunk - 1) // chunk
+    with nogil:
+        for k in prange(chunks, num_threads=nthreads, schedule="static"):
+            start = k * chunk
+            stop = min(start + chunk, words)
+            part = 0
+            for i in range(start, stop):
+                part = part + w[i]
+            total += part
+    return total
 
 
 def commit(list copies, list assignments):

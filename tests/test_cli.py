@@ -23,13 +23,17 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
     result = run("bench", "--shapes", "4x3x5x5", "96x40", "--repeats", "2", "--threads", "1",
                  "--dtypes", "float64", "--no-torch", "--json", str(path))
     assert result.returncode == 0, result.stderr
-    assert "cbn/floor" in result.stdout and "train+bwd 4x3x5x5 NHWC float64" in result.stdout
+    assert "cbn/limit" in result.stdout and "train+bwd 4x3x5x5 NHWC float64" in result.stdout
     report = json.loads(path.read_text())
     assert report["threads"] == 1 and report["machine"]["cpus"] >= 1
     cases = {(r["op"], tuple(r["shape"]), r["layout"]) for r in report["results"]}
     assert ("eval", (96, 40), "NCHW") in cases and len(cases) == 9
     for r in report["results"]:
-        assert r["median_s"]["cbn"] > 0 and r["median_s"]["floor"] > 0 and r["median_s"]["numpy"] > 0
+        m = r["median_s"]
+        assert m["cbn"] > 0 and m["copy"] > 0 and m["read"] > 0 and m["numpy"] > 0
+        copies, reads = r["limit_passes"]
+        assert m["limit"] == copies * m["copy"] + reads * m["read"]
+        assert r["ratio_to_limit"] == m["cbn"] / m["limit"]
         assert len(r["samples_s"]["cbn"]) == 2
 
 

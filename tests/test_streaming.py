@@ -66,3 +66,27 @@ def test_streaming_stores_match_the_reference(loops):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def _threshold(**env):
+    script = "from cbn import _runtime; print(_runtime.stream_threshold())"
+    environ = {k: v for k, v in os.environ.items() if k != "CBN_STREAM_BYTES"}
+    result = subprocess.run([sys.executable, "-c", script], env=dict(environ, **env),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
+
+
+def test_stream_threshold_is_bounded_whatever_cache_the_os_reports():
+    # half the reported last-level cache, never more than half of 32 MiB
+    # (virtual machines report 320 or 480 MiB: nothing would ever stream)
+    threshold = _threshold()
+    assert 1 << 19 <= threshold <= 16 << 20
+    if hasattr(os, "sysconf") and "SC_LEVEL3_CACHE_SIZE" in os.sysconf_names:
+        reported = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+        if reported > 1 << 20:
+            assert threshold == min(reported, 32 << 20) // 2
+
+
+def test_stream_threshold_follows_the_environment():
+    assert _threshold(CBN_STREAM_BYTES="123") == 123
