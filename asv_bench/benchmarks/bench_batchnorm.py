@@ -1,15 +1,21 @@
 """asv benchmarks: train forward, train forward+backward and eval forward over
-the shape suite, both layouts and dtypes, 1 and 2 threads.
+the shape suite, both layouts and dtypes.
+
+Built to report changes in cbn and nothing else on a shared machine:
+- inputs are made in setup, and one call runs there (page faults, caches);
+- the thread count is pinned: 2 threads, except for the 16x16x8x8 tensor
+  (16 KB), which is too small to split (a two-thread figure would measure the
+  OpenMP runtime and this machine's neighbours, not cbn); ThreadScaling
+  compares 1 and 2 threads on the large shapes;
+- time_* take many short samples in several processes (rounds), after a
+  warm-up, so that asv's statistics see the spread between processes;
+- track_ratio_to_limit is cbn's time over the op's memory-traffic limit
+  (parallel copies and reads of the same bytes, cbn._bench.limit_passes),
+  the median of interleaved rounds in one process: a busy neighbour slows
+  both sides alike.
 
 time_* time cbn writing into preallocated outputs (out=); peakmem_* the
-default call that allocates its output; track_ratio_to_limit the cbn time
-over the op's memory-traffic limit (parallel copies and reads of the same
-bytes at the same thread count), both measured here in interleaved rounds
-(cbn._bench, as `python -m cbn bench`).
-
-Tensors too small to split over two threads (16x16x8x8: 16 KB) are timed on
-one thread only: a two-thread figure for them measures the OpenMP runtime
-and the neighbours of this machine, not cbn.
+default call that allocates its output.
 """
 import cbn
 from cbn import _bench
@@ -18,29 +24,33 @@ SHAPES = ["32x64x56x56", "64x256x14x14", "16x512x28x28", "8x32x32x32", "256x1024
 ONE_THREAD_ONLY = {"16x16x8x8"}
 
 
+def threads_for(shape_text):
+    """The pinned thread count of a shape's benchmarks."""
+    return 1 if shape_text in ONE_THREAD_ONLY else 2
+
+
 class _Op:
     op = None
-    params = [SHAPES, ["NCHW", "NHWC"], ["float32", "float64"], [1, 2]]
-    param_names = ["shape", "layout", "dtype", "threads"]
+    params = [SHAPES, ["NCHW", "NHWC"], ["float32", "float64"]]
+    param_names = ["shape", "layout", "dtype"]
     timeout = 300
-    # many short samples, after a warm-up, so that a median is stable
-    warmup_time = 0.2
+    # short samples in several processes, after a warm-up, so that a median is stable
+    rounds = 3
+    warmup_time = 0.1
     sample_time = 0.02
-    repeat = (10, 40, 10.0)
+    repeat = (5, 15, 4.0)
 
-    def setup(self, shape_text, layout, dtype, threads):
+    def setup(self, shape_text, layout, dtype):
         shape = _bench.parse_shape(shape_text)
         if len(shape) == 2 and layout != "NCHW":
             raise NotImplementedError("(N, C) inputs have a single layout")
-        if threads > 1 and shape_text in ONE_THREAD_ONLY:
-            raise NotImplementedError("too small to split over threads")
         self.case = _bench.Case(self.op, shape, layout, dtype)
-        self.threads = threads
-        cbn.set_num_threads(threads)
+        self.threads = threads_for(shape_text)
+        cbn.set_num_threads(self.threads)
         x, dy = self.case.arrays()
         self.call = _bench.cbn_call(self.case, x, dy)
         self.call_allocating = _bench.cbn_call(self.case, x, dy, out=False)
-        self.call()  # first-touch page faults out of the timings
+        self.call()
 
     def teardown(self, *params):
         cbn.set_num_threads(None)
@@ -52,7 +62,7 @@ class _Op:
         self.call_allocating()
 
     def track_ratio_to_limit(self, *params):
-        medians, _ = _bench.measure(self.case, self.threads, repeats=7, with_numpy=False,
+        medians, _ = _bench.measure(self.case, self.threads, repeats=15, with_numpy=False,
                                     with_torch=False)
         return medians["cbn"] / medians["limit"]
 
@@ -82,8 +92,8 @@ class ThreadScaling:
         self.case = _bench.Case("train", _bench.parse_shape(shape), layout, "float32")
 
     def _speedups(self):
-        one, _ = _bench.measure(self.case, 1, repeats=5, with_numpy=False, with_torch=False)
-        two, _ = _bench.measure(self.case, 2, repeats=5, with_numpy=False, with_torch=False)
+        one, _ = _bench.measure(self.case, 1, repeats=9, with_numpy=False, with_torch=False)
+        two, _ = _bench.measure(self.case, 2, repeats=9, with_numpy=False, with_torch=False)
         return one["cbn"] / two["cbn"], one["copy"] / two["copy"]
 
     def track_train_speedup_1_to_2_threads(self, *params):
@@ -100,12 +110,13 @@ class ThreadScaling:
 class MemoryFloor:
     """The limit's two floors: a parallel copy and a parallel read of the input's bytes."""
 
-    params = [SHAPES, ["float32", "float64"], [1, 2]]
-    param_names = ["shape", "dtype", "threads"]
+    params = [SHAPES, ["float32", "float64"]]
+    param_names = ["shape", "dtype"]
+    rounds = 3
+    repeat = (5, 15, 4.0)
 
-    def setup(self, shape_text, dtype, threads):
-        if threads > 1 and shape_text in ONE_THREAD_ONLY:
-            raise NotImplementedError("too small to split over threads")
+    def setup(self, shape_text, dtype):
+        threads = threads_for(shape_text)
         case = _bench.Case("train", _bench.parse_shape(shape_text), "NCHW", dtype)
         x, _ = case.arrays()
         self.copy = _bench.copy_call(case, x, threads)
@@ -128,6 +139,10 @@ class FusedReLU:
     params = [["32x64x56x56", "64x256x14x14", "16x512x28x28"], ["NCHW", "NHWC"]]
     param_names = ["shape", "layout"]
     timeout = 300
+    rounds = 3
+    warmup_time = 0.1
+    sample_time = 0.02
+    repeat = (5, 15, 4.0)
 
     def setup(self, shape, layout):
         cbn.set_num_threads(2)
@@ -148,7 +163,7 @@ class FusedReLU:
         self.separate()
 
     def track_speedup(self, *params):
-        medians, _ = _bench.time_interleaved({"fused": self.fused, "separate": self.separate}, 7)
+        medians, _ = _bench.time_interleaved({"fused": self.fused, "separate": self.separate}, 11)
         return medians["separate"] / medians["fused"]
 
     track_speedup.unit = "time(separate) / time(fused)"
