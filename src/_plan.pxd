@@ -13,7 +13,6 @@ cdef enum:
     MIN_STREAM_RUN_BYTES = 256   # shorter runs/rows are mostly partial cache lines
     PARALLEL_CHANNELS = 256      # per-channel finishing work (merges, sqrt) in parallel from here
     FUSE_MIN_BYTES = 262144      # below this the whole input stays in L2 between passes
-    FUSE_MIN_RUN_BYTES = 1024    # shorter runs: a channel's strided output stores cost more
     UNIT_VALUES = 2048           # channels-first elementwise passes: values per work unit
 
 
@@ -35,14 +34,9 @@ cdef inline bint fuse_by_channel(Tensor x, Py_ssize_t bytes_per_value) noexcept 
     still in cache for the second pass) rather than separate passes, the output
     pass in memory order. Fusing saves a DRAM read once the input outgrows L2;
     below that memory order is faster (no L1 set conflicts between runs 4 KiB
-    apart). Short runs are not fused either: a channel's output is then
-    written a few lines at a time, C * S values apart, and those stores cost
-    more than reading x again in memory order (64x256x14x14 float32, 784-byte
-    runs: train 2.6 -> 2.3 copies, backward 4.1 -> 3.4; asv_bench/NOTES.md
-    section 13). Needs unsplit channels; depends on the shape only."""
+    apart). Needs unsplit channels; depends on the shape only."""
     return (channel_parts(x.N, x.C, x.S) == 1
-            and x.N * x.C * x.S * bytes_per_value > FUSE_MIN_BYTES
-            and x.S * bytes_per_value >= FUSE_MIN_RUN_BYTES)
+            and x.N * x.C * x.S * bytes_per_value > FUSE_MIN_BYTES)
 
 
 cdef inline Py_ssize_t channels_per_unit(Py_ssize_t C, Py_ssize_t S) noexcept nogil:

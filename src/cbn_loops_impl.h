@@ -142,6 +142,27 @@ TARGET_ATTRS static inline void FN(lanes_total)(FN(lanes) *l, double *s1, double
     *s2 += d2 + l->d2;
 }
 
+/* ---------------------------------------------------------------- prefetching */
+
+/* Runs far apart in memory (channels-first, one channel's runs: C * S
+ * values apart) each start cold: the hardware prefetcher needs a few lines
+ * of a run to lock on. A loop over such runs asks for the first
+ * CBN_PREFETCH_BYTES of the next run (p + stride) while it works on this
+ * one; runs that follow each other in memory (stride n) are left to the
+ * hardware. Measured in asv_bench/NOTES.md section 12. */
+#define CBN_PREFETCH_BYTES 1024
+TARGET_ATTRS static inline void FN(prefetch_next)(const ELEM *p, ptrdiff_t stride, ptrdiff_t n,
+                                                  int write)
+{
+    ptrdiff_t bytes = n * (ptrdiff_t)sizeof(ELEM);
+    if (stride == n) return;
+    if (bytes > CBN_PREFETCH_BYTES) bytes = CBN_PREFETCH_BYTES;
+    for (ptrdiff_t off = 0; off < bytes; off += CBN_LINE) {
+        if (write) __builtin_prefetch((const char *)(p + stride) + off, 1);
+        else __builtin_prefetch((const char *)(p + stride) + off, 0);
+    }
+}
+
 /* ---------------------------------------------------------------- reductions over runs */
 
 /* Scalar math: return the sum of x over the block's runs, in ELEM (it only
@@ -155,6 +176,7 @@ TARGET_ATTRS static ELEM FN(runs_sum)(const cbn_block *block)
     for (ptrdiff_t r = 0; r < b.count; r++) {
         const ELEM *q = (const ELEM *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
+        if (r + 1 < b.count) FN(prefetch_next)(q, b.x_stride, n, 0);
         for (; i + step <= n; i += step) {
             a0 += FN(load)(q + i);
             a1 += FN(load)(q + i + LANES);
@@ -178,6 +200,7 @@ TARGET_ATTRS static void FN(runs_centered)(const cbn_block *block, ELEM m, doubl
     for (ptrdiff_t r = 0; r < b.count; r++) {
         const ELEM *q = (const ELEM *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
+        if (r + 1 < b.count) FN(prefetch_next)(q, b.x_stride, n, 0);
         for (; i + step <= n; i += step) {
             for (int j = 0; j < CBN_UNROLL; j++) {
                 VEC u = FN(load)(q + i + j * LANES) - mv;
@@ -217,6 +240,10 @@ TARGET_ATTRS static void FN(runs_grad_sums)(const cbn_block *block, ELEM shift, 
         const ELEM *g = (const ELEM *)b.dy + r * b.dy_stride;
         const ELEM *q = (const ELEM *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
+        if (r + 1 < b.count) {
+            FN(prefetch_next)(g, b.dy_stride, n, 0);
+            FN(prefetch_next)(q, b.x_stride, n, 0);
+        }
         for (; i + step <= n; i += step) {
             VEC qj[CBN_UNROLL], gj[CBN_UNROLL];
             for (int j = 0; j < CBN_UNROLL; j++) {
@@ -333,6 +360,10 @@ TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coe
         const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
         ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
         ptrdiff_t i = 0, head, end;
+        if (r + 1 < b.count) {
+            FN(prefetch_next)(q, b.x_stride, n, 0);
+            if (!stream) FN(prefetch_next)(o, b.out_stride, n, 1);
+        }
         FN(stream_span)(o, n, stream, &head, &end);
         for (; i < head; i++) o[i] = FN(affine1)(q[i], k.s[0], k.s[1], k.s[2], relu);
         for (; i < end; i += LANES) {
@@ -370,6 +401,11 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
         ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
         const ELEM *zs = relu ? z.s : NULL;
         ptrdiff_t i = 0, head, end;
+        if (r + 1 < b.count) {
+            FN(prefetch_next)(g, b.dy_stride, n, 0);
+            FN(prefetch_next)(q, b.x_stride, n, 0);
+            if (!stream) FN(prefetch_next)(o, b.out_stride, n, 1);
+        }
         FN(stream_span)(o, n, stream, &head, &end);
         for (; i < head; i++) o[i] = FN(grad_input1)(g[i], q[i], k.s, zs, 1, fixed);
         for (; i < end; i += LANES) {
