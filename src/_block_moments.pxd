@@ -17,7 +17,8 @@
 from cython cimport floating
 from libc.math cimport isfinite
 
-from _loops cimport cbn_block, input_block, rows_centered, runs_centered, runs_sum
+from _loops cimport (cbn_block, input_block, rows_block_flags, rows_block_merge, rows_centered,
+                     runs_centered, runs_sum)
 
 cdef enum:
     AMPLIFICATION = 16        # largest sum(d^2) / M2 accepted from a one-pass block
@@ -138,24 +139,21 @@ cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize
     cdef Py_ssize_t block = row_block(C, sizeof(floating))
     cdef Py_ssize_t b0, nb, c
     cdef double total, w, v, mb, m2b, delta, fnb
-    cdef bint redo
+    cdef int flags
+    cdef bint f32 = floating is float
     cdef cbn_block rows
     b0 = r0
     while b0 < r1:
         nb = min(block, r1 - b0)
         fnb = <double>nb
         rows = input_block(x + b0 * row_stride, row_stride, nb, C)
-        redo = False
         for c in range(C):
             shift[c] = <floating>mean[c] if count[0] > 0.0 else x[b0 * row_stride + c]
             s1[c] = 0
             s2[c] = 0
         rows_centered(&rows, shift, s1, s2)
-        for c in range(C):
-            if not (s2[c] == 0 or well_centred(s1[c], s2[c], fnb)):
-                redo = True
-                break
-        if redo:   # centred on 0, s1 is the block's sum: shift by its mean
+        flags = rows_block_flags(f32, C, s1, s2, fnb, AMPLIFICATION)
+        if flags & 1:   # redone centred on 0: s1 is the block's sum, shift by its mean
             for c in range(C):
                 shift[c] = 0
                 s1[c] = 0
@@ -166,20 +164,22 @@ cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize
                 s1[c] = 0
                 s2[c] = 0
             rows_centered(&rows, shift, s1, s2)
+            flags = rows_block_flags(f32, C, s1, s2, fnb, AMPLIFICATION)
         total = count[0] + fnb
         w = fnb / total
         v = count[0] * fnb / total
-        for c in range(C):
-            if isfinite(s1[c]) and isfinite(s2[c]):
-                mb = shift[c] + s1[c] / fnb
-                m2b = s2[c] - (<double>s1[c]) * s1[c] / fnb
-                if m2b < 0.0:
-                    m2b = 0.0
-            else:   # overflowed (or NaN/Inf input): this channel's block in float64
-                exact_block_moments(x + b0 * row_stride + c, 1, 0, nb, row_stride, &mb, &m2b)
-            delta = mb - mean[c]
-            mean[c] = mean[c] + delta * w
-            m2[c] = m2[c] + m2b + delta * delta * v
+        if not flags & 2:
+            rows_block_merge(f32, C, shift, s1, s2, fnb, w, v, mean, m2)
+        else:
+            for c in range(C):
+                if isfinite(s1[c]) and isfinite(s2[c]):
+                    mb = shift[c] + s1[c] / fnb
+                    m2b = max(s2[c] - (<double>s1[c]) * s1[c] / fnb, 0.0)
+                else:   # overflowed (or NaN/Inf input): this channel's block in float64
+                    exact_block_moments(x + b0 * row_stride + c, 1, 0, nb, row_stride, &mb, &m2b)
+                delta = mb - mean[c]
+                mean[c] = mean[c] + delta * w
+                m2[c] = m2[c] + m2b + delta * delta * v
         count[0] = total
         b0 += nb
 

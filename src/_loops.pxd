@@ -41,6 +41,12 @@ cdef extern from "cbn_loops.h" nogil:
     void rows_centered "cbn_rows_centered"(const cbn_block* b, const void* m, void* s1, void* s2)
     void rows_grad_sums "cbn_rows_grad_sums"(const cbn_block* b, const void* shift,
                                              const void* relu, void* s1, void* s2)
+    int rows_block_flags "cbn_rows_block_flags"(int f32, Py_ssize_t C, const void* s1,
+                                                const void* s2, double nb,
+                                                double amplification)
+    void rows_block_merge "cbn_rows_block_merge"(int f32, Py_ssize_t C, const void* shift,
+                                                 const void* s1, const void* s2, double nb,
+                                                 double w, double v, double* mean, double* m2)
 
 
 cdef inline cbn_block input_block(const floating* x, Py_ssize_t stride, Py_ssize_t count,

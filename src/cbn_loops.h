@@ -246,6 +246,24 @@ static inline void cbn_rows_grad_sums(const cbn_block *b, const void *shift, con
     CBN_CALL(rows_grad_sums, b, b, shift, relu, s1, s2);
 }
 
+/* s1, s2, shift: C values of the element type (f32: float, else double) */
+static inline int cbn_rows_block_flags(int f32, ptrdiff_t C, const void *s1, const void *s2,
+                                       double nb, double amplification)
+{
+    return f32 ? CBN_PICK(rows_block_flags, f32)(C, s1, s2, nb, amplification)
+               : CBN_PICK(rows_block_flags, f64)(C, s1, s2, nb, amplification);
+}
+
+static inline void cbn_rows_block_merge(int f32, ptrdiff_t C, const void *shift, const void *s1,
+                                        const void *s2, double nb, double w, double v,
+                                        double *mean, double *m2)
+{
+    if (f32)
+        CBN_PICK(rows_block_merge, f32)(C, shift, s1, s2, nb, w, v, mean, m2);
+    else
+        CBN_PICK(rows_block_merge, f64)(C, shift, s1, s2, nb, w, v, mean, m2);
+}
+
 #undef CBN_CALL
 #undef CBN_PICK
 

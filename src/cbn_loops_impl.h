@@ -563,6 +563,8 @@ TARGET_ATTRS static void FN(rows_grad_sums)(const cbn_block *block, const ELEM *
     }
 }
 
+#include "cbn_rows_merge.h"
+
 #undef LANES
 #undef LINE_VALUES
 #undef VEC

@@ -195,5 +195,9 @@ static void FN(rows_grad_sums)(const cbn_block *b, const ELEM *shift, const ELEM
     }
 }
 
+#define TARGET_ATTRS
+#include "cbn_rows_merge.h"
+#undef TARGET_ATTRS
+
 #undef ELEM
 #undef FN
