@@ -40,6 +40,7 @@
 #define CBN_UNROLL 4
 #define CBN_ADDS_PER_LANE 8
 #define CBN_LINE 64
+#define CBN_PREFETCH_BYTES 1024   /* of the next far run (cbn_loops_impl.h, prefetch_next) */
 
 /* flags of the normalising loops */
 #define CBN_STREAM 1   /* non-temporal stores (see cbn_stream_threshold) */
@@ -148,7 +149,9 @@ static const char *cbn_loops_isa(void)
 
 /* Outputs at least this large are written with streaming stores: the
  * environment variable CBN_STREAM_BYTES if set, else half the last-level
- * cache the C library reports, bounded by CBN_LLC_BOUND (16 MiB).
+ * cache the C library reports, that cache taken as at most CBN_LLC_BOUND
+ * (so the threshold is at most 16 MiB; the bound itself when nothing is
+ * reported).
  *
  * The bound is a sanity check, not a tuning knob: virtual machines report
  * the host's cache, or a made-up one (320 MiB on a 2-CPU AMD EPYC VM whose
@@ -157,7 +160,7 @@ static const char *cbn_loops_isa(void)
  * copy on the Intel VM, 1.0x with streaming. 32 MiB is the most L3 one core
  * reaches on the CPUs measured (an AMD core complex; an Intel core shares
  * its L3 with every other tenant of the socket), so a larger report is not
- * believed. Unknown: the bound. See asv_bench/NOTES.md section 11. */
+ * believed. See asv_bench/NOTES.md section 11. */
 #define CBN_LLC_BOUND ((ptrdiff_t)32 << 20)
 static ptrdiff_t cbn_stream_threshold_bytes = -1;
 

@@ -150,7 +150,6 @@ TARGET_ATTRS static inline void FN(lanes_total)(FN(lanes) *l, double *s1, double
  * CBN_PREFETCH_BYTES of the next run (p + stride) while it works on this
  * one; runs that follow each other in memory (stride n) are left to the
  * hardware. Measured in asv_bench/NOTES.md section 12. */
-#define CBN_PREFETCH_BYTES 1024
 TARGET_ATTRS static inline void FN(prefetch_next)(const ELEM *p, ptrdiff_t stride, ptrdiff_t n,
                                                   int write)
 {

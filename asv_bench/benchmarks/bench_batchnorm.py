@@ -1,7 +1,8 @@
 """asv benchmarks: train forward, train forward+backward and eval forward over
 the shape suite, both layouts and dtypes.
 
-Built to report changes in cbn and nothing else on a shared machine:
+Built for numbers as stable as a machine allows (on a shared VM they are not
+stable enough for `asv continuous` at -f 1.15: asv_bench/NOTES.md, section 15):
 - inputs are made in setup, and one call runs there (page faults, caches);
 - the thread count is pinned: 2 threads, except for the 16x16x8x8 tensor
   (16 KB), which is too small to split (a two-thread figure would measure the
