@@ -40,7 +40,10 @@
 #define CBN_UNROLL 4
 #define CBN_ADDS_PER_LANE 8
 #define CBN_LINE 64
-#define CBN_PREFETCH_BYTES 1024   /* of the next far run (cbn_loops_impl.h, prefetch_next) */
+/* prefetching the next far run (cbn_loops_impl.h, prefetch_next): its first
+ * CBN_PREFETCH_BYTES, in blocks of runs spanning at least CBN_PREFETCH_SPAN */
+#define CBN_PREFETCH_BYTES 1024
+#define CBN_PREFETCH_SPAN ((ptrdiff_t)1 << 20)
 
 /* flags of the normalising loops */
 #define CBN_STREAM 1   /* non-temporal stores (see cbn_stream_threshold) */

@@ -71,11 +71,14 @@ typedef ELEM_INT FN(ivec) __attribute__((vector_size(VEC_BYTES)));
 TARGET_ATTRS static inline VEC FN(load)(const ELEM *p) { VEC v; memcpy(&v, p, sizeof(v)); return v; }
 TARGET_ATTRS static inline void FN(store)(ELEM *p, VEC v) { memcpy(p, &v, sizeof(v)); }
 
+/* value in every lane: a vector-scalar operation broadcasts its scalar (one
+ * vbroadcastss), where a loop over the lanes compiles to a chain of inserts.
+ * -0.0 is the exact identity of addition, so every value (-0.0 and NaN
+ * included) comes through unchanged. */
 TARGET_ATTRS static inline VEC FN(splat)(ELEM value)
 {
-    VEC v;
-    for (ptrdiff_t j = 0; j < LANES; j++) v[j] = value;
-    return v;
+    const VEC negative_zero = -(VEC){0};
+    return negative_zero + value;
 }
 
 TARGET_ATTRS static inline double FN(hsum)(VEC v)
@@ -147,14 +150,21 @@ TARGET_ATTRS static inline void FN(lanes_total)(FN(lanes) *l, double *s1, double
 /* Runs far apart in memory (channels-first, one channel's runs: C * S
  * values apart) each start cold: the hardware prefetcher needs a few lines
  * of a run to lock on. A loop over such runs asks for the first
- * CBN_PREFETCH_BYTES of the next run (p + stride) while it works on this
- * one; runs that follow each other in memory (stride n) are left to the
- * hardware. Measured in asv_bench/NOTES.md section 12. */
+ * CBN_PREFETCH_BYTES of the next run while it works on this one, when the
+ * runs are not adjacent (stride n: the memory-order passes, left to the
+ * hardware) and span at least CBN_PREFETCH_SPAN (smaller blocks are read
+ * from L2, where the prefetches only cost instructions). Measured in
+ * asv_bench/NOTES.md section 12. */
+TARGET_ATTRS static inline int FN(far_runs)(ptrdiff_t stride, ptrdiff_t n, ptrdiff_t count)
+{
+    return stride != n && count * stride * (ptrdiff_t)sizeof(ELEM) >= CBN_PREFETCH_SPAN;
+}
+
+/* the first bytes of the run after p (stride values on) */
 TARGET_ATTRS static inline void FN(prefetch_next)(const ELEM *p, ptrdiff_t stride, ptrdiff_t n,
                                                   int write)
 {
     ptrdiff_t bytes = n * (ptrdiff_t)sizeof(ELEM);
-    if (stride == n) return;
     if (bytes > CBN_PREFETCH_BYTES) bytes = CBN_PREFETCH_BYTES;
     for (ptrdiff_t off = 0; off < bytes; off += CBN_LINE) {
         if (write) __builtin_prefetch((const char *)(p + stride) + off, 1);
@@ -172,10 +182,11 @@ TARGET_ATTRS static ELEM FN(runs_sum)(const cbn_block *block)
     const ptrdiff_t step = CBN_UNROLL * LANES, n = b.length;
     VEC a0 = FN(splat)(0), a1 = a0, a2 = a0, a3 = a0;
     ELEM tail = 0;
+    const int far = FN(far_runs)(b.x_stride, n, b.count);
     for (ptrdiff_t r = 0; r < b.count; r++) {
         const ELEM *q = (const ELEM *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
-        if (r + 1 < b.count) FN(prefetch_next)(q, b.x_stride, n, 0);
+        if (far && r + 1 < b.count) FN(prefetch_next)(q, b.x_stride, n, 0);
         for (; i + step <= n; i += step) {
             a0 += FN(load)(q + i);
             a1 += FN(load)(q + i + LANES);
@@ -195,11 +206,12 @@ TARGET_ATTRS static void FN(runs_centered)(const cbn_block *block, ELEM m, doubl
     const ptrdiff_t step = CBN_UNROLL * LANES, n = b.length;
     const VEC mv = FN(splat)(m);
     FN(lanes) l;
+    const int far = FN(far_runs)(b.x_stride, n, b.count);
     FN(lanes_start)(&l);
     for (ptrdiff_t r = 0; r < b.count; r++) {
         const ELEM *q = (const ELEM *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
-        if (r + 1 < b.count) FN(prefetch_next)(q, b.x_stride, n, 0);
+        if (far && r + 1 < b.count) FN(prefetch_next)(q, b.x_stride, n, 0);
         for (; i + step <= n; i += step) {
             for (int j = 0; j < CBN_UNROLL; j++) {
                 VEC u = FN(load)(q + i + j * LANES) - mv;
@@ -234,14 +246,16 @@ TARGET_ATTRS static void FN(runs_grad_sums)(const cbn_block *block, ELEM shift, 
     const ELEM rs = relu ? relu[0] : 0, ra = relu ? relu[ts] : 0, rb = relu ? relu[2 * ts] : 0;
     const VEC rsv = FN(splat)(rs), rav = FN(splat)(ra), rbv = FN(splat)(rb);
     FN(lanes) l;
+    const int far_dy = FN(far_runs)(b.dy_stride, n, b.count);
+    const int far_x = FN(far_runs)(b.x_stride, n, b.count);
     FN(lanes_start)(&l);
     for (ptrdiff_t r = 0; r < b.count; r++) {
         const ELEM *g = (const ELEM *)b.dy + r * b.dy_stride;
         const ELEM *q = (const ELEM *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
         if (r + 1 < b.count) {
-            FN(prefetch_next)(g, b.dy_stride, n, 0);
-            FN(prefetch_next)(q, b.x_stride, n, 0);
+            if (far_dy) FN(prefetch_next)(g, b.dy_stride, n, 0);
+            if (far_x) FN(prefetch_next)(q, b.x_stride, n, 0);
         }
         for (; i + step <= n; i += step) {
             VEC qj[CBN_UNROLL], gj[CBN_UNROLL];
@@ -352,6 +366,8 @@ TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coe
     const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
     const ptrdiff_t n = b.length;
     const int relu = b.flags & CBN_RELU, stream = b.flags & CBN_STREAM;
+    const int far_x = FN(far_runs)(b.x_stride, n, b.count);
+    const int far_out = !stream && FN(far_runs)(b.out_stride, n, b.count);
     FN(coefs) k;
     for (ptrdiff_t r = 0; r < b.count; r++) {
         if (r == 0 || b.table_step)
@@ -360,8 +376,8 @@ TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coe
         ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
         ptrdiff_t i = 0, head, end;
         if (r + 1 < b.count) {
-            FN(prefetch_next)(q, b.x_stride, n, 0);
-            if (!stream) FN(prefetch_next)(o, b.out_stride, n, 1);
+            if (far_x) FN(prefetch_next)(q, b.x_stride, n, 0);
+            if (far_out) FN(prefetch_next)(o, b.out_stride, n, 1);
         }
         FN(stream_span)(o, n, stream, &head, &end);
         for (; i < head; i++) o[i] = FN(affine1)(q[i], k.s[0], k.s[1], k.s[2], relu);
@@ -389,6 +405,9 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
     const ptrdiff_t n = b.length, ts = b.table_stride;
     const int stream = b.flags & CBN_STREAM, fixed = b.flags & CBN_FIXED;
     const int relu = relu_coef != NULL;
+    const int far_dy = FN(far_runs)(b.dy_stride, n, b.count);
+    const int far_x = FN(far_runs)(b.x_stride, n, b.count);
+    const int far_out = !stream && FN(far_runs)(b.out_stride, n, b.count);
     FN(coefs) k, z;   /* {shift, k_dy, k_x, k_0} and the ReLU's {shift, scale, offset} */
     for (ptrdiff_t r = 0; r < b.count; r++) {
         if (r == 0 || b.table_step) {
@@ -401,9 +420,9 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
         const ELEM *zs = relu ? z.s : NULL;
         ptrdiff_t i = 0, head, end;
         if (r + 1 < b.count) {
-            FN(prefetch_next)(g, b.dy_stride, n, 0);
-            FN(prefetch_next)(q, b.x_stride, n, 0);
-            if (!stream) FN(prefetch_next)(o, b.out_stride, n, 1);
+            if (far_dy) FN(prefetch_next)(g, b.dy_stride, n, 0);
+            if (far_x) FN(prefetch_next)(q, b.x_stride, n, 0);
+            if (far_out) FN(prefetch_next)(o, b.out_stride, n, 1);
         }
         FN(stream_span)(o, n, stream, &head, &end);
         for (; i < head; i++) o[i] = FN(grad_input1)(g[i], q[i], k.s, zs, 1, fixed);
