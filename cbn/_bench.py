@@ -155,6 +155,16 @@ def limit_passes(case):
     return (2, 1) if channels_first else (2, 4)
 
 
+def limit_model():
+    """limit_passes in words, e.g. "eval: NCHW 1 copy, NHWC and (N, C) 1 copy; ..."."""
+    def passes(op, layout, shape):
+        copies, reads = limit_passes(Case(op, shape, layout))
+        return f"{copies} cop{'y' if copies == 1 else 'ies'}" + (
+            f" + {reads} read{'s' if reads > 1 else ''}" if reads else "")
+    return "; ".join(f"{op}: NCHW {passes(op, 'NCHW', (2, 2, 2))}, NHWC and (N, C) "
+                     f"{passes(op, 'NHWC', (2, 2, 2))}" for op in OPS)
+
+
 def numpy_call(case, x, dy):
     """Batch norm as NumPy array expressions (what a hand-written model does)."""
     axes = case.axes
@@ -314,11 +324,9 @@ def run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES, repe
         f"times are medians of {repeats} interleaved runs, in microseconds")
     if with_torch and info["torch"] is None:
         out("PyTorch is not installed: its column is skipped (pip install torch to compare).")
-    out("limit = the passes over the input each op cannot avoid, as parallel copies (copy) "
-        "and reading passes (read) of the same bytes at the same thread count: eval 1 copy; "
-        "train 1 copy (NCHW) or 1 copy + 1 read (NHWC, (N, C)); train+bwd 2 copies + 1 read "
-        "(NCHW) or 2 copies + 4 reads. cbn writes into preallocated outputs (out=), cbn+alloc "
-        "does not; torch/cbn compares with cbn+alloc")
+    out("limit = the passes over the input each op cannot avoid, as parallel copies and reading "
+        "passes of the same bytes at the same thread count: " + limit_model() + ". cbn writes "
+        "into preallocated outputs (out=), cbn+alloc does not; torch/cbn compares with cbn+alloc")
     header = (f"{'case':34s} {'cbn':>9s} {'limit':>9s} {'cbn/limit':>9s} {'copy':>9s} "
               f"{'read':>9s} {'cbn+alloc':>9s} {'numpy':>9s} {'torch':>9s} {'torch/cbn':>9s}")
     out(header)

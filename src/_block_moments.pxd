@@ -121,6 +121,16 @@ cdef inline Py_ssize_t row_block(Py_ssize_t C, Py_ssize_t itemsize) noexcept nog
     return max(1, min(<Py_ssize_t>MAX_ROW_BLOCK, ROW_BLOCK_BYTES // (C * itemsize)))
 
 
+cdef inline void centred_sums(const cbn_block* rows, const floating* shift, floating* s1,
+                              floating* s2) noexcept nogil:
+    """s1[c], s2[c] = sum(x - shift[c]), sum((x - shift[c])^2) over the block's rows."""
+    cdef Py_ssize_t c
+    for c in range(rows.length):
+        s1[c] = 0
+        s2[c] = 0
+    rows_centered(rows, shift, s1, s2)
+
+
 cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize_t r0,
                               Py_ssize_t r1, Py_ssize_t C, floating* scratch,
                               double* partial) noexcept nogil:
@@ -149,28 +159,22 @@ cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize
         rows = input_block(x + b0 * row_stride, row_stride, nb, C)
         for c in range(C):
             shift[c] = <floating>mean[c] if count[0] > 0.0 else x[b0 * row_stride + c]
-            s1[c] = 0
-            s2[c] = 0
-        rows_centered(&rows, shift, s1, s2)
+        centred_sums(&rows, shift, s1, s2)
         flags = rows_block_flags(f32, C, s1, s2, fnb, AMPLIFICATION)
         if flags & 1:   # redone centred on 0: s1 is the block's sum, shift by its mean
             for c in range(C):
                 shift[c] = 0
-                s1[c] = 0
-                s2[c] = 0
-            rows_centered(&rows, shift, s1, s2)
+            centred_sums(&rows, shift, s1, s2)
             for c in range(C):
                 shift[c] = <floating>(s1[c] / fnb)
-                s1[c] = 0
-                s2[c] = 0
-            rows_centered(&rows, shift, s1, s2)
+            centred_sums(&rows, shift, s1, s2)
             flags = rows_block_flags(f32, C, s1, s2, fnb, AMPLIFICATION)
         total = count[0] + fnb
         w = fnb / total
         v = count[0] * fnb / total
         if not flags & 2:
             rows_block_merge(f32, C, shift, s1, s2, fnb, w, v, mean, m2)
-        else:
+        else:   # rows_block_merge per channel, with the exact path for the non-finite ones
             for c in range(C):
                 if isfinite(s1[c]) and isfinite(s2[c]):
                     mb = shift[c] + s1[c] / fnb

@@ -58,7 +58,16 @@ def build_flags():
 
 
 cdef enum:
-    MAX_COPY_CHUNK = 1 << 20
+    MAX_CHUNK_BYTES = 1 << 20
+
+
+cdef Py_ssize_t chunk_items(Py_ssize_t n, Py_ssize_t itemsize, int nthreads) noexcept:
+    """Items per chunk of the floors' parallel passes over n items: an equal
+    share per thread, at most 1 MiB, a multiple of a 64-byte cache line."""
+    cdef Py_ssize_t line = 64 // itemsize
+    cdef Py_ssize_t chunk = min(<Py_ssize_t>MAX_CHUNK_BYTES // itemsize,
+                                (n + nthreads - 1) // nthreads)
+    return max(line, (chunk + line - 1) // line * line)
 
 
 def parallel_copy(const unsigned char[::1] src, unsigned char[::1] dst, int nthreads):
@@ -71,9 +80,7 @@ def parallel_copy(const unsigned char[::1] src, unsigned char[::1] dst, int nthr
         raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
     if n == 0:
         return
-    # an equal share per thread, in chunks of at most 1 MiB, cache-line multiples
-    chunk = min(<Py_ssize_t>MAX_COPY_CHUNK, (n + nthreads - 1) // nthreads)
-    chunk = max(64, (chunk + 63) // 64 * 64)
+    chunk = chunk_items(n, 1, nthreads)
     chunks = (n + chunk - 1) // chunk
     with nogil:
         for k in prange(chunks, num_threads=nthreads, schedule="static"):
@@ -92,8 +99,7 @@ def parallel_read(const unsigned char[::1] src, int nthreads):
         raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
     if words == 0:
         return 0
-    chunk = min(<Py_ssize_t>MAX_COPY_CHUNK // 8, (words + nthreads - 1) // nthreads)
-    chunk = max(8, (chunk + 7) // 8 * 8)
+    chunk = chunk_items(words, 8, nthreads)
     chunks = (words + chunk - 1) // chunk
     with nogil:
         for k in prange(chunks, num_threads=nthreads, schedule="static"):

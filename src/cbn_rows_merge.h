@@ -10,7 +10,8 @@
 
 /* Scalar math: over the channels of a block of nb rows with sums s1 = sum(x - shift), s2 = sum((x - shift)^2):
  *   bit 0: some channel is not well centred, s2 > amplification * (s2 - s1^2 / nb)
- *          (or NaN: the block is redone, and stays NaN);
+ *          (or NaN: the block is redone, and stays NaN); well_centred in
+ *          _block_moments.pxd is this test for one channel-first block;
  *   bit 1: some channel's sums are not finite (x - x is 0 only for finite x). */
 TARGET_ATTRS static int FN(rows_block_flags)(ptrdiff_t C, const ELEM *s1, const ELEM *s2,
                                              double nb, double amplification)

@@ -30,16 +30,20 @@ def threads_for(shape_text):
     return 1 if shape_text in ONE_THREAD_ONLY else 2
 
 
-class _Op:
-    op = None
-    params = [SHAPES, ["NCHW", "NHWC"], ["float32", "float64"]]
-    param_names = ["shape", "layout", "dtype"]
+class _Sampled:
+    """Timing settings of every time benchmark: short samples in several
+    processes, after a warm-up, so that a median is stable."""
     timeout = 300
-    # short samples in several processes, after a warm-up, so that a median is stable
     rounds = 3
     warmup_time = 0.1
     sample_time = 0.02
     repeat = (5, 15, 4.0)
+
+
+class _Op(_Sampled):
+    op = None
+    params = [SHAPES, ["NCHW", "NHWC"], ["float32", "float64"]]
+    param_names = ["shape", "layout", "dtype"]
 
     def setup(self, shape_text, layout, dtype):
         shape = _bench.parse_shape(shape_text)
@@ -108,13 +112,11 @@ class ThreadScaling:
     track_floor_speedup_1_to_2_threads.unit = "time(1 thread) / time(2 threads)"
 
 
-class MemoryFloor:
+class MemoryFloor(_Sampled):
     """The limit's two floors: a parallel copy and a parallel read of the input's bytes."""
 
     params = [SHAPES, ["float32", "float64"]]
     param_names = ["shape", "dtype"]
-    rounds = 3
-    repeat = (5, 15, 4.0)
 
     def setup(self, shape_text, dtype):
         threads = threads_for(shape_text)
@@ -132,18 +134,13 @@ class MemoryFloor:
         self.read()
 
 
-class FusedReLU:
+class FusedReLU(_Sampled):
     """activation="relu" against BatchNorm then np.maximum(y, 0, out=y) (and the
     backward pair: dy * (y > 0), then the batch-norm backward); train forward +
     backward, float32, 2 threads."""
 
     params = [["32x64x56x56", "64x256x14x14", "16x512x28x28"], ["NCHW", "NHWC"]]
     param_names = ["shape", "layout"]
-    timeout = 300
-    rounds = 3
-    warmup_time = 0.1
-    sample_time = 0.02
-    repeat = (5, 15, 4.0)
 
     def setup(self, shape, layout):
         cbn.set_num_threads(2)
