@@ -82,10 +82,15 @@ def parallel_copy(const unsigned char[::1] src, unsigned char[::1] dst, int nthr
         return
     chunk = chunk_items(n, 1, nthreads)
     chunks = (n + chunk - 1) // chunk
+    # one thread: no OpenMP region, as the kernels (a region costs ~0.7 us,
+    # which would flatter cbn against the floor on small tensors)
     with nogil:
-        for k in prange(chunks, num_threads=nthreads, schedule="static"):
-            start = k * chunk
-            memcpy(&dst[start], &src[start], min(chunk, n - start))
+        if nthreads == 1:
+            memcpy(&dst[0], &src[0], n)
+        else:
+            for k in prange(chunks, num_threads=nthreads, schedule="static"):
+                start = k * chunk
+                memcpy(&dst[start], &src[start], min(chunk, n - start))
 
 
 def parallel_read(const unsigned char[::1] src, int nthreads):
@@ -102,13 +107,17 @@ def parallel_read(const unsigned char[::1] src, int nthreads):
     chunk = chunk_items(words, 8, nthreads)
     chunks = (words + chunk - 1) // chunk
     with nogil:
-        for k in prange(chunks, num_threads=nthreads, schedule="static"):
-            start = k * chunk
-            stop = min(start + chunk, words)
-            part = 0
-            for i in range(start, stop):
-                part = part + w[i]
-            total += part
+        if nthreads == 1:   # no OpenMP region (see parallel_copy)
+            for i in range(words):
+                total = total + w[i]
+        else:
+            for k in prange(chunks, num_threads=nthreads, schedule="static"):
+                start = k * chunk
+                stop = min(start + chunk, words)
+                part = 0
+                for i in range(start, stop):
+                    part = part + w[i]
+                total += part
     return total
 
 
