@@ -6,7 +6,7 @@ Built so that `asv continuous` reports changes in cbn and not the machine's
 noise (asv_bench/NOTES.md, section 17, measured on a shared 2-core VM):
 - inputs are made in setup, and one call runs there (page faults, caches);
 - the thread count is pinned: 2 threads, except for the 16x16x8x8 tensor
-  (16 KB), which is too small to split (a two-thread figure would measure the
+  (16 384 values), which is too small to split (a two-thread figure would measure the
   OpenMP runtime and this machine's neighbours, not cbn);
 - every process gives asv ONE sample, the mean over about 0.1 s of calls, and
   each benchmark runs in 7 processes per commit. The spread that matters lies
