@@ -93,13 +93,22 @@ def parallel_copy(const unsigned char[::1] src, unsigned char[::1] dst, int nthr
                 memcpy(&dst[start], &src[start], min(chunk, n - start))
 
 
+cdef inline uint64_t word_sum(const uint64_t* w, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    """w[start] + ... + w[stop - 1], modulo 2**64."""
+    cdef uint64_t total = 0
+    cdef Py_ssize_t i
+    for i in range(start, stop):
+        total = total + w[i]
+    return total
+
+
 def parallel_read(const unsigned char[::1] src, int nthreads):
     """The sum of src's bytes as 64-bit words (any tail bytes ignored), with
     nthreads threads: the memory floor of one pass that only reads src.
     Returns the sum (modulo 2**64) so that the reads cannot be optimised away."""
-    cdef Py_ssize_t words = src.shape[0] // 8, chunk, chunks, k, i, start, stop
+    cdef Py_ssize_t words = src.shape[0] // 8, chunk, chunks, k
     cdef const uint64_t* w = <const uint64_t*>&src[0] if src.shape[0] else NULL
-    cdef uint64_t total = 0, part
+    cdef uint64_t total = 0
     if nthreads < 1:
         raise ValueError(f"nthreads: expected >= 1, got {nthreads}")
     if words == 0:
@@ -108,16 +117,10 @@ def parallel_read(const unsigned char[::1] src, int nthreads):
     chunks = (words + chunk - 1) // chunk
     with nogil:
         if nthreads == 1:   # no OpenMP region (see parallel_copy)
-            for i in range(words):
-                total = total + w[i]
+            total = word_sum(w, 0, words)
         else:
             for k in prange(chunks, num_threads=nthreads, schedule="static"):
-                start = k * chunk
-                stop = min(start + chunk, words)
-                part = 0
-                for i in range(start, stop):
-                    part = part + w[i]
-                total += part
+                total += word_sum(w, k * chunk, min(k * chunk + chunk, words))
     return total
 
 
