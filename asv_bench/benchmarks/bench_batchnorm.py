@@ -55,19 +55,23 @@ def _case_call(op, shape_text, layout, dtype, threads, out=True):
     return call
 
 
-class _Op(_OneSamplePerProcess):
-    op = None
-    params = [SHAPES, ["NCHW", "NHWC"], ["float32", "float64"]]
-    param_names = ["shape", "layout", "dtype"]
-
-    def setup(self, shape_text, layout, dtype):
-        self.call = _case_call(self.op, shape_text, layout, dtype, threads_for(shape_text))
+class _TimedCall(_OneSamplePerProcess):
+    """time_cbn times self.call, which setup makes with _case_call."""
 
     def teardown(self, *params):
         cbn.set_num_threads(None)
 
     def time_cbn(self, *params):
         self.call()
+
+
+class _Op(_TimedCall):
+    op = None
+    params = [SHAPES, ["NCHW", "NHWC"], ["float32", "float64"]]
+    param_names = ["shape", "layout", "dtype"]
+
+    def setup(self, shape_text, layout, dtype):
+        self.call = _case_call(self.op, shape_text, layout, dtype, threads_for(shape_text))
 
 
 class TrainForward(_Op):
@@ -82,7 +86,7 @@ class EvalForward(_Op):
     op = "eval"
 
 
-class TrainForwardOneThread(_OneSamplePerProcess):
+class TrainForwardOneThread(_TimedCall):
     """The large shapes' train forward on one thread (TrainForward has two):
     the pair shows thread scaling."""
 
@@ -91,12 +95,6 @@ class TrainForwardOneThread(_OneSamplePerProcess):
 
     def setup(self, shape_text, layout):
         self.call = _case_call("train", shape_text, layout, "float32", 1)
-
-    def teardown(self, *params):
-        cbn.set_num_threads(None)
-
-    def time_cbn(self, *params):
-        self.call()
 
 
 class PeakMemory:
