@@ -27,6 +27,7 @@ import numpy as np
 from . import _ops
 from ._commit import Changes
 from ._docs import LAYER_PARAMETERS, OPTIONS_AS_BATCHNORM
+from ._exchange import Shard, exchange, reduction_ops
 from ._layout import canonicalize
 from ._messages import MessageLayout
 from ._moments import Moments, merge_all
@@ -63,7 +64,7 @@ class _CommNotPickled:
 
 
 def _check_comm(comm):
-    for method in ("Get_size", "Get_rank", "Allgather", "Allreduce"):
+    for method in ("Get_size", "Get_rank", "Allreduce"):
         if not callable(getattr(comm, method, None)):
             raise TypeError(f"comm: expected an mpi4py communicator (with {method}), "
                             f"got {describe(comm)}")
@@ -112,6 +113,8 @@ class SyncBatchNorm(BatchNormBase):
         if comm is None:
             default_comm()   # mpi4py missing: say so now, not at the first forward
         self.comm = comm
+        # the shift and fixed-point windows of the last exchange (_exchange.Frame)
+        self._exchange_frame = None
 
     @property
     def comm(self):
@@ -182,18 +185,11 @@ class SyncBatchNorm(BatchNormBase):
         # eval mode communicates nothing, also without running statistics (as PyTorch)
         return self.training and self.comm.Get_size() > 1
 
-    def _exchange(self, error, sent):
-        """Allgather of one row per rank (MessageLayout.pack); raises on every
-        rank when any rank's input was rejected."""
-        gathered = np.empty((self.comm.Get_size(), sent.size))
-        self.comm.Allgather(sent, gathered)
-        if error is not None:
-            raise error
-        rejected = MessageLayout.flagged(gathered)
-        if rejected.size:
-            raise ValueError(f"x: expected valid inputs on every rank, got one rejected on rank(s) "
-                             f"{rejected.tolist()}; no statistics were computed")
-        return gathered
+    def _exchange(self, error, shard):
+        """The whole batch's statistics (see _exchange.exchange), with the frame
+        of this layer's previous exchange."""
+        return exchange(self.comm, shard, self._exchange_frame, error, self.num_features,
+                        self.virtual_batch_size is not None)
 
     @staticmethod
     def _check_global_count(total):
@@ -230,7 +226,6 @@ class SyncBatchNorm(BatchNormBase):
 
     def _forward_distributed(self, x, out):
         C = self.num_features
-        layout = MessageLayout(count=1, mean=C, m2=C)
         error, local = None, Moments.empty(C)
         try:
             self._check_input(x)
@@ -242,15 +237,15 @@ class SyncBatchNorm(BatchNormBase):
                 local = _ops.moments(canon)
         except (TypeError, ValueError) as exc:
             error = exc
-        gathered = self._exchange(error, layout.pack(error, count=local.count, mean=local.mean,
-                                                     m2=local.m2))
-        total = merge_all(layout.moments(row) for row in gathered)  # rank order
+        exchanged = self._exchange(error, None if error else Shard(local, None, 0))
+        total = exchanged.total
         self._check_global_count(total)
         var = total.m2 / total.count
         p = self._parameters(copy_all=False)   # the lock is held
         y, coef = _ops.normalize(canon, total.mean, var, p.eps, p.weight, p.bias, output,
                                  self.activation == "relu", total.count)
         changes = Changes()
+        changes.set(self, "_exchange_frame", exchanged.frame)
         if self.track_running_stats:
             self._stage_running_update(changes, total.mean, var,
                                        total.count / (total.count - 1.0))
@@ -274,7 +269,6 @@ class SyncBatchNorm(BatchNormBase):
         running statistics move once, with the means over all virtual
         batches), and the shard's (count, mean, M2) for precise_statistics."""
         C, k = self.num_features, self.virtual_batch_size
-        layout = MessageLayout(count=1, mean=C, m2=C, batches=1, mean_sum=C, var_sum=C)
         error, pieces = None, ()
         try:
             axis = self._check_input(x)
@@ -290,19 +284,21 @@ class SyncBatchNorm(BatchNormBase):
         except (TypeError, ValueError) as exc:
             error = exc
         moments = [p.moments() for p in pieces]
-        local = merge_all(moments) or Moments.empty(C)
-        gathered = self._exchange(error, layout.pack(
-            error, count=local.count, mean=local.mean, m2=local.m2, batches=len(moments),
-            mean_sum=sum(m.mean for m in moments), var_sum=sum(m.unbiased_var for m in moments)))
-        total = merge_all(layout.moments(row) for row in gathered)
+        shard = None if error else Shard(merge_all(moments) or Moments.empty(C),
+                                         sum(m.m2 for m in moments) if moments else np.zeros(C),
+                                         len(moments))
+        exchanged = self._exchange(error, shard)
+        total = exchanged.total
         self._check_global_count(total)
         changes = Changes()
+        changes.set(self, "_exchange_frame", exchanged.frame)
         if self.track_running_stats:
-            # the same order, so bits, on every rank
-            count = layout.read(gathered, "batches").sum()
-            self._stage_running_update(changes,
-                                       layout.read(gathered, "mean_sum").sum(axis=0) / count,
-                                       layout.read(gathered, "var_sum").sum(axis=0) / count)
+            # every virtual batch has count / batches values per channel: the
+            # mean of their means is the batch's, of their unbiased variances
+            # the sum of their M2s over batches * (values - 1)
+            per_batch = total.count / exchanged.batches
+            self._stage_running_update(changes, total.mean,
+                                       exchanged.within / (exchanged.batches * (per_batch - 1.0)))
         self._stage_forward(changes, SavedForward(canon, pieces, True, overwritten),
                             self._observer, total)
         changes.apply()
@@ -331,7 +327,7 @@ class SyncBatchNorm(BatchNormBase):
         if saved is None or not saved.pieces or saved.pieces[0].global_count is None:
             return super().backward(dy, out)   # one process, eval, or local virtual batches
         C, piece = self.num_features, saved.pieces[0]
-        layout = MessageLayout(sums=2 * C)
+        layout = MessageLayout(np.float64, sums=2 * C)
         error, local = None, np.zeros((2, C))
         try:
             output = self._checked_backward(saved, dy, out)
@@ -339,14 +335,10 @@ class SyncBatchNorm(BatchNormBase):
                 local = _ops.grad_sums(saved.canon, dy, piece.stats[0], piece.relu_coef)
         except (TypeError, ValueError) as exc:
             error = exc
-        sent = layout.pack(error, sums=local.ravel())
+        sent = layout.pack(self.comm.Get_rank(), error, sums=local.ravel())
         total = np.empty_like(sent)
-        self.comm.Allreduce(sent, total)
-        if error is not None:
-            raise error
-        if MessageLayout.flagged(total).size:
-            raise ValueError("dy: expected valid inputs on every rank, got one rejected on another "
-                             "rank; no gradient was computed")
+        self.comm.Allreduce(sent, total, op=reduction_ops(self.comm)[0])
+        layout.raise_if_rejected(total, error, "dy")
         dx = _ops.grad_input(saved.canon, dy, piece.stats[:2], piece.weight,
                              layout.read(total, "sums").reshape(2, C), piece.global_count, output,
                              piece.relu_coef)
@@ -398,7 +390,7 @@ def allreduce_gradients(layers_or_arrays, comm=None, average=True):
         return arrays
     sent = np.concatenate([a.ravel().astype(np.float64) for a in arrays])
     total = np.empty_like(sent)
-    comm.Allreduce(sent, total)
+    comm.Allreduce(sent, total, op=reduction_ops(comm)[0])
     if average:
         total /= comm.Get_size()
     changes, start = Changes(), 0   # every array updated, or none (e.g. on KeyboardInterrupt)

@@ -1,17 +1,22 @@
 """An in-process stand-in for an MPI communicator: one thread per rank.
 
 Implements the part of mpi4py's interface SyncBatchNorm uses (Get_size,
-Get_rank, Allgather, Allreduce with SUM), with the same semantics: every rank
-must call each collective, in the same order.
+Get_rank, Allreduce with the NumPy ufunc SyncBatchNorm passes a stand-in,
+np.add or np.maximum), with the same semantics: every rank must call each
+collective, in the same order. MPI may combine the ranks' buffers in any
+order, and a different one on each rank: with ``rotate=True`` rank r adds
+them starting from its own, so that float sums differ in their last bits
+between ranks, as they may under MPI.
 """
+import functools
 import threading
 
 import numpy as np
 
 
 class FakeWorld:
-    def __init__(self, size):
-        self.size = size
+    def __init__(self, size, rotate=False):
+        self.size, self.rotate = size, rotate
         self._barrier = threading.Barrier(size, timeout=60)
         self._slots = [None] * size
 
@@ -19,11 +24,11 @@ class FakeWorld:
         return FakeComm(self, rank)
 
     def _exchange(self, rank, value):
-        self._slots[rank] = np.array(value, dtype=np.float64, copy=True)
+        self._slots[rank] = np.array(value, copy=True)
         self._barrier.wait()
         values = list(self._slots)
         self._barrier.wait()
-        return values
+        return values[rank:] + values[:rank] if self.rotate else values
 
 
 class FakeComm:
@@ -36,21 +41,15 @@ class FakeComm:
     def Get_rank(self):
         return self.rank
 
-    def Allgather(self, sendbuf, recvbuf):
-        recvbuf[...] = np.stack(self.world._exchange(self.rank, sendbuf)).reshape(recvbuf.shape)
-
-    def Allreduce(self, sendbuf, recvbuf):
-        total = np.zeros_like(np.asarray(sendbuf, dtype=np.float64))
-        for value in self.world._exchange(self.rank, sendbuf):  # rank order, as MPI's SUM here
-            total += value
-        recvbuf[...] = total
+    def Allreduce(self, sendbuf, recvbuf, op=np.add):
+        recvbuf[...] = functools.reduce(op, self.world._exchange(self.rank, sendbuf))
 
 
-def run_ranks(size, fn):
+def run_ranks(size, fn, rotate=False):
     """fn(rank, comm) on every rank in its own thread; the results in rank order.
 
     An exception on any rank is re-raised (the first by rank), after all finish."""
-    world = FakeWorld(size)
+    world = FakeWorld(size, rotate)
     results, errors = [None] * size, [None] * size
 
     def target(rank):
