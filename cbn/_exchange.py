@@ -38,6 +38,7 @@ Every decision reads totals every process holds, so all take the same path.
 With virtual batches a process also sends its number of virtual batches
 and W_r, the sum of their M2s (no cancellation: W_r <= M2_r <= S2_r).
 """
+import sys
 import zlib
 from typing import NamedTuple, Optional
 
@@ -138,7 +139,6 @@ def reduction_ops(comm):
     """(SUM, MAX) as comm.Allreduce takes them: mpi4py's for an mpi4py
     communicator, else the NumPy ufuncs that combine two buffers (np.add,
     np.maximum), for a stand-in communicator."""
-    import sys
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and isinstance(comm, mpi.Comm):
         return mpi.SUM, mpi.MAX

@@ -67,3 +67,20 @@ def run_ranks(size, fn, rotate=False):
         if exc is not None:
             raise exc
     return results, errors
+
+
+class CountingComm:
+    """A communicator that records the bytes of each Allreduce's send buffer."""
+
+    def __init__(self, comm):
+        self.comm, self.sent = comm, []
+
+    def Get_size(self):
+        return self.comm.Get_size()
+
+    def Get_rank(self):
+        return self.comm.Get_rank()
+
+    def Allreduce(self, sendbuf, recvbuf, op=np.add):
+        self.sent.append(sendbuf.nbytes)
+        self.comm.Allreduce(sendbuf, recvbuf, op=op)

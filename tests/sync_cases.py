@@ -7,7 +7,8 @@ import cbn
 
 def shard_sizes(size):
     """Uneven shards: one empty and one of a single row when there are two ranks or more."""
-    return {1: [9], 2: [1, 8], 3: [0, 1, 8], 4: [3, 0, 1, 6]}.get(size, [2] * size)
+    return {1: [9], 2: [1, 8], 3: [0, 1, 8], 4: [3, 0, 1, 6], 5: [2, 1, 0, 3, 2]}.get(size,
+                                                                                [2] * size)
 
 
 def check_against_single_process(comm, layout, dtype, momentum, steps=2, virtual_batch_size=None):
