@@ -12,7 +12,7 @@ and, with S1, S2, n the sums over processes, the whole batch's
 
     mean = K + S1 / n,        M2 = S2 - S1 * S1 / n.
 
-Exactness. The sums travel as fixed-point integers (_fixed_point) in one
+Exactness. The sums travel as fixed-point integers (src/_sums.pyx) in one
 Allreduce: integer addition is exact and associative, so every process gets
 the same totals whatever order MPI adds in. What remains is each process's
 rounding of S1_r and S2_r (relative 2**-52) and the fixed point's unit, so
@@ -38,25 +38,28 @@ Every decision reads totals every process holds, so all take the same path.
 With virtual batches a process also sends its number of virtual batches
 and W_r, the sum of their M2s (no cancellation: W_r <= M2_r <= S2_r).
 """
+import functools
 import sys
-import zlib
 from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import _fixed_point
+from . import _sums
 from ._messages import MessageLayout
-from ._moments import Moments
+from ._moments import Moments, merge_all
 
 # windows of the steady state: 2**8 above the previous forward's sums
 FRAME_HEADROOM_BITS = 8
 # the error bound every total is held to, relative to M2 (and sqrt(M2/n) for the mean)
 TARGET_BITS = 44
-ROUNDING = 2.0 ** -52
+ROUNDING = _sums.ROUNDING
 # sums centred on a mean found by the sums: a second one only when the
 # first was far off; after it precision is what the data allow
 MAX_CENTRED_ROUNDS = 2
-FIELDS = ("s1", "s2", "within")
+_NOTHING = np.empty(0)
+# up to this many processes an Allgather moves no more bytes than the
+# Allreduce, and took a fifth to a half of its time (examples/sync_bn_cost.py)
+GATHER_MAX_PROCESSES = 4
 
 
 class Frame(NamedTuple):
@@ -67,7 +70,8 @@ class Frame(NamedTuple):
     shift : numpy.ndarray
         float64 (C,): K, per channel.
     tops : numpy.ndarray
-        int64 (3, C): the fixed-point windows of S1, S2 and W.
+        int32 (k, C): the fixed-point windows of S1, S2 (and W with virtual
+        batches).
     nonfinite : numpy.ndarray
         bool (C,): channels not finite on some process (sent as 0).
     """
@@ -78,8 +82,9 @@ class Frame(NamedTuple):
 
     def fingerprint(self):
         """Two integers in [1, 2**16] that differ when frames differ (almost surely)."""
-        crc = zlib.crc32(self.shift.tobytes() + self.tops.tobytes() + self.nonfinite.tobytes())
-        return (crc & 0xFFFF) + 1, (crc >> 16) + 1
+        h = _sums.fingerprint(self.shift, self.tops, self.nonfinite.view(np.uint8))
+        h ^= h >> 32
+        return (h & 0xFFFF) + 1, ((h >> 16) & 0xFFFF) + 1
 
 
 class Shard(NamedTuple):
@@ -125,14 +130,19 @@ class Exchanged(NamedTuple):
 
 
 class _Sums(NamedTuple):
-    """Decoded totals of one round of sums."""
+    """One round's totals, decoded (sums is None when the processes' frames
+    differed), and what they give."""
 
     count: float
     nonempty: int
     batches: int
-    s1: np.ndarray
-    s2: np.ndarray
-    within: Optional[np.ndarray]
+    sums: Optional[np.ndarray]   # float64 (k, C): S1, S2 (and W)
+    outside: bool
+    mean: Optional[np.ndarray]
+    m2: Optional[np.ndarray]
+    errors: Optional[np.ndarray]  # float64 (k, C): bounds on the errors of sums
+    following: Optional[Frame]    # the frame for the next exchange
+    precise: bool
 
 
 def reduction_ops(comm):
@@ -145,12 +155,14 @@ def reduction_ops(comm):
     return np.add, np.maximum
 
 
+@functools.lru_cache(maxsize=64)
 def sum_layout(C, virtual):
-    """The int64 row of one round of sums."""
+    """The int64 row of one round of sums: header, then limbs (2, k, C)."""
     return MessageLayout(np.int64, fingerprint=4, outside=1, count=1, nonempty=1, batches=1,
-                         s1=2 * C, s2=2 * C, **({"within": 2 * C} if virtual else {}))
+                         limbs=2 * (3 if virtual else 2) * C)
 
 
+@functools.lru_cache(maxsize=64)
 def max_layout(C, virtual):
     """The float64 row of the round that finds a frame."""
     return MessageLayout(np.float64, count=1, high=C, negated_low=C, m2=C,
@@ -158,7 +170,8 @@ def max_layout(C, virtual):
 
 
 def exchange(comm, shard, frame, error, C, virtual):
-    """The whole batch's statistics (Exchanged) from every process's Shard.
+    """The whole batch's statistics (Exchanged) from every process's Shard,
+    by_gather up to GATHER_MAX_PROCESSES processes, else by_sums.
 
     frame is this process's Frame from its previous exchange, or None;
     error this process's rejection of its input (an exception; shard is
@@ -166,11 +179,49 @@ def exchange(comm, shard, frame, error, C, virtual):
     was rejected. virtual: whether the shards carry virtual batches (the
     same on every process).
     """
+    if comm.Get_size() <= GATHER_MAX_PROCESSES:
+        return by_gather(comm, shard, frame, error, C, virtual)
+    return by_sums(comm, shard, frame, error, C, virtual)
+
+
+def by_sums(comm, shard, frame, error, C, virtual):
+    """exchange by Allreduces of fixed-point sums: O(C) bytes per process."""
     size = comm.Get_size()
-    if size > _fixed_point.MAX_PROCESSES:
-        raise ValueError(f"comm: expected at most {_fixed_point.MAX_PROCESSES} processes, "
+    if size > _sums.MAX_PROCESSES:
+        raise ValueError(f"comm: expected at most {_sums.MAX_PROCESSES} processes, "
                          f"got {size}")
     return _Rounds(comm, size, C, shard, error, virtual).run(frame)
+
+
+@functools.lru_cache(maxsize=64)
+def gather_layout(C, virtual):
+    """The float64 row each process contributes to an Allgather."""
+    return MessageLayout(np.float64, count=1, mean=C, m2=C,
+                         **({"batches": 1, "within": C} if virtual else {}))
+
+
+def by_gather(comm, shard, frame, error, C, virtual):
+    """exchange by one Allgather of every process's count, mean and M2
+    (and virtual batches, W), merged in rank order on every process (so
+    with the same bits): P times what by_sums sends, fewer bytes up to 3
+    processes, as many at 4, and no fixed-point work. frame is returned
+    unchanged."""
+    size, layout = comm.Get_size(), gather_layout(C, virtual)
+    values = {}
+    if error is None:
+        m = shard.moments
+        values.update(count=m.count, mean=m.mean, m2=m.m2)
+        if virtual:
+            values.update(batches=shard.batches, within=shard.within)
+    rows = np.empty((size, layout.size))
+    comm.Allgather(layout.pack(comm.Get_rank(), error, **values), rows)
+    layout.raise_if_rejected(rows.sum(axis=0), error, "x")
+    total = merge_all(Moments(layout.read(r, "count"), layout.read(r, "mean"),
+                              layout.read(r, "m2")) for r in rows)
+    if not virtual:
+        return Exchanged(total, None, 0, frame, 1)
+    batches = int(layout.read(rows, "batches").sum())
+    return Exchanged(total, layout.read(rows, "within").sum(axis=0), batches, frame, 1)
 
 
 class _Rounds:
@@ -184,31 +235,26 @@ class _Rounds:
         self.collectives = 0
 
     def run(self, frame):
-        sums, agreed, outside = self._sum_round(frame, first=True)
-        if sums.count < 2:   # nothing to normalise with: the layer raises
-            return self._result(frame, sums, frame)
-        centred = 0
-        while True:
-            if not agreed or outside:
-                frame = self._frame_from_maxima()
-                sums, agreed, outside = self._sum_round(frame)
-                if outside:
-                    raise RuntimeError("SyncBatchNorm: a process sent a value outside the frame "
-                                       "found from every process's maxima (a bug)")
-            mean, m2, precise = _decoded(frame, sums)
-            if precise or centred == MAX_CENTRED_ROUNDS:
-                return self._result(frame, sums, _next_frame(frame, sums, mean, m2))
-            frame = _centred_frame(frame, sums, mean, m2)
-            sums, agreed, outside = self._sum_round(frame)
-            centred += 1
-
-    def _result(self, frame, sums, next_frame):
-        if sums.count < 2:
-            total = Moments(sums.count, np.zeros(self.C), np.zeros(self.C))
-        else:
-            mean, m2, _ = _decoded(frame, sums)
-            total = Moments(sums.count, mean, m2)
-        return Exchanged(total, sums.within, sums.batches, next_frame, self.collectives)
+        result = self._sum_round(frame, first=True)
+        if result.count < 2:   # nothing to normalise with: the layer raises
+            empty = Moments(result.count, np.zeros(self.C), np.zeros(self.C))
+            return Exchanged(empty, None, result.batches, frame, self.collectives)
+        centred, from_maxima = 0, False
+        while not result.precise:
+            if result.sums is None or result.outside:
+                if from_maxima:
+                    raise RuntimeError("SyncBatchNorm: a process sent a value outside the "
+                                       "frame found from every process's maxima (a bug)")
+                frame, from_maxima = self._frame_from_maxima(), True
+            elif centred == MAX_CENTRED_ROUNDS:
+                break
+            else:
+                frame, from_maxima = _centred_frame(frame, result), False
+                centred += 1
+            result = self._sum_round(frame)
+        within = result.sums[2] if self.virtual else None
+        return Exchanged(Moments(result.count, result.mean, result.m2), within, result.batches,
+                         result.following, self.collectives)
 
     def _allreduce(self, row, op):
         total = np.empty_like(row)
@@ -218,8 +264,7 @@ class _Rounds:
 
     def _sum_round(self, frame, first=False):
         """One Allreduce of the shifted sums in frame (None: this process has
-        none). Returns (sums, agreed, outside): agreed when every process used
-        the same frame, outside when a value did not fit its window."""
+        none), decoded when every process used the same frame."""
         C, shard = self.C, self.shard
         layout = sum_layout(C, self.virtual)
         values = {}
@@ -230,37 +275,40 @@ class _Rounds:
             m = shard.moments
             values.update(count=int(m.count), nonempty=int(m.count > 0), batches=shard.batches)
             if m.count > 0 and frame is not None:
-                known = frame.nonfinite
-                with np.errstate(invalid="ignore", over="ignore"):
-                    d = m.mean - frame.shift
-                    fields = {"s1": m.count * d, "s2": m.m2 + m.count * d * d}
-                    if self.virtual:
-                        fields["within"] = shard.within
-                for i, name in enumerate(FIELDS):
-                    if name in fields:
-                        limbs, out = _fixed_point.encode(np.where(known, 0.0, fields[name]),
-                                                         frame.tops[i])
-                        values[name] = limbs.ravel()
-                        outside |= bool(out[~known].any())
+                limbs = np.empty((2,) + frame.tops.shape, np.int64)
+                outside = _sums.encode_shard(m.count, m.mean, m.m2,
+                                             shard.within if self.virtual else _NOTHING,
+                                             frame.shift, frame.tops,
+                                             frame.nonfinite.view(np.uint8), limbs)
+                values["limbs"] = limbs.ravel()
             elif m.count > 0:
                 outside = True   # no frame: the sums cannot be sent
         values["outside"] = int(outside)
         total = self._allreduce(layout.pack(self.rank, self.error, **values), self.sum_op)
         if first:
             layout.raise_if_rejected(total, self.error, "x")
+        count = float(layout.read(total, "count"))
+        batches, outside = int(layout.read(total, "batches")), bool(layout.read(total, "outside"))
         fp = [int(v) for v in layout.read(total, "fingerprint")]
-        agreed = frame is not None and all(self.size * fp[i + 1] == fp[i] * fp[i] and fp[i] > 0
-                                           for i in (0, 2))
-        if not agreed:
-            return _Sums(float(layout.read(total, "count")), 0, 0, None, None, None), False, True
-        limbs = {name: layout.read(total, name).reshape(2, C) for name in FIELDS
-                 if name in layout.slices}
-        decoded = {name: _fixed_point.decode(limbs[name], frame.tops[i])
-                   for i, name in enumerate(FIELDS) if name in limbs}
-        sums = _Sums(float(layout.read(total, "count")), int(layout.read(total, "nonempty")),
-                     int(layout.read(total, "batches")), decoded["s1"], decoded["s2"],
-                     decoded.get("within"))
-        return sums, True, bool(layout.read(total, "outside"))
+        if not (frame is not None and all(fp[i] > 0 and self.size * fp[i + 1] == fp[i] * fp[i]
+                                          for i in (0, 2))):
+            return _Sums(count, 0, batches, None, True, None, None, None, None, False)
+        nonempty = int(layout.read(total, "nonempty"))
+        sums = np.empty(frame.tops.shape)
+        _sums.decode(layout.read(total, "limbs").reshape((2,) + sums.shape), frame.tops, sums)
+        if outside or count < 2:
+            return _Sums(count, nonempty, batches, sums, outside, None, None, None, None, False)
+        mean, m2, errors = np.empty(C), np.empty(C), np.empty(sums.shape)
+        next_tops = np.empty(sums.shape, np.int32)
+        precise = _sums.statistics(frame.shift, count, nonempty, sums, frame.tops,
+                                   frame.nonfinite.view(np.uint8), 2.0 ** -TARGET_BITS,
+                                   FRAME_HEADROOM_BITS, mean, m2, errors, next_tops)
+        # the frame for the next forward: this one's mean as the shift, windows
+        # FRAME_HEADROOM_BITS above this one's sums
+        following = Frame(np.where(frame.nonfinite, 0.0, mean), next_tops,
+                          np.zeros_like(frame.nonfinite))
+        return _Sums(count, nonempty, batches, sums, False, mean, m2, errors, following,
+                     precise)
 
     def _frame_from_maxima(self):
         """A frame that holds every process's values, from one MAX Allreduce:
@@ -288,76 +336,27 @@ class _Rounds:
             shift = low / 2 + high / 2
             # |m_r - shift| <= reach, the midpoint's rounding included
             reach = (high / 2 - low / 2) + ROUNDING * np.maximum(np.abs(high), np.abs(low))
-            bounds = [count * reach, layout.read(top, "m2") + count * reach * reach,
-                      layout.read(top, "within") if virtual else np.zeros(C)]
-        nonfinite = ~np.all([np.isfinite(b) for b in bounds], axis=0) | ~np.isfinite(shift)
-        return _frame(np.where(nonfinite, 0.0, shift), bounds, nonfinite)
+            bounds = [count * reach, layout.read(top, "m2") + count * reach * reach]
+            if virtual:
+                bounds.append(layout.read(top, "within"))
+        bounds = np.array(bounds)
+        nonfinite = ~(np.all(np.isfinite(bounds), axis=0) & np.isfinite(shift))
+        return _frame(shift, bounds, nonfinite)
 
 
-def _frame(shift, bounds, nonfinite):
-    tops = np.stack([_fixed_point.top_for(np.where(nonfinite, 0.0, b)) for b in bounds])
-    return Frame(np.ascontiguousarray(shift, dtype=np.float64), tops, nonfinite.copy())
+def _frame(shift, bounds, nonfinite, headroom_bits=0):
+    """The Frame with this shift whose windows hold values up to bounds (k, C)."""
+    tops = np.empty(bounds.shape, np.int32)
+    _sums.tops_for(np.where(nonfinite, 0.0, bounds), headroom_bits, tops)
+    return Frame(np.where(nonfinite, 0.0, shift), tops, nonfinite.copy())
 
 
-def _error_bounds(frame, sums):
-    """Bounds on the errors of S1, S2 (and W): each process's rounding of
-    its values (S1 by Cauchy-Schwarz: sum |S1_r| <= sqrt(n S2)) and one
-    fixed-point unit per process that sent values."""
-    units = _fixed_point.unit(frame.tops) * sums.nonempty
-    s2 = np.abs(sums.s2)
-    err_s1 = units[0] + ROUNDING * np.sqrt(sums.count * s2)
-    err_s2 = units[1] + 3 * ROUNDING * s2
-    err_w = None if sums.within is None else units[2] + 3 * ROUNDING * np.abs(sums.within)
-    return err_s1, err_s2, err_w
-
-
-def _decoded(frame, sums):
-    """(mean, M2, precise) from the sums in frame; precise when the error
-    bounds of M2, of the mean (beyond its rounding to float64) and of W are
-    within 2**-TARGET_BITS of what the data can resolve: M2, but at least
-    n (2**-52 mean)**2 (values equal to rounding have no finer spread), and
-    its square root per value for the mean."""
-    n = sums.count
-    with np.errstate(invalid="ignore", over="ignore"):
-        shifted_mean = sums.s1 / n
-        mean = frame.shift + shifted_mean
-        m2 = np.maximum(sums.s2 - sums.s1 * shifted_mean, 0.0)
-        err_s1, err_s2, err_w = _error_bounds(frame, sums)
-        err_m2 = err_s2 + (2 * np.abs(sums.s1) * err_s1 + err_s1 * err_s1) / n \
-            + ROUNDING * np.abs(sums.s2)
-        resolvable = np.maximum(m2, n * (ROUNDING * mean) ** 2)
-        target = 2.0 ** -TARGET_BITS
-        # the mean's own rounding (to float64, as one process's) is not counted
-        ok = (err_m2 <= target * resolvable) & (err_s1 / n <= target * np.sqrt(resolvable / n))
-        if err_w is not None:
-            ok &= err_w <= target * np.maximum(sums.within, n * (ROUNDING * mean) ** 2)
-    mean[frame.nonfinite] = np.nan
-    m2[frame.nonfinite] = np.nan
-    return mean, m2, bool(np.all(ok | frame.nonfinite))
-
-
-def _centred_frame(frame, sums, mean, m2):
+def _centred_frame(frame, result):
     """Sums centred on the mean just found, in windows from the M2 just found
     plus its error bound: every process's S2_r <= S2 = M2 + n (mean error)^2."""
-    err_s1, err_s2, err_w = _error_bounds(frame, sums)
-    n = sums.count
+    n, sums, errors = result.count, result.sums, result.errors
     with np.errstate(invalid="ignore", over="ignore"):
-        err_mean = err_s1 / n + ROUNDING * np.abs(mean)
-        s2 = m2 + err_s2 + 2 * np.abs(sums.s1) * err_s1 / n + n * err_mean * err_mean
-        bounds = [np.sqrt(n * s2), s2,
-                  np.zeros_like(s2) if sums.within is None else sums.within + err_w]
-    nonfinite = frame.nonfinite.copy()
-    return _frame(np.where(nonfinite, 0.0, mean), bounds, nonfinite)
-
-
-def _next_frame(frame, sums, mean, m2):
-    """The frame for the next forward: this one's mean as the shift,
-    windows FRAME_HEADROOM_BITS above this one's sums (S1 within
-    sqrt(n S2) by Cauchy-Schwarz)."""
-    n = sums.count
-    bounds = [np.sqrt(n * m2), m2, np.zeros_like(m2) if sums.within is None else sums.within]
-    nonfinite = frame.nonfinite
-    new = _frame(np.where(nonfinite, 0.0, mean), [np.where(nonfinite, 0.0, b) for b in bounds],
-                 np.zeros_like(nonfinite))
-    tops = np.minimum(new.tops + FRAME_HEADROOM_BITS, _fixed_point.HIGHEST_TOP)
-    return Frame(new.shift, tops, new.nonfinite)
+        err_mean = errors[0] / n + ROUNDING * np.abs(result.mean)
+        s2 = result.m2 + errors[1] + 2 * np.abs(sums[0]) * errors[0] / n + n * err_mean * err_mean
+        bounds = [np.sqrt(n * s2), s2] + ([sums[2] + errors[2]] if len(sums) == 3 else [])
+    return _frame(result.mean, np.array(bounds), frame.nonfinite)

@@ -40,9 +40,9 @@ class MessageLayout:
             row[self.slices[name]] = value
         return row
 
-    def read(self, row, name):
-        """Field name of a row."""
-        return row[self.slices[name]]
+    def read(self, rows, name):
+        """Field name of a row, or of each of a stack of rows."""
+        return rows[..., self.slices[name]]
 
     def raise_if_rejected(self, total, error, argument):
         """After a summing collective: re-raise this rank's error, or raise

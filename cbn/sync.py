@@ -2,15 +2,19 @@
 
 Data-parallel training gives each process a shard of the batch; plain batch
 norm would normalise each shard with its own statistics. SyncBatchNorm
-exchanges per-channel float64 (count, mean, M2) in one Allgather per forward
-(not invstd, which loses M2 when var << eps), merges them in rank order with
-Chan's formula (the same bits on every rank) and normalises every shard with
-the statistics of the whole batch; the backward needs one Allreduce of
-(sum(dy), sum(dy * (x - mean))). With virtual batches (ghost batch norm)
-each shard's runs of k rows are normalised on their own, with no exchange,
-and the one Allgather carries what the running statistics need. Needs
-mpi4py (``pip install "cbn[mpi]"``); any object with mpi4py's
-Get_size/Get_rank/Allgather/Allreduce works as a communicator.
+exchanges per-channel statistics once per forward (cbn._exchange): up to
+four processes one Allgather of every shard's float64 (count, mean, M2),
+merged in rank order; beyond, one Allreduce of fixed-point sums shifted by
+the previous forward's mean, whose size does not depend on the number of
+processes. Either way every process gets the same bits, as exact as one
+process's statistics on the whole batch, and normalises its shard with
+them; the backward needs one Allreduce of (sum(dy), sum(dy * (x - mean))).
+With virtual batches (ghost batch norm) each shard's runs of k rows are
+normalised on their own, with no exchange, and the one exchange carries
+what the running statistics need. Needs mpi4py (``pip install "cbn[mpi]"``);
+any object with mpi4py's Get_size/Get_rank/Allgather/Allreduce works as a
+communicator (Allreduce then receives ``op=np.add`` or ``op=np.maximum``,
+the NumPy ufunc that combines two buffers, instead of MPI.SUM or MPI.MAX).
 
 A rank whose input is rejected still joins the collective, flagging the
 error, so every rank raises instead of the others waiting forever.
@@ -64,7 +68,7 @@ class _CommNotPickled:
 
 
 def _check_comm(comm):
-    for method in ("Get_size", "Get_rank", "Allreduce"):
+    for method in ("Get_size", "Get_rank", "Allgather", "Allreduce"):
         if not callable(getattr(comm, method, None)):
             raise TypeError(f"comm: expected an mpi4py communicator (with {method}), "
                             f"got {describe(comm)}")
@@ -264,10 +268,11 @@ class SyncBatchNorm(BatchNormBase):
         """Ghost batch norm over shards: this shard's runs of k rows are
         normalised as BatchNorm does, needing no other rank (so a rank whose
         input was valid has written its output even when another rank's was
-        rejected). The one Allgather carries, per rank, its number of virtual
-        batches and the sums of their means and unbiased variances (the
-        running statistics move once, with the means over all virtual
-        batches), and the shard's (count, mean, M2) for precise_statistics."""
+        rejected). The one exchange carries, per rank, the shard's (count,
+        mean, M2), its number of virtual batches and the sum of their M2s:
+        the running statistics move once, with the mean over all virtual
+        batches of their means and unbiased variances, and
+        precise_statistics takes the whole batch's moments."""
         C, k = self.num_features, self.virtual_batch_size
         error, pieces = None, ()
         try:

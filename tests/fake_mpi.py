@@ -1,8 +1,8 @@
 """An in-process stand-in for an MPI communicator: one thread per rank.
 
 Implements the part of mpi4py's interface SyncBatchNorm uses (Get_size,
-Get_rank, Allreduce with the NumPy ufunc SyncBatchNorm passes a stand-in,
-np.add or np.maximum), with the same semantics: every rank must call each
+Get_rank, Allgather, Allreduce with the NumPy ufunc SyncBatchNorm passes a
+stand-in, np.add or np.maximum), with the same semantics: every rank must call each
 collective, in the same order. MPI may combine the ranks' buffers in any
 order, and a different one on each rank: with ``rotate=True`` rank r adds
 them starting from its own, so that float sums differ in their last bits
@@ -41,6 +41,12 @@ class FakeComm:
     def Get_rank(self):
         return self.rank
 
+    def Allgather(self, sendbuf, recvbuf):
+        rows = self.world._exchange(self.rank, sendbuf)
+        if self.world.rotate:   # back in rank order, as Allgather delivers them
+            rows = rows[-self.rank:] + rows[:-self.rank] if self.rank else rows
+        recvbuf[...] = np.stack(rows).reshape(recvbuf.shape)
+
     def Allreduce(self, sendbuf, recvbuf, op=np.add):
         recvbuf[...] = functools.reduce(op, self.world._exchange(self.rank, sendbuf))
 
@@ -70,7 +76,7 @@ def run_ranks(size, fn, rotate=False):
 
 
 class CountingComm:
-    """A communicator that records the bytes of each Allreduce's send buffer."""
+    """A communicator that records the bytes of each collective's send buffer."""
 
     def __init__(self, comm):
         self.comm, self.sent = comm, []
@@ -81,6 +87,10 @@ class CountingComm:
     def Get_rank(self):
         return self.comm.Get_rank()
 
+    def Allgather(self, sendbuf, recvbuf):
+        self.sent.append(("Allgather", sendbuf.nbytes))
+        self.comm.Allgather(sendbuf, recvbuf)
+
     def Allreduce(self, sendbuf, recvbuf, op=np.add):
-        self.sent.append(sendbuf.nbytes)
+        self.sent.append(("Allreduce", sendbuf.nbytes))
         self.comm.Allreduce(sendbuf, recvbuf, op=op)

@@ -472,6 +472,9 @@ class TwoIdenticalRanks:
     def Get_rank(self):
         return 0
 
+    def Allgather(self, sendbuf, recvbuf):
+        recvbuf[...] = sendbuf
+
     def Allreduce(self, sendbuf, recvbuf, op=np.add):
         recvbuf[...] = op(sendbuf, sendbuf)
 

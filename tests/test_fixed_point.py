@@ -1,15 +1,26 @@
-"""The fixed-point encoding SyncBatchNorm sums across processes: exact to
-one unit per value, and the same bits whatever order the limbs are added in."""
+"""The fixed-point sums SyncBatchNorm exchanges (cbn._sums): exact to one
+unit per value, and the same bits whatever order the limbs are added in."""
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from cbn import _fixed_point as fp
+from cbn import _sums
 
 
-def exact(values):
-    return sum((Fraction(float(v)) for v in values), Fraction(0))
+def encode(values, tops):
+    limbs = np.empty((2,) + values.shape, np.int64)
+    return limbs, _sums.encode(values, tops, limbs)
+
+
+def decode(limbs, tops):
+    values = np.empty(tops.shape)
+    _sums.decode(limbs, tops, values)
+    return values
+
+
+def unit(top):
+    return Fraction(2) ** (int(top) - 2 * _sums.LIMB_BITS)
 
 
 @pytest.mark.parametrize("top", [-900, -40, 0, 7, 60, 1000])
@@ -17,49 +28,84 @@ def test_sums_in_any_order_decode_to_the_same_bits_within_one_unit_per_value(rng
     P, n = 13, 7
     scale = np.ldexp(1.0, top - 1)
     # every sign and magnitude the window holds, down to far below its unit
-    values = rng.uniform(-1, 1, (P, n)) * scale * np.ldexp(1.0, -rng.integers(0, 120, (P, n)))
-    values[0, 0] = np.nextafter(np.ldexp(1.0, top), 0)   # the largest value the window holds
-    values[1, 0] = -values[0, 0]
-    tops = np.full(n, top)
+    values = rng.uniform(-1, 1, (P, 1, n)) * scale * np.ldexp(1.0, -rng.integers(0, 120, (P, 1, n)))
+    values[0, 0, 0] = np.nextafter(np.ldexp(1.0, top), 0)   # the largest value the window holds
+    values[1, 0, 0] = -values[0, 0, 0]
+    tops = np.full((1, n), top, np.int32)
     encoded = []
     for row in values:
-        limbs, outside = fp.encode(row, tops)
-        assert limbs.dtype == np.int64 and not outside.any()
+        limbs, outside = encode(row, tops)
+        assert not outside
         encoded.append(limbs)
     results = set()
     for _ in range(5):
-        order = rng.permutation(P)
-        total = np.zeros((2, n), np.int64)
-        for r in order:
+        total = np.zeros((2, 1, n), np.int64)
+        for r in rng.permutation(P):
             total += encoded[r]
-        results.add(fp.decode(total, tops).tobytes())
+        results.add(decode(total, tops).tobytes())
     assert len(results) == 1
     decoded = np.frombuffer(results.pop())
-    unit = Fraction(float(fp.unit(top)))
     for j in range(n):
-        truth = exact(values[:, j])
+        truth = sum((Fraction(float(v)) for v in values[:, 0, j]), Fraction(0))
         # P units of the fixed point, and the decode's own rounding to float64
-        assert abs(Fraction(float(decoded[j])) - truth) <= P * unit + abs(truth) * Fraction(2) ** -52
+        assert abs(Fraction(float(decoded[j])) - truth) <= P * unit(top) + abs(truth) / 2 ** 52
 
 
-def test_values_outside_the_window_or_not_finite_are_marked_and_sent_as_zero():
-    values = np.array([1.0, -1.0, 0.5, np.nan, np.inf, -np.inf, 0.0])
-    limbs, outside = fp.encode(values, np.zeros(7, np.int64))
-    assert outside.tolist() == [True, True, False, True, True, True, False]
-    assert not limbs[:, outside].any()
-    assert fp.decode(limbs, np.zeros(7, np.int64))[2] == 0.5
+@pytest.mark.parametrize("bad", [2.0, -1.0, np.nan, np.inf, -np.inf])
+def test_a_value_outside_its_window_or_not_finite_is_reported_and_sent_as_zero(bad):
+    values = np.array([[0.5, bad, -0.25]])
+    limbs, outside = encode(values, np.zeros((1, 3), np.int32))
+    assert outside and not limbs[:, 0, 1].any()
+    np.testing.assert_array_equal(decode(limbs, np.zeros((1, 3), np.int32)), [[0.5, 0.0, -0.25]])
+    assert not encode(values[:, [0, 2]], np.zeros((1, 2), np.int32))[1]
 
 
 def test_windows_hold_their_bound_with_room_to_spare():
-    bounds = np.array([0.0, 1e-300, 3.0, 4.0, 1e300])
-    tops = fp.top_for(bounds)
+    bounds = np.array([[0.0, 1e-300, 3.0, 4.0, 1e300]])
+    tops = np.empty(bounds.shape, np.int32)
+    _sums.tops_for(bounds, 0, tops)
     assert np.all(bounds * 2 < np.ldexp(1.0, tops))
-    assert tops[0] == fp.LOWEST_TOP
-    assert np.all(fp.unit(tops) > 0) and np.all(np.isfinite(np.ldexp(1.0, tops)))
+    assert tops[0, 0] == _sums.LOWEST_TOP
+    assert np.all(np.ldexp(1.0, tops - 2 * _sums.LIMB_BITS) >= np.finfo(np.float64).tiny)
+    more = np.empty_like(tops)
+    _sums.tops_for(bounds, 8, more)
+    assert more[0, 0] == _sums.LOWEST_TOP + 8
+    np.testing.assert_array_equal(more[0, 2:], np.minimum(tops[0, 2:] + 8, _sums.HIGHEST_TOP))
 
 
 def test_the_limbs_of_the_most_processes_cannot_overflow():
-    limbs, _ = fp.encode(np.array([np.nextafter(1.0, 0), -np.nextafter(1.0, 0)]),
-                         np.zeros(2, np.int64))
-    assert np.abs(limbs).max() <= 2 ** fp.LIMB_BITS
-    assert fp.MAX_PROCESSES * (2 ** fp.LIMB_BITS + 1) < 2 ** 63
+    limbs, _ = encode(np.array([[np.nextafter(1.0, 0), -np.nextafter(1.0, 0)]]),
+                      np.zeros((1, 2), np.int32))
+    assert np.abs(limbs).max() <= 2 ** _sums.LIMB_BITS
+    assert _sums.MAX_PROCESSES * (2 ** _sums.LIMB_BITS + 1) < 2 ** 63
+
+
+def test_statistics_of_sums_match_the_algebra(rng):
+    C, n = 6, 40.0
+    x = rng.standard_normal((int(n), C)) * 3 + 100
+    shift = x[0] + 0.5
+    sums = np.array([(x - shift).sum(axis=0), ((x - shift) ** 2).sum(axis=0)])
+    tops = np.empty((2, C), np.int32)
+    _sums.tops_for(np.abs(sums), 0, tops)
+    mean, m2, errors, following = np.empty(C), np.empty(C), np.empty((2, C)), np.empty_like(tops)
+    nonfinite = np.zeros(C, np.uint8)
+    nonfinite[3] = 1
+
+    def statistics(shift, sums):
+        return _sums.statistics(shift, n, 1.0, sums, tops, nonfinite, 2.0 ** -44, 8, mean, m2,
+                                errors, following)
+
+    assert statistics(shift, sums)
+    keep = nonfinite == 0
+    np.testing.assert_allclose(mean[keep], x.mean(axis=0)[keep], rtol=1e-15)
+    np.testing.assert_allclose(m2[keep], ((x - x.mean(axis=0)) ** 2).sum(axis=0)[keep],
+                               rtol=1e-12)
+    assert np.isnan(mean[3]) and np.isnan(m2[3]) and np.all(errors > 0)
+    # the next exchange's windows: 8 bits above sqrt(n M2) and M2
+    assert np.all(np.ldexp(1.0, following[:, keep] - 9) > [np.sqrt(n * m2[keep]), m2[keep]])
+    assert np.all(np.ldexp(1.0, following[:, keep] - 10) <= [np.sqrt(n * m2[keep]), m2[keep]])
+    # far from the mean, the same values lose precision: not precise
+    far = shift - 1e9
+    sums = np.array([(x - far).sum(axis=0), ((x - far) ** 2).sum(axis=0)])
+    _sums.tops_for(np.abs(sums), 0, tops)
+    assert not statistics(far, sums)

@@ -25,11 +25,11 @@ def test_public_api_names():
 def test_typing_stubs_ship_with_the_compiled_modules():
     root = Path(cbn.__file__).parent
     assert (root / "py.typed").exists()
-    for module in ("_forward", "_backward", "_runtime"):
+    for module in ("_forward", "_backward", "_runtime", "_sums"):
         assert (root / f"{module}.pyi").exists(), module
 
 
-@pytest.mark.parametrize("module", ["_forward", "_backward", "_runtime"])
+@pytest.mark.parametrize("module", ["_forward", "_backward", "_runtime", "_sums"])
 def test_typing_stubs_match_the_compiled_functions(module):
     """Every public function of a compiled module has a stub with its parameter names."""
     compiled = importlib.import_module(f"cbn.{module}")

@@ -10,10 +10,17 @@ import pytest
 MPI = pytest.importorskip("mpi4py.MPI")
 
 import cbn  # noqa: E402
+from cbn import _exchange  # noqa: E402
 from helpers import DTYPES  # noqa: E402
 from sync_cases import check_against_single_process  # noqa: E402
 
 COMM = MPI.COMM_WORLD
+
+
+@pytest.fixture(params=["sums", "gather"])
+def path(request, monkeypatch):
+    """Either exchange at this process count (see cbn._exchange.exchange)."""
+    monkeypatch.setattr(_exchange, "GATHER_MAX_PROCESSES", 0 if request.param == "sums" else 99)
 
 
 @pytest.mark.parametrize("virtual_batch_size", [None, 2])
@@ -21,7 +28,7 @@ COMM = MPI.COMM_WORLD
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_matches_single_process_batch_norm_on_the_whole_batch(layout, dtype, momentum,
-                                                              virtual_batch_size):
+                                                              virtual_batch_size, path):
     state = check_against_single_process(COMM, layout, dtype, momentum, steps=3,
                                          virtual_batch_size=virtual_batch_size)
     for other in COMM.allgather(state):  # bitwise equal running statistics on every rank
@@ -48,3 +55,18 @@ def test_a_rejected_input_on_one_rank_raises_on_every_rank():
     with pytest.raises((TypeError, ValueError)):
         bn(x)
     assert COMM.allgather(True) == [True] * COMM.Get_size()
+
+
+def test_a_mean_that_jumps_every_step_the_same_bits_on_every_rank(path):
+    rng = np.random.default_rng(5)   # the same batches on every rank
+    bn = cbn.SyncBatchNorm(4, COMM, dtype=np.float64, momentum=None)
+    rows = np.array_split(np.arange(6 * COMM.Get_size()), COMM.Get_size())[COMM.Get_rank()]
+    single = cbn.BatchNorm1d(4, dtype=np.float64, momentum=None)
+    for step in range(4):
+        x = rng.standard_normal((6 * COMM.Get_size(), 4, 5)) * 0.5 + 1e3 * (step + 1)
+        bn(x[rows])
+        single(x)
+    np.testing.assert_allclose(bn.running_var, single.running_var, rtol=1e-12)
+    for mean, var in COMM.allgather((bn.running_mean, bn.running_var)):
+        np.testing.assert_array_equal(mean, bn.running_mean)
+        np.testing.assert_array_equal(var, bn.running_var)
