@@ -56,7 +56,7 @@ ROUNDING = _sums.ROUNDING
 # sums centred on a mean found by the sums: a second one only when the
 # first was far off; after it precision is what the data allow
 MAX_CENTRED_ROUNDS = 2
-_NOTHING = np.empty(0)
+_NO_WITHIN = np.empty(0)
 # up to this many processes an Allgather moves no more bytes than the
 # Allreduce, and took a fifth to a half of its time (examples/sync_bn_cost.py)
 GATHER_MAX_PROCESSES = 4
@@ -116,17 +116,14 @@ class Exchanged(NamedTuple):
         With virtual batches: the sum over all of them of their M2s.
     batches : int
         Virtual batches over all processes (0 without them).
-    frame : Frame
+    frame : Frame or None
         The frame for the next exchange.
-    collectives : int
-        The Allreduces this exchange took.
     """
 
     total: Moments
     within: Optional[np.ndarray]
     batches: int
-    frame: Frame
-    collectives: int
+    frame: Optional[Frame]
 
 
 class _Sums(NamedTuple):
@@ -203,9 +200,10 @@ def gather_layout(C, virtual):
 def by_gather(comm, shard, frame, error, C, virtual):
     """exchange by one Allgather of every process's count, mean and M2
     (and virtual batches, W), merged in rank order on every process (so
-    with the same bits): P times what by_sums sends, fewer bytes up to 3
-    processes, as many at 4, and no fixed-point work. frame is returned
-    unchanged."""
+    with the same bits). Each process receives P rows of 2C + 3 values
+    where by_sums's message has 4C + 10 (and MPI moves up to twice a
+    message): fewer bytes up to 3 processes, as many at 4; and no
+    fixed-point work. frame is returned unchanged."""
     size, layout = comm.Get_size(), gather_layout(C, virtual)
     values = {}
     if error is None:
@@ -219,26 +217,25 @@ def by_gather(comm, shard, frame, error, C, virtual):
     total = merge_all(Moments(layout.read(r, "count"), layout.read(r, "mean"),
                               layout.read(r, "m2")) for r in rows)
     if not virtual:
-        return Exchanged(total, None, 0, frame, 1)
+        return Exchanged(total, None, 0, frame)
     batches = int(layout.read(rows, "batches").sum())
-    return Exchanged(total, layout.read(rows, "within").sum(axis=0), batches, frame, 1)
+    return Exchanged(total, layout.read(rows, "within").sum(axis=0), batches, frame)
 
 
 class _Rounds:
-    """One exchange: its rounds and the collectives they took."""
+    """One exchange by sums: its rounds."""
 
     def __init__(self, comm, size, C, shard, error, virtual):
         self.comm, self.size, self.C, self.virtual = comm, size, C, virtual
         self.rank = comm.Get_rank()
         self.sum_op, self.max_op = reduction_ops(comm)
         self.shard, self.error = shard, error
-        self.collectives = 0
 
     def run(self, frame):
         result = self._sum_round(frame, first=True)
         if result.count < 2:   # nothing to normalise with: the layer raises
             empty = Moments(result.count, np.zeros(self.C), np.zeros(self.C))
-            return Exchanged(empty, None, result.batches, frame, self.collectives)
+            return Exchanged(empty, None, result.batches, frame)
         centred, from_maxima = 0, False
         while not result.precise:
             if result.sums is None or result.outside:
@@ -254,12 +251,11 @@ class _Rounds:
             result = self._sum_round(frame)
         within = result.sums[2] if self.virtual else None
         return Exchanged(Moments(result.count, result.mean, result.m2), within, result.batches,
-                         result.following, self.collectives)
+                         result.following)
 
     def _allreduce(self, row, op):
         total = np.empty_like(row)
         self.comm.Allreduce(row, total, op=op)
-        self.collectives += 1
         return total
 
     def _sum_round(self, frame, first=False):
@@ -277,7 +273,7 @@ class _Rounds:
             if m.count > 0 and frame is not None:
                 limbs = np.empty((2,) + frame.tops.shape, np.int64)
                 outside = _sums.encode_shard(m.count, m.mean, m.m2,
-                                             shard.within if self.virtual else _NOTHING,
+                                             shard.within if self.virtual else _NO_WITHIN,
                                              frame.shift, frame.tops,
                                              frame.nonfinite.view(np.uint8), limbs)
                 values["limbs"] = limbs.ravel()

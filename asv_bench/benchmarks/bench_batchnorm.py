@@ -21,6 +21,8 @@ default call that allocates its output. cbn's time over its memory-traffic
 limit (the README's model) is `python -m cbn bench`'s job: it measures the
 floors in the same process, interleaved; here MemoryFloor times them.
 """
+import numpy as np
+
 import cbn
 from cbn import _bench
 
@@ -163,3 +165,51 @@ class FusedReLU(_OneSamplePerProcess):
 
     def time_separate(self, *params):
         self.separate()
+
+
+class _IdenticalRanks:
+    """A stand-in for P processes whose shards are this one's: what SyncBatchNorm
+    exchanges costs here minus the transfer (np.add: P times the row;
+    np.maximum: the row)."""
+
+    def __init__(self, processes):
+        self.processes = processes
+
+    def Get_size(self):
+        return self.processes
+
+    def Get_rank(self):
+        return 0
+
+    def Allgather(self, sendbuf, recvbuf):
+        recvbuf[...] = sendbuf
+
+    def Allreduce(self, sendbuf, recvbuf, op):
+        recvbuf[...] = sendbuf * self.processes if op is np.add else sendbuf
+
+
+class SyncForward(_OneSamplePerProcess):
+    """SyncBatchNorm's training forward on a 4-row shard of C channels (float32,
+    1 thread), with the exchange's own work and no transfer: by Allgather (2
+    processes) and by fixed-point sums (8 processes, steady state: one
+    Allreduce); time_local is BatchNorm1d on the same shard."""
+
+    params = [[2, 8], [64, 2048]]
+    param_names = ["processes", "channels"]
+
+    def setup(self, processes, channels):
+        cbn.set_num_threads(1)
+        self.x = np.random.default_rng(0).standard_normal((4, channels)).astype(np.float32) + 3
+        self.sync = cbn.SyncBatchNorm(channels, _IdenticalRanks(processes))
+        self.local = cbn.BatchNorm1d(channels)
+        self.sync(self.x)
+        self.local(self.x)
+
+    def teardown(self, *params):
+        cbn.set_num_threads(None)
+
+    def time_sync(self, *params):
+        self.sync(self.x)
+
+    def time_local(self, *params):
+        self.local(self.x)
