@@ -14,6 +14,16 @@ def rng(request):
     return np.random.default_rng(seed)
 
 
+@pytest.fixture(params=["sums", "gather"])
+def exchange_path(request, monkeypatch):
+    """SyncBatchNorm's forward exchange at any process count: by fixed-point
+    sums (the Allgather limit set to 0) or by Allgather (set above every
+    count in the tests)."""
+    from cbn import _exchange
+    monkeypatch.setattr(_exchange, "GATHER_MAX_PROCESSES", 0 if request.param == "sums" else 99)
+    return request.param
+
+
 @pytest.fixture
 def threads():
     """Restore the thread setting after a test changes it."""

@@ -43,7 +43,7 @@ def test_matches_single_process_batch_norm(size, layout, dtype, momentum, virtua
             np.testing.assert_array_equal(value, results[0][key])
 
 
-def test_fused_relu_and_bias_correction_over_ranks(rng):
+def test_fused_relu_and_bias_correction_over_ranks(rng, exchange_path):
     x = random_input(rng, (9, 3, 4), np.float64)
     dy = random_input(rng, (9, 3, 4), np.float64)
     single = cbn.BatchNorm1d(3, dtype=np.float64, activation="relu", bias_correction=True)
@@ -63,7 +63,7 @@ def test_fused_relu_and_bias_correction_over_ranks(rng):
     run_ranks(3, rank_fn)
 
 
-def test_one_value_per_channel_overall_raises_on_every_rank():
+def test_one_value_per_channel_overall_raises_on_every_rank(exchange_path):
     def rank_fn(rank, comm):
         bn = cbn.SyncBatchNorm(2, comm)
         x = np.ones((1 if rank == 0 else 0, 2), np.float32)
@@ -75,7 +75,7 @@ def test_one_value_per_channel_overall_raises_on_every_rank():
     assert results == ["raised"] * 3
 
 
-def test_virtual_batches_that_would_straddle_shards_raise_on_every_rank():
+def test_virtual_batches_that_would_straddle_shards_raise_on_every_rank(exchange_path):
     def rank_fn(rank, comm):
         bn = cbn.SyncBatchNorm(2, comm, virtual_batch_size=2)
         x = np.arange(2.0 * (3 if rank == 0 else 4), dtype=np.float32).reshape(-1, 2)
@@ -91,7 +91,7 @@ def test_virtual_batches_that_would_straddle_shards_raise_on_every_rank():
     assert "rejected on rank 0" in results[1]
 
 
-def test_bad_out_on_one_rank_raises_on_every_rank(rng):
+def test_bad_out_on_one_rank_raises_on_every_rank(rng, exchange_path):
     x = random_input(rng, (4, 3), np.float32)
 
     def rank_fn(rank, comm):
@@ -106,7 +106,7 @@ def test_bad_out_on_one_rank_raises_on_every_rank(rng):
     assert "out: expected a float32 array" in results[1]
 
 
-def test_bad_input_on_one_rank_raises_on_every_rank():
+def test_bad_input_on_one_rank_raises_on_every_rank(exchange_path):
     def rank_fn(rank, comm):
         bn = cbn.SyncBatchNorm(2, comm)
         x = np.ones((4, 2), np.float64 if rank == 1 else np.float32)
@@ -204,7 +204,7 @@ def test_without_mpi4py_the_error_says_how_to_install(monkeypatch):
 
 
 @pytest.mark.parametrize("virtual_batch_size", [None, 2])
-def test_precise_statistics_collect_every_process_in_training_mode(rng, virtual_batch_size):
+def test_precise_statistics_collect_every_process_in_training_mode(rng, virtual_batch_size, exchange_path):
     batches = [random_input(rng, (n, 3, 4), np.float64) for n in (8, 12, 4)]
     whole = np.concatenate([b.transpose(1, 0, 2).reshape(3, -1) for b in batches], axis=1)
 

@@ -16,14 +16,6 @@ from fake_mpi import CountingComm, run_ranks
 C = 5
 
 
-@pytest.fixture(params=["sums", "gather"])
-def path(request, monkeypatch):
-    """Each exchange at any process count: by_sums (the gather limit set to
-    0), or by_gather (set above every count here)."""
-    monkeypatch.setattr(_exchange, "GATHER_MAX_PROCESSES", 0 if request.param == "sums" else 99)
-    return request.param
-
-
 @pytest.fixture
 def by_sums(monkeypatch):
     monkeypatch.setattr(_exchange, "GATHER_MAX_PROCESSES", 0)
@@ -89,7 +81,7 @@ def test_the_forward_exchange_sends_the_same_bytes_whatever_the_process_count(
 
 
 @pytest.mark.parametrize("size", [2, 3, 5, 8])
-def test_large_mean_float64_within_1e_12_of_the_exact_statistics(rng, size, path):
+def test_large_mean_float64_within_1e_12_of_the_exact_statistics(rng, size, exchange_path):
     batches = [rng.standard_normal((24, C, 3, 3)) * 0.5 + 1e4 for _ in range(2)]
     results = run_steps(size, batches)
     mean, var = exact_statistics(batches[-1])
@@ -98,7 +90,7 @@ def test_large_mean_float64_within_1e_12_of_the_exact_statistics(rng, size, path
     assert np.max(np.abs(results[0][1] - mean) / np.sqrt(var)) < 1e-10   # ulp(1e4) / 0.5
 
 
-def test_large_mean_float32_as_accurate_as_one_process(rng, path):
+def test_large_mean_float32_as_accurate_as_one_process(rng, exchange_path):
     batches = [(rng.standard_normal((24, C, 3, 3)) + 1e4).astype(np.float32) for _ in range(2)]
     results = run_steps(4, batches, dtype=np.float32)
     single = cbn.BatchNorm2d(C, momentum=1.0)
@@ -175,7 +167,7 @@ def test_more_processes_than_the_fixed_point_holds_are_refused():
         np.testing.assert_array_equal(value, before[key])
 
 
-def test_every_rank_gets_the_same_bits_where_float_sums_would_differ(rng, path):
+def test_every_rank_gets_the_same_bits_where_float_sums_would_differ(rng, exchange_path):
     # the premise: these float64s summed in each rank's order give different
     # bits on different ranks (as an Allreduce of floats may)
     values = rng.standard_normal((7, C * 9)) * 10.0 ** rng.integers(-8, 8, (7, 1))
@@ -191,7 +183,7 @@ def test_every_rank_gets_the_same_bits_where_float_sums_would_differ(rng, path):
     assert_same_bits_on_every_rank(run_steps(7, [batch * 10.0 ** k for k in (0, 3, -3)]))
 
 
-def test_a_channel_not_finite_on_one_rank_is_not_finite_on_every_rank(rng, path):
+def test_a_channel_not_finite_on_one_rank_is_not_finite_on_every_rank(rng, exchange_path):
     batches = [rng.standard_normal((10, C, 3, 3)) for _ in range(3)]
     batches[1][7, 2, 1, 1] = np.nan   # on the last rank's shard, channel 2, second step
 

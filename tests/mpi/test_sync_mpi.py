@@ -10,17 +10,10 @@ import pytest
 MPI = pytest.importorskip("mpi4py.MPI")
 
 import cbn  # noqa: E402
-from cbn import _exchange  # noqa: E402
 from helpers import DTYPES  # noqa: E402
 from sync_cases import check_against_single_process  # noqa: E402
 
 COMM = MPI.COMM_WORLD
-
-
-@pytest.fixture(params=["sums", "gather"])
-def path(request, monkeypatch):
-    """Either exchange at this process count (see cbn._exchange.exchange)."""
-    monkeypatch.setattr(_exchange, "GATHER_MAX_PROCESSES", 0 if request.param == "sums" else 99)
 
 
 @pytest.mark.parametrize("virtual_batch_size", [None, 2])
@@ -28,7 +21,7 @@ def path(request, monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_matches_single_process_batch_norm_on_the_whole_batch(layout, dtype, momentum,
-                                                              virtual_batch_size, path):
+                                                              virtual_batch_size, exchange_path):
     state = check_against_single_process(COMM, layout, dtype, momentum, steps=3,
                                          virtual_batch_size=virtual_batch_size)
     for other in COMM.allgather(state):  # bitwise equal running statistics on every rank
@@ -36,7 +29,7 @@ def test_matches_single_process_batch_norm_on_the_whole_batch(layout, dtype, mom
             np.testing.assert_array_equal(other[key], value)
 
 
-def test_one_value_per_channel_overall_raises_on_every_rank():
+def test_one_value_per_channel_overall_raises_on_every_rank(exchange_path):
     bn = cbn.SyncBatchNorm(2, COMM)
     x = np.ones((1 if COMM.Get_rank() == 0 else 0, 2), np.float32)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
@@ -44,7 +37,7 @@ def test_one_value_per_channel_overall_raises_on_every_rank():
     assert COMM.allgather(True) == [True] * COMM.Get_size()  # nobody is left waiting
 
 
-def test_a_rejected_input_on_one_rank_raises_on_every_rank():
+def test_a_rejected_input_on_one_rank_raises_on_every_rank(exchange_path):
     bn = cbn.SyncBatchNorm(2, COMM)
     last = COMM.Get_size() - 1
     x = np.ones((3, 2), np.float64 if COMM.Get_rank() == last else np.float32)
@@ -57,7 +50,7 @@ def test_a_rejected_input_on_one_rank_raises_on_every_rank():
     assert COMM.allgather(True) == [True] * COMM.Get_size()
 
 
-def test_a_mean_that_jumps_every_step_the_same_bits_on_every_rank(path):
+def test_a_mean_that_jumps_every_step_the_same_bits_on_every_rank(exchange_path):
     rng = np.random.default_rng(5)   # the same batches on every rank
     bn = cbn.SyncBatchNorm(4, COMM, dtype=np.float64, momentum=None)
     rows = np.array_split(np.arange(6 * COMM.Get_size()), COMM.Get_size())[COMM.Get_rank()]
