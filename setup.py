@@ -111,6 +111,10 @@ class BuildExtWithOpenMP(build_ext):
         build_info = f"{compiler_cmd} {' '.join(compile_args)}".strip()
         for ext in self.extensions:
             ext.extra_compile_args = compile_args + ext.extra_compile_args
+            if ext.name == "cbn._sums" and self.compiler.compiler_type != "msvc":
+                # its decisions must be the same on every process, whatever the
+                # CPU a build targets: no fused multiply-adds
+                ext.extra_compile_args.append("-ffp-contract=off")
             ext.extra_link_args = link_args + ext.extra_link_args
             ext.define_macros.append(("CBN_BUILD_FLAGS", _c_string(build_info)))
             ext.define_macros.append(("CBN_SERIAL_REQUESTED", "1" if serial else "0"))

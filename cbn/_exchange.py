@@ -60,6 +60,7 @@ _NO_WITHIN = np.empty(0)
 # up to this many processes an Allgather moves no more bytes than the
 # Allreduce, and took a fifth to a half of its time (examples/sync_bn_cost.py)
 GATHER_MAX_PROCESSES = 4
+FINGERPRINT_MASK = (1 << 21) - 1
 
 
 class Frame(NamedTuple):
@@ -81,10 +82,10 @@ class Frame(NamedTuple):
     nonfinite: np.ndarray
 
     def fingerprint(self):
-        """Two integers in [1, 2**16] that differ when frames differ (almost surely)."""
+        """Three integers in [1, 2**21], a 63-bit hash of the frame: their
+        squares summed over MAX_PROCESSES processes fit in an int64."""
         h = _sums.fingerprint(self.shift, self.tops, self.nonfinite.view(np.uint8))
-        h ^= h >> 32
-        return (h & 0xFFFF) + 1, ((h >> 16) & 0xFFFF) + 1
+        return tuple(((h >> shift) & FINGERPRINT_MASK) + 1 for shift in (0, 21, 42))
 
 
 class Shard(NamedTuple):
@@ -155,7 +156,7 @@ def reduction_ops(comm):
 @functools.lru_cache(maxsize=64)
 def sum_layout(C, virtual):
     """The int64 row of one round of sums: header, then limbs (2, k, C)."""
-    return MessageLayout(np.int64, fingerprint=4, outside=1, count=1, nonempty=1, batches=1,
+    return MessageLayout(np.int64, fingerprint=6, outside=1, count=1, nonempty=1, batches=1,
                          limbs=2 * (3 if virtual else 2) * C)
 
 
@@ -187,6 +188,8 @@ def by_sums(comm, shard, frame, error, C, virtual):
     if size > _sums.MAX_PROCESSES:
         raise ValueError(f"comm: expected at most {_sums.MAX_PROCESSES} processes, "
                          f"got {size}")
+    if frame is not None and frame.tops.shape != ((3 if virtual else 2), C):
+        frame = None   # made with(out) virtual batches: virtual_batch_size has changed
     return _Rounds(comm, size, C, shard, error, virtual).run(frame)
 
 
@@ -213,13 +216,14 @@ def by_gather(comm, shard, frame, error, C, virtual):
             values.update(batches=shard.batches, within=shard.within)
     rows = np.empty((size, layout.size))
     comm.Allgather(layout.pack(comm.Get_rank(), error, **values), rows)
-    layout.raise_if_rejected(rows.sum(axis=0), error, "x")
-    total = merge_all(Moments(layout.read(r, "count"), layout.read(r, "mean"),
-                              layout.read(r, "m2")) for r in rows)
-    if not virtual:
-        return Exchanged(total, None, 0, frame)
-    batches = int(layout.read(rows, "batches").sum())
-    return Exchanged(total, layout.read(rows, "within").sum(axis=0), batches, frame)
+    layout.raise_if_rejected(rows[:, :2].sum(axis=0), error, "x")   # rejected, rejected_rank
+    with np.errstate(invalid="ignore", over="ignore"):   # NaN and Inf channels stay so
+        total = merge_all(Moments(layout.read(r, "count"), layout.read(r, "mean"),
+                                  layout.read(r, "m2")) for r in rows)
+        if not virtual:
+            return Exchanged(total, None, 0, frame)
+        within = layout.read(rows, "within").sum(axis=0)
+    return Exchanged(total, within, int(layout.read(rows, "batches").sum()), frame)
 
 
 class _Rounds:
@@ -286,8 +290,10 @@ class _Rounds:
         count = float(layout.read(total, "count"))
         batches, outside = int(layout.read(total, "batches")), bool(layout.read(total, "outside"))
         fp = [int(v) for v in layout.read(total, "fingerprint")]
+        # every process sent the same h (h > 0: it had a frame) iff
+        # P * sum(h**2) == sum(h)**2 (Cauchy-Schwarz), exact in Python's integers
         if not (frame is not None and all(fp[i] > 0 and self.size * fp[i + 1] == fp[i] * fp[i]
-                                          for i in (0, 2))):
+                                          for i in (0, 2, 4))):
             return _Sums(count, 0, batches, None, True, None, None, None, None, False)
         nonempty = int(layout.read(total, "nonempty"))
         sums = np.empty(frame.tops.shape)

@@ -6,41 +6,61 @@ An MPI Allreduce of floats adds in an order the library chooses, and need
 not give every process the same bits. Integer addition is exact and
 associative, so a sum of integers is the same on every process whatever
 the order. A value v in window ``top`` (|v| < 2**top, the same top on every
-process) travels as two int64 limbs of LIMB_BITS bits::
+process) travels as two int64 limbs of LIMB_BITS bits, the digits of its
+fraction of the window::
 
-    v ~= high * 2**(top - 43) + low * 2**(top - 86),   0 <= low <= 2**43
+    v / 2**top ~= high * 2**-43 + low * 2**-86,   |high| <= 2**43, 0 <= low <= 2**43
 
-to within one unit of 2**(top - 86). Summed over up to MAX_PROCESSES
-processes the limbs stay below 2**63: |high| <= 2**43 * 2**19.
+to within one unit of 2**-86 (of 2**(top - 86) in v), however small the
+window: top goes down to -1022, whose unit 2**-1108 is below what a float64
+holds. Summed over up to MAX_PROCESSES processes the limbs stay below 2**63.
+
+Every decision the exchange takes reads what these functions compute from
+totals that every process holds: the extension is built without floating-
+point contraction (setup.py), so that a build with FMA decides as one
+without.
 
 Every function loops over channels once; arrays are C-contiguous, (k, C)
 with k the number of fields (S1, S2 and, with virtual batches, W).
 """
-from libc.math cimport fabs, sqrt
+from libc.math cimport fabs, ldexp, sqrt
 from libc.string cimport memcpy
 
 LIMB_BITS = 43
 MAX_PROCESSES = 2 ** 19
-# a window wholly in float64's normal range, its lowest unit included
-LOWEST_TOP = -1022 + 2 * 43
+# 2**top is a normal float64 (or, at 1024, the bound of every finite one)
+LOWEST_TOP = -1022
 HIGHEST_TOP = 1024
 ROUNDING = 2.0 ** -52
 
 cdef enum:
     LIMB = 43
-    LOWEST = -1022 + 2 * 43
+    LOWEST = -1022
     HIGHEST = 1024
 cdef long long LOW_MASK = (1LL << 43) - 1
 cdef double EPS = 2.0 ** -52
+cdef double LIMB_SCALE = 2.0 ** 43
+cdef double LIMB_UNIT = 2.0 ** -43
 
 
 cdef inline double pow2(int e) noexcept nogil:
-    """2**e for e in [-1022, 1024] (1024: inf), from its bits: ldexp is a
-    library call, several times slower, and every exponent here is in range."""
-    cdef unsigned long long bits = <unsigned long long>(e + 1023) << 52
+    """2**e, from its bits for e in [-1022, 1024] (1024: inf): ldexp is a
+    library call, several times slower; ldexp below."""
+    cdef unsigned long long bits
     cdef double d
+    if e < -1022:
+        return ldexp(1.0, e)
+    bits = <unsigned long long>(e + 1023) << 52
     memcpy(&d, &bits, sizeof(double))
     return d
+
+
+cdef inline double scale_by(double v, int e) noexcept nogil:
+    """v * 2**e, exact unless the result leaves float64's range, for e in
+    [-1024, 1024] (where 2**e alone is not a normal float64: in two steps)."""
+    if e > 1023 or e < -1022:
+        return v * pow2(e // 2) * pow2(e - e // 2)
+    return v * pow2(e)
 
 
 cdef inline int exponent_of(double x) noexcept nogil:
@@ -64,16 +84,20 @@ cdef inline double rint_small(double x) noexcept nogil:
     return (x + 4503599627370496.0) - 4503599627370496.0
 
 
+cdef inline double unit(int top) noexcept nogil:
+    """2**(top - 86), the error of one encoded value: 0 when below float64's range."""
+    return pow2(top) * LIMB_UNIT * LIMB_UNIT
+
+
 cdef inline bint encode_value(double v, int top, long long* high, long long* low) noexcept nogil:
     """high, low = the limbs of v in window top; v is sent as 0 when not
     finite or not below 2**top in magnitude, and then returns True."""
-    cdef bint outside = not fabs(v) < pow2(top)   # NaN compares False
-    cdef double rest
+    cdef double y = scale_by(v, -top) * LIMB_SCALE   # |y| < 2**43: exact, or a tiny v's rounding
+    cdef bint outside = not fabs(y) < LIMB_SCALE     # NaN compares False
     if outside:
-        v = 0.0
-    high[0] = floor_small(v * pow2(LIMB - top))                 # |high| <= 2**43
-    rest = v - <double>high[0] * pow2(top - LIMB)               # in [0, 2**(top - 43)): exact
-    low[0] = <long long>rint_small(rest * pow2(2 * LIMB - top))   # in [0, 2**43]
+        y = 0.0
+    high[0] = floor_small(y)
+    low[0] = <long long>rint_small((y - <double>high[0]) * LIMB_SCALE)   # y - high in [0, 1): exact
     return outside
 
 
@@ -117,38 +141,46 @@ def encode_shard(double count, const double[::1] mean, const double[::1] m2,
     return outside
 
 
+cdef inline unsigned long long mixed(unsigned long long word, unsigned long long position) noexcept nogil:
+    """word at position through splitmix64's finaliser: no linear relation
+    between words, or between a word and its position, survives it."""
+    cdef unsigned long long h = word + position * 0x9E3779B97F4A7C15ULL
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ULL
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBULL
+    return h ^ (h >> 31)
+
+
 def fingerprint(const double[::1] shift, const int[:, ::1] tops,
                 const unsigned char[::1] nonfinite):
-    """A 64-bit sum of the words of a frame weighted by odd numbers (so that
-    no reordering keeps it), modulo 2**64: differs when frames differ,
-    almost surely."""
-    cdef Py_ssize_t i, j, n = 0
+    """A 64-bit hash of a frame's bits, the sum of its words' (independent:
+    no chain of multiplications) mixed with their positions: differs when
+    frames differ, almost surely."""
+    cdef Py_ssize_t i, j, n = 1
     cdef unsigned long long h = 0, word
     for i in range(shift.shape[0]):
         memcpy(&word, &shift[i], sizeof(double))
-        h += word * <unsigned long long>(2 * n + 1)
+        h += mixed(word, n)
         n += 1
     for i in range(tops.shape[0]):
         for j in range(tops.shape[1]):
-            h += <unsigned long long>(<unsigned int>tops[i, j]) * <unsigned long long>(2 * n + 1)
+            h += mixed(<unsigned int>tops[i, j], n)
             n += 1
     for i in range(nonfinite.shape[0]):
-        h += <unsigned long long>nonfinite[i] * <unsigned long long>(2 * n + 1)
+        h += mixed(nonfinite[i], n)
         n += 1
-    return h
+    return mixed(h, n)
 
 
 def decode(const long long[:, :, ::1] limbs, const int[:, ::1] tops, double[:, ::1] values):
     """values = the value of summed limbs, the same bits wherever the limbs are the same."""
     cdef Py_ssize_t i, j
     cdef long long high, low
-    cdef int top
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
-            top = tops[i, j]
-            high = limbs[0, i, j] + (limbs[1, i, j] >> LIMB)   # carry: 0 <= low < 2**43
+            high = limbs[0, i, j] + (limbs[1, i, j] >> LIMB)   # carry: 0 <= low < 2**43 after
             low = limbs[1, i, j] & LOW_MASK
-            values[i, j] = <double>high * pow2(top - LIMB) + <double>low * pow2(top - 2 * LIMB)
+            values[i, j] = scale_by((<double>high + <double>low * LIMB_UNIT) * LIMB_UNIT,
+                                    tops[i, j])
 
 
 def tops_for(const double[:, ::1] bounds, int headroom_bits, int[:, ::1] tops):
@@ -205,8 +237,8 @@ def statistics(const double[::1] shift, double count, double senders,
     for c in range(sums.shape[1]):
         s1 = sums[0, c]
         s2 = sums[1, c]
-        err1 = senders * pow2(tops[0, c] - 2 * LIMB) + EPS * sqrt(count * fabs(s2))
-        err2 = senders * pow2(tops[1, c] - 2 * LIMB) + 3 * EPS * fabs(s2)
+        err1 = senders * unit(tops[0, c]) + EPS * sqrt(count * fabs(s2))
+        err2 = senders * unit(tops[1, c]) + 3 * EPS * fabs(s2)
         errors[0, c] = err1
         errors[1, c] = err2
         if nonfinite[c]:
@@ -227,7 +259,7 @@ def statistics(const double[::1] shift, double count, double senders,
         next_tops[0, c] = window(sqrt(count * m2[c]), headroom_bits)
         next_tops[1, c] = window(m2[c], headroom_bits)
         if k == 3:
-            errors[2, c] = senders * pow2(tops[2, c] - 2 * LIMB) + 3 * EPS * fabs(sums[2, c])
+            errors[2, c] = senders * unit(tops[2, c]) + 3 * EPS * fabs(sums[2, c])
             if not errors[2, c] <= target * max(sums[2, c], floor_):
                 precise = False
             next_tops[2, c] = window(sums[2, c], headroom_bits)

@@ -20,10 +20,11 @@ def decode(limbs, tops):
 
 
 def unit(top):
+    """One unit of the low limb in window top, exactly."""
     return Fraction(2) ** (int(top) - 2 * _sums.LIMB_BITS)
 
 
-@pytest.mark.parametrize("top", [-900, -40, 0, 7, 60, 1000])
+@pytest.mark.parametrize("top", [-1022, -900, -40, 0, 7, 60, 1000])
 def test_sums_in_any_order_decode_to_the_same_bits_within_one_unit_per_value(rng, top):
     P, n = 13, 7
     scale = np.ldexp(1.0, top - 1)
@@ -61,23 +62,59 @@ def test_a_value_outside_its_window_or_not_finite_is_reported_and_sent_as_zero(b
 
 
 def test_windows_hold_their_bound_with_room_to_spare():
-    bounds = np.array([[0.0, 1e-300, 3.0, 4.0, 1e300]])
+    bounds = np.array([[0.0, 5e-324, 1e-300, 3.0, 4.0, 1e300, np.finfo(np.float64).max]])
     tops = np.empty(bounds.shape, np.int32)
     _sums.tops_for(bounds, 0, tops)
-    assert np.all(bounds * 2 < np.ldexp(1.0, tops))
-    assert tops[0, 0] == _sums.LOWEST_TOP
-    assert np.all(np.ldexp(1.0, tops - 2 * _sums.LIMB_BITS) >= np.finfo(np.float64).tiny)
+    assert np.all([Fraction(float(b)) * 2 < Fraction(2) ** int(t)
+                   for b, t in zip(bounds[0, :-1], tops[0, :-1])])
+    # the largest float64 has no room to spare: 2**1024 bounds every finite one
+    assert tops[0, 0] == _sums.LOWEST_TOP and tops[0, -1] == _sums.HIGHEST_TOP
     more = np.empty_like(tops)
     _sums.tops_for(bounds, 8, more)
-    assert more[0, 0] == _sums.LOWEST_TOP + 8
-    np.testing.assert_array_equal(more[0, 2:], np.minimum(tops[0, 2:] + 8, _sums.HIGHEST_TOP))
+    np.testing.assert_array_equal(more, np.minimum(tops + 8, _sums.HIGHEST_TOP))
 
 
-def test_the_limbs_of_the_most_processes_cannot_overflow():
-    limbs, _ = encode(np.array([[np.nextafter(1.0, 0), -np.nextafter(1.0, 0)]]),
-                      np.zeros((1, 2), np.int32))
-    assert np.abs(limbs).max() <= 2 ** _sums.LIMB_BITS
-    assert _sums.MAX_PROCESSES * (2 ** _sums.LIMB_BITS + 1) < 2 ** 63
+@pytest.mark.parametrize("top, values", [
+    (_sums.HIGHEST_TOP, [np.finfo(np.float64).max, -np.finfo(np.float64).max, 1e300, -3.0]),
+    (_sums.LOWEST_TOP, [5e-324, -5e-324, 1.5e-308, -2.2e-308]),   # subnormals and the smallest
+    (-1000, [2.0 ** -1001, -(2.0 ** -1001) * 1.5, 1e-305, -7e-310]),
+])
+def test_the_extreme_windows_encode_every_value_they_hold(top, values):
+    values = np.array([values])
+    tops = np.full(values.shape, top, np.int32)
+    limbs, outside = encode(values, tops)
+    assert not outside
+    assert limbs[0].min() >= -2 ** _sums.LIMB_BITS and limbs[0].max() <= 2 ** _sums.LIMB_BITS
+    assert limbs[1].min() >= 0 and limbs[1].max() <= 2 ** _sums.LIMB_BITS
+    decoded = decode(limbs, tops)
+    for v, d in zip(values[0], decoded[0]):
+        assert abs(Fraction(float(d)) - Fraction(float(v))) <= unit(top) + abs(Fraction(float(v))) / 2 ** 52
+
+
+def test_the_limbs_of_the_most_processes_add_up_without_overflow():
+    values = np.array([[np.nextafter(1.0, 0), -np.nextafter(1.0, 0), -0.75]])
+    tops = np.zeros(values.shape, np.int32)
+    limbs, _ = encode(values, tops)
+    total = limbs * _sums.MAX_PROCESSES   # every process sent the same: no int64 wrapped
+    np.testing.assert_array_equal(total // _sums.MAX_PROCESSES, limbs)
+    np.testing.assert_allclose(decode(total, tops), values * _sums.MAX_PROCESSES, rtol=2 ** -52)
+
+
+def test_a_frame_fingerprint_changes_with_any_one_of_its_values(rng):
+    shift, tops = rng.standard_normal(6), rng.integers(-20, 20, (2, 6)).astype(np.int32)
+    nonfinite = np.zeros(6, np.uint8)
+    seen = {_sums.fingerprint(shift, tops, nonfinite)}
+    for change in range(6):
+        s, t, n = shift.copy(), tops.copy(), nonfinite.copy()
+        s[change] = np.nextafter(s[change], np.inf)
+        seen.add(_sums.fingerprint(s, tops, nonfinite))
+        t[change % 2, change] += 1
+        seen.add(_sums.fingerprint(shift, t, nonfinite))
+        n[change] = 1
+        seen.add(_sums.fingerprint(shift, tops, n))
+    swapped = shift[[1, 0, 2, 3, 4, 5]]
+    seen.add(_sums.fingerprint(swapped, tops, nonfinite))
+    assert len(seen) == 1 + 3 * 6 + 1
 
 
 def test_statistics_of_sums_match_the_algebra(rng):
