@@ -58,7 +58,7 @@ ROUNDING = _sums.ROUNDING
 MAX_CENTRED_ROUNDS = 2
 _NO_WITHIN = np.empty(0)
 # up to this many processes an Allgather moves no more bytes than the
-# Allreduce, and took a fifth to a half of its time (examples/sync_bn_cost.py)
+# Allreduce, and took 40-70% of its time (examples/sync_bn_cost.py, README)
 GATHER_MAX_PROCESSES = 4
 FINGERPRINT_MASK = (1 << 21) - 1
 
