@@ -214,9 +214,10 @@ def statistics(const double[::1] shift, double count, double senders,
         mean = K + S1 / n,        M2 = S2 - S1 * (S1 / n)   (at least 0)
 
     Error bounds: one fixed-point unit per process that sent values
-    (senders), plus each process's rounding of its values: S2_r, W_r about
-    3 roundings each; S1 = sum n_r (m_r - K) at most sqrt(n S2) in
-    magnitude summed over processes (Cauchy-Schwarz). From them
+    (senders), each process's rounding of its values (S2_r, W_r: up to 3
+    roundings each; S1_r = n_r (m_r - K): one, and |S1_r| summed over
+    processes is at most sqrt(n S2) by Cauchy-Schwarz), and the decoding's
+    own rounding of the totals. From them
 
         err(M2) = err(S2) + (2 |S1| err(S1) + err(S1)**2) / n + 2**-52 |S2|
 
@@ -237,8 +238,8 @@ def statistics(const double[::1] shift, double count, double senders,
     for c in range(sums.shape[1]):
         s1 = sums[0, c]
         s2 = sums[1, c]
-        err1 = senders * unit(tops[0, c]) + EPS * sqrt(count * fabs(s2))
-        err2 = senders * unit(tops[1, c]) + 3 * EPS * fabs(s2)
+        err1 = senders * unit(tops[0, c]) + EPS * (sqrt(count * fabs(s2)) + fabs(s1))
+        err2 = senders * unit(tops[1, c]) + 4 * EPS * fabs(s2)
         errors[0, c] = err1
         errors[1, c] = err2
         if nonfinite[c]:
@@ -259,7 +260,7 @@ def statistics(const double[::1] shift, double count, double senders,
         next_tops[0, c] = window(sqrt(count * m2[c]), headroom_bits)
         next_tops[1, c] = window(m2[c], headroom_bits)
         if k == 3:
-            errors[2, c] = senders * unit(tops[2, c]) + 3 * EPS * fabs(sums[2, c])
+            errors[2, c] = senders * unit(tops[2, c]) + 4 * EPS * fabs(sums[2, c])
             if not errors[2, c] <= target * max(sums[2, c], floor_):
                 precise = False
             next_tops[2, c] = window(sums[2, c], headroom_bits)

@@ -272,3 +272,32 @@ def test_a_rank_that_raises_after_the_exchange_is_caught_up_at_the_next_forward(
 
 def _raise(*args):
     raise RuntimeError("after the exchange")
+
+
+def test_shards_of_every_scale_find_a_frame_and_agree(rng, by_sums):
+    """Shards far apart in mean and scale, empty ones among them: the frame
+    from the maxima holds every value (no rank is left outside), and the
+    result is one process's, with the same bits on every rank."""
+    for _ in range(12):
+        sizes = rng.integers(0, 4, 6)
+        sizes[rng.integers(6)] += 2
+        rows = [rng.standard_normal((n, C, 2)) * 10.0 ** rng.integers(-150, 150, (1, C, 1))
+                + 10.0 ** rng.integers(-150, 150, (1, C, 1)) * rng.choice([-1, 1], (1, C, 1))
+                for n in sizes]
+        x = np.concatenate(rows)
+
+        def rank_fn(rank, comm):
+            bn = cbn.SyncBatchNorm(C, comm, dtype=np.float64, momentum=1.0)
+            bn(rows[rank])
+            return bn.running_mean.copy(), bn.running_var.copy()
+
+        results, _ = run_ranks(6, rank_fn, rotate=True)
+        single = cbn.BatchNorm1d(C, dtype=np.float64, momentum=1.0)
+        single(x)
+        for mean, var in results:
+            np.testing.assert_array_equal(mean, results[0][0])
+            np.testing.assert_array_equal(var, results[0][1])
+        np.testing.assert_allclose(results[0][1], single.running_var, rtol=1e-12)
+        error = np.abs(results[0][0] - single.running_mean)
+        assert np.all(error <= 1e-12 * (np.abs(single.running_mean)
+                                        + np.sqrt(single.running_var)))
