@@ -17,7 +17,8 @@ Bytes are measured two ways: what the exchange hands MPI (the send and
 receive buffers of its collectives), and what crosses the wire: the
 processes talk over loopback TCP (MPICH with UCX: MPIR_CVAR_NOLOCAL=1,
 UCX_TLS=tcp) and the loopback interface's byte counter, which counts every
-process's traffic (other traffic on the machine included), is divided by P.
+process's traffic (TCP headers, the barrier before each round and other
+traffic on the machine included), is divided by P.
 Times are medians over interleaved rounds, on loopback: they measure MPI's
 software path, not a network.
 
