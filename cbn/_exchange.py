@@ -138,7 +138,7 @@ class _Sums(NamedTuple):
     outside: bool
     mean: Optional[np.ndarray]
     m2: Optional[np.ndarray]
-    errors: Optional[np.ndarray]  # float64 (k, C): bounds on the errors of sums
+    errors: Optional[np.ndarray]  # float64 (k, C): bounds on the errors of mean, M2 (and W)
     following: Optional[Frame]    # the frame for the next exchange
     precise: bool
 
@@ -294,12 +294,14 @@ class _Rounds:
         # P * sum(h**2) == sum(h)**2 (Cauchy-Schwarz), exact in Python's integers
         if not (frame is not None and all(fp[i] > 0 and self.size * fp[i + 1] == fp[i] * fp[i]
                                           for i in (0, 2, 4))):
-            return _Sums(count, 0, batches, None, True, None, None, None, None, False)
+            return _Sums(count, 0, batches, sums=None, outside=True, mean=None, m2=None,
+                         errors=None, following=None, precise=False)
         nonempty = int(layout.read(total, "nonempty"))
         sums = np.empty(frame.tops.shape)
         _sums.decode(layout.read(total, "limbs").reshape((2,) + sums.shape), frame.tops, sums)
         if outside or count < 2:
-            return _Sums(count, nonempty, batches, sums, outside, None, None, None, None, False)
+            return _Sums(count, nonempty, batches, sums, outside, mean=None, m2=None,
+                         errors=None, following=None, precise=False)
         mean, m2, errors = np.empty(C), np.empty(C), np.empty(sums.shape)
         next_tops = np.empty(sums.shape, np.int32)
         precise = _sums.statistics(frame.shift, count, nonempty, sums, frame.tops,
@@ -309,8 +311,8 @@ class _Rounds:
         # FRAME_HEADROOM_BITS above this one's sums
         following = Frame(np.where(frame.nonfinite, 0.0, mean), next_tops,
                           np.zeros_like(frame.nonfinite))
-        return _Sums(count, nonempty, batches, sums, False, mean, m2, errors, following,
-                     precise)
+        return _Sums(count, nonempty, batches, sums, outside=False, mean=mean, m2=m2,
+                     errors=errors, following=following, precise=precise)
 
     def _frame_from_maxima(self):
         """A frame that holds every process's values, from one MAX Allreduce:
@@ -356,9 +358,9 @@ def _frame(shift, bounds, nonfinite, headroom_bits=0):
 def _centred_frame(frame, result):
     """Sums centred on the mean just found, in windows from the M2 just found
     plus its error bound: every process's S2_r <= S2 = M2 + n (mean error)^2."""
-    n, sums, errors = result.count, result.sums, result.errors
+    n, errors = result.count, result.errors
     with np.errstate(invalid="ignore", over="ignore"):
-        err_mean = errors[0] / n + ROUNDING * np.abs(result.mean)
-        s2 = result.m2 + errors[1] + 2 * np.abs(sums[0]) * errors[0] / n + n * err_mean * err_mean
-        bounds = [np.sqrt(n * s2), s2] + ([sums[2] + errors[2]] if len(sums) == 3 else [])
+        s2 = result.m2 + errors[1] + n * errors[0] * errors[0]
+        bounds = [np.sqrt(n * s2), s2] + ([result.sums[2] + errors[2]]
+                                          if len(result.sums) == 3 else [])
     return _frame(result.mean, np.array(bounds), frame.nonfinite)

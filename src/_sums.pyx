@@ -205,9 +205,9 @@ def statistics(const double[::1] shift, double count, double senders,
                const unsigned char[::1] nonfinite, double target, int headroom_bits,
                double[::1] mean, double[::1] m2, double[:, ::1] errors, int[:, ::1] next_tops):
     """The whole batch's mean and M2 from the sums S1, S2 (and W) in their
-    frame, bounds on the sums' errors, and the windows of the next
-    exchange; returns whether every channel meets target (its own relative
-    precision).
+    frame, bounds on the errors of the mean, M2 (and W) in errors, and the
+    windows of the next exchange; returns whether every channel meets
+    target (its own relative precision).
 
     With n = count and K = shift:
 
@@ -219,6 +219,7 @@ def statistics(const double[::1] shift, double count, double senders,
     processes is at most sqrt(n S2) by Cauchy-Schwarz), and the decoding's
     own rounding of the totals. From them
 
+        err(mean) = err(S1) / n + 2**-52 |mean|
         err(M2) = err(S2) + (2 |S1| err(S1) + err(S1)**2) / n + 2**-52 |S2|
 
     Precise: err(M2) and err(W) within target times what the data can
@@ -240,19 +241,18 @@ def statistics(const double[::1] shift, double count, double senders,
         s2 = sums[1, c]
         err1 = senders * unit(tops[0, c]) + EPS * (sqrt(count * fabs(s2)) + fabs(s1))
         err2 = senders * unit(tops[1, c]) + 4 * EPS * fabs(s2)
-        errors[0, c] = err1
-        errors[1, c] = err2
         if nonfinite[c]:
             mean[c] = m2[c] = float("nan")
             for i in range(k):
+                errors[i, c] = 0.0
                 next_tops[i, c] = LOWEST + headroom_bits
-            if k == 3:
-                errors[2, c] = 0.0
             continue
         shifted = s1 / count
         mean[c] = shift[c] + shifted
         m2[c] = max(s2 - s1 * shifted, 0.0)
         err_m2 = err2 + (2 * fabs(s1) * err1 + err1 * err1) * per_value + EPS * fabs(s2)
+        errors[0, c] = err1 * per_value + EPS * fabs(mean[c])
+        errors[1, c] = err_m2
         floor_ = count * (EPS * mean[c]) * (EPS * mean[c])
         resolvable = max(m2[c], floor_)
         if not (err_m2 <= target * resolvable and err1 <= target * sqrt(resolvable * count)):
