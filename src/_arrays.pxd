@@ -6,6 +6,8 @@
 cimport numpy as cnp
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 
+from _loops cimport CBN_BF16, CBN_F16, CBN_F32, CBN_F64
+
 
 cdef inline cnp.ndarray checked(object a, str name, int ndim, int typenum, bint writable):
     """a as an ndarray of ndim dims and typenum, aligned, innermost axis contiguous."""
@@ -102,17 +104,25 @@ cdef inline Py_ssize_t run_bytes(Tensor t, Py_ssize_t itemsize) noexcept:
     return (t.S if t.S > 1 else t.C) * itemsize
 
 
-cdef inline int input_typenum(object x, str name) except -1:
-    """NPY_FLOAT32 or NPY_FLOAT64 of a 2-D (M, C) or 3-D (N, C, S) float array."""
+cdef inline int input_kind(object x, str name) except -1:
+    """The data type (CBN_F32, CBN_F64, CBN_F16, CBN_BF16) of a 2-D (M, C) or
+    3-D (N, C, S) float array. bfloat16 is a dtype an extension registers
+    (ml_dtypes), with a type number of its own: it is known by name and size."""
     cdef int typenum
     if not cnp.PyArray_Check(x):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
     if cnp.PyArray_NDIM(<cnp.ndarray>x) not in (2, 3):
         raise ValueError(f"{name}: expected a 2-D (M, C) or 3-D (N, C, S) array")
     typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
-    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
-        raise TypeError(f"{name}: expected float32 or float64, got {x.dtype}")
-    return typenum
+    if typenum == cnp.NPY_FLOAT32:
+        return CBN_F32
+    if typenum == cnp.NPY_FLOAT64:
+        return CBN_F64
+    if typenum == cnp.NPY_FLOAT16:
+        return CBN_F16
+    if x.dtype.name == "bfloat16" and x.dtype.itemsize == 2:
+        return CBN_BF16
+    raise TypeError(f"{name}: expected float32, float64, float16 or bfloat16, got {x.dtype}")
 
 
 cdef inline int checked_threads(int nthreads) except -1:

@@ -1,7 +1,7 @@
 # Backward kernels: the reductions sum(g) and sum(g * (x - mean)), and dx,
 # alone and fused; g = dy, or with a fused ReLU dy where its output was
 # positive. Same canonical views and Job conventions as _forward.pyx; dy, x
-# and dx may each have their own strides.
+# and dx (one data type) may each have their own strides.
 cimport numpy as cnp
 from cython cimport floating
 
@@ -33,13 +33,13 @@ cdef inline const void* relu_at(const Job* job, Py_ssize_t c) noexcept nogil:
 cdef inline double centred_on_mean(const double* sums, Py_ssize_t C, Py_ssize_t c, double mean,
                                    double shift) noexcept nogil:
     """sum(g * (x - mean)) from sums = [sum(g), sum(g * (x - shift))]: the loops
-    centre on the shift (the mean rounded to x's dtype), exact near it."""
+    centre on the shift (the mean rounded to the type computed in), exact near it."""
     return sums[C + c] - (mean - shift) * sums[c]
 
 
 # ---------------------------------------------------------------- channels-first
 
-cdef void cf_unit_sums(const floating* x, const Job* job, Py_ssize_t u) noexcept nogil:
+cdef void cf_unit_sums(const floating* compute, const Job* job, Py_ssize_t u) noexcept nogil:
     """part[2u], part[2u+1] = sums of unit u = c * parts + k (channel c, batch range k)."""
     cdef Py_ssize_t c = u // job.pieces, k = u % job.pieces
     cdef Py_ssize_t n0 = piece_start(job, k)
@@ -50,14 +50,14 @@ cdef void cf_unit_sums(const floating* x, const Job* job, Py_ssize_t u) noexcept
                    &job.partials[2 * u], &job.partials[2 * u + 1])
 
 
-cdef void cf_unit_grad_input(const floating* x, const Job* job, Py_ssize_t u) noexcept nogil:
+cdef void cf_unit_grad_input(const floating* compute, const Job* job, Py_ssize_t u) noexcept nogil:
     """Unit u of the elementwise pass (see unit_runs)."""
     cdef Py_ssize_t c0
     cdef cbn_block runs = unit_runs(job, u, &c0)
     runs_grad_input(&runs, <const floating*>job.tables.coef + c0, relu_at(job, c0))
 
 
-cdef void cf_channel_backward(const floating* x, const Job* job, Py_ssize_t c) noexcept nogil:
+cdef void cf_channel_backward(const floating* compute, const Job* job, Py_ssize_t c) noexcept nogil:
     """Sums, then dx, of channel c while its values are in cache."""
     cdef Py_ssize_t C = job.x.C
     cdef double* sums = job.tables.sums
@@ -68,16 +68,16 @@ cdef void cf_channel_backward(const floating* x, const Job* job, Py_ssize_t c) n
     sums[C + c] = 0.0
     runs_grad_sums(&runs, shift, relu, &sums[c], &sums[C + c])
     sums[C + c] = centred_on_mean(sums, C, c, job.tables.stats[c], shift)
-    grad_input_coefficients(x, job, c)
+    grad_input_coefficients(compute, job, c)
     runs_grad_input(&runs, <const floating*>job.tables.coef + c, relu)
 
 
 # ---------------------------------------------------------------- channels-last
 
-cdef void cl_part_sums(const floating* x, const Job* job, Py_ssize_t k) noexcept nogil:
+cdef void cl_part_sums(const floating* compute, const Job* job, Py_ssize_t k) noexcept nogil:
     """part[2Ck :] = (sum(g)[C], sum(g * (x - shift))[C]) of row range k: blocks
-    of rows summed in x's dtype (into the 2C row buffers of range k), merged in
-    float64."""
+    of rows summed in the type computed in (into the 2C row buffers of range
+    k), merged in float64."""
     cdef Py_ssize_t C = job.x.C, c
     cdef Py_ssize_t block = job.block_rows
     cdef Py_ssize_t r = piece_start(job, k), r1 = piece_start(job, k + 1)
@@ -101,7 +101,7 @@ cdef void cl_part_sums(const floating* x, const Job* job, Py_ssize_t k) noexcept
         r += rows.count
 
 
-cdef void cl_block_grad_input(const floating* x, const Job* job, Py_ssize_t i) noexcept nogil:
+cdef void cl_block_grad_input(const floating* compute, const Job* job, Py_ssize_t i) noexcept nogil:
     """Block i of rows (see rows_at)."""
     cdef cbn_block rows = rows_at(job, i)
     rows_grad_input(&rows, job.tables.coef, job.tables.relu_coef)
@@ -126,9 +126,9 @@ cdef void sum_partials(const Job* job) noexcept nogil:
                 sums[C + c] += partials[k * 2 * C + C + c]
 
 
-cdef void sums_kernel(const floating* x, const Job* job) noexcept nogil:
+cdef void sums_kernel(const floating* compute, const Job* job) noexcept nogil:
     """sums = [sum(g), sum(g * (x - mean))], mean = stats[0]; the first C
-    coefficients receive the shifts (the mean rounded to x's dtype)."""
+    coefficients receive the shifts (the mean rounded to the type computed in)."""
     cdef Py_ssize_t c, C = job.x.C
     cdef floating* shift = <floating*>job.tables.coef
     cdef const double* mean = job.tables.stats
@@ -136,50 +136,51 @@ cdef void sums_kernel(const floating* x, const Job* job) noexcept nogil:
     for c in range(C):
         shift[c] = <floating>mean[c]
     if job.channels_first:
-        for_each(cf_unit_sums[floating], x, job, C * job.pieces, job.nthreads)
+        for_each(cf_unit_sums[floating], compute, job, C * job.pieces, job.nthreads)
     else:
-        for_each(cl_part_sums[floating], x, job, job.pieces, job.nthreads)
+        for_each(cl_part_sums[floating], compute, job, job.pieces, job.nthreads)
     sum_partials(job)
     for c in range(C):
         sums[C + c] = centred_on_mean(sums, C, c, mean[c], shift[c])
 
 
-cdef void grad_input_kernel(const floating* x, const Job* job) noexcept nogil:
+cdef void grad_input_kernel(const floating* compute, const Job* job) noexcept nogil:
     """dx from the sums (with batch statistics) and stats."""
     cdef Py_ssize_t c
     for c in range(job.x.C):
-        grad_input_coefficients(x, job, c)
-    elementwise(cf_unit_grad_input[floating], cl_block_grad_input[floating], x, job)
+        grad_input_coefficients(compute, job, c)
+    elementwise(cf_unit_grad_input[floating], cl_block_grad_input[floating], compute, job)
 
 
-cdef void backward_kernel(const floating* x, const Job* job) noexcept nogil:
+cdef void backward_kernel(const floating* compute, const Job* job) noexcept nogil:
     cdef Py_ssize_t c, C = job.x.C
     cdef floating* grads = <floating*>job.tables.param_grads
     cdef const double* sums = job.tables.sums
-    if job.channels_first and fuse_by_channel(job.x, 2 * sizeof(floating)):
-        for_each(cf_channel_backward[floating], x, job, C, job.nthreads)
+    if job.channels_first and fuse_by_channel(job.x, 2 * job.itemsize):
+        for_each(cf_channel_backward[floating], compute, job, C, job.nthreads)
     else:
-        sums_kernel(x, job)
-        grad_input_kernel(x, job)
+        sums_kernel(compute, job)
+        grad_input_kernel(compute, job)
     if grads != NULL:
         for c in range(C):
             grads[c] = <floating>(sums[C + c] * job.tables.stats[C + c])
             grads[C + c] = <floating>sums[c]
 
 
-cdef void run_typed(int kernel, const floating* x, const Job* job) noexcept nogil:
+cdef void run_typed(int kernel, const floating* compute, const Job* job) noexcept nogil:
     if kernel == GRAD_SUMS:
-        sums_kernel(x, job)
+        sums_kernel(compute, job)
     elif kernel == BACKWARD:
-        backward_kernel(x, job)
+        backward_kernel(compute, job)
     else:
-        grad_input_kernel(x, job)
+        grad_input_kernel(compute, job)
 
 
-cdef void run_with_scratch(Kernel kernel, Job* job) except *:
+cdef bint run_with_scratch(Kernel kernel, Job* job) except -1:
     """run_typed(kernel) with its scratch: unless it only applies given sums, the
     sums (when not given) and partial sums per piece, channels-last row
-    buffers; and 4*C coefficients."""
+    buffers; and 4*C coefficients. Returns whether an output rounded to +-inf
+    from a finite value (2-byte data: see run_and_free)."""
     cdef bint reduces = kernel != GRAD_INPUT
     cdef bint own_sums = job.tables.sums == NULL
     cdef Py_ssize_t C = job.x.C
@@ -189,7 +190,7 @@ cdef void run_with_scratch(Kernel kernel, Job* job) except *:
     if own_sums:
         job.tables.sums = job.partials
         job.partials += 2 * C
-    run_and_free(run_typed[float], run_typed[double], kernel, job, block)
+    return run_and_free(run_typed[float], run_typed[double], kernel, job, block)
 
 
 # ---------------------------------------------------------------- entry points
@@ -197,13 +198,14 @@ cdef void run_with_scratch(Kernel kernel, Job* job) except *:
 def grad_sums(dy, x, mean, out, relu_coef, int nthreads):
     """out[0] = sum(g), out[1] = sum(g * (x - mean)) per channel, float64 (2, C);
     mean: float64 (C,); g = dy, or with a fused ReLU (relu_coef: the forward's
-    (3, C) [shift, scale, offset] of x's dtype) dy where its output was positive."""
+    (3, C) [shift, scale, offset], of the type computed in: float64 for
+    float64 x, else float32) dy where its output was positive."""
     cdef Job job
     cdef cnp.ndarray xa = begin(&job, x, nthreads)
     job.dy = operand(dy, "dy", xa)
     job.tables.stats = f64_vector(mean, "mean", xa)
     job.tables.sums = f64_table(out, "out", 2, xa, True)
-    job.tables.relu_coef = table_data(relu_coef, "relu_coef", 3, xa, False)
+    job.tables.relu_coef = table_data(relu_coef, "relu_coef", 3, &job, False)
     run_with_scratch(GRAD_SUMS, &job)
 
 
@@ -212,19 +214,21 @@ def backward(dy, x, dx, stats, weight, bint batch_stats, grads, relu_coef, int n
 
     stats = [mean, invstd], float64 (2, C). batch_stats: they are the batch's own
     (training); otherwise they are fixed (eval) and dx = g * weight * invstd.
-    g and relu_coef as for grad_sums.
+    g and relu_coef as for grad_sums; weight and grads of the type computed in.
+    Returns whether some value of dx rounded to +-inf from a finite value
+    (2-byte x only: past the type's range).
     """
     cdef Job job
     cdef cnp.ndarray xa = begin(&job, x, nthreads)
     job.dy = operand(dy, "dy", xa)
     job.out = output(dx, "dx", xa, 0 if batch_stats else CBN_FIXED)
     job.tables.stats = f64_table(stats, "stats", 2, xa, False)
-    job.tables.weight = vector_data(weight, "weight", xa)
-    job.tables.param_grads = table_data(grads, "grads", 2, xa, True)
-    job.tables.relu_coef = table_data(relu_coef, "relu_coef", 3, xa, False)
+    job.tables.weight = vector_data(weight, "weight", &job)
+    job.tables.param_grads = table_data(grads, "grads", 2, &job, True)
+    job.tables.relu_coef = table_data(relu_coef, "relu_coef", 3, &job, False)
     job.batch_stats = batch_stats
     job.count = <double>(job.x.N * job.x.S)
-    run_with_scratch(BACKWARD, &job)
+    return run_with_scratch(BACKWARD, &job)
 
 
 def grad_input(dy, x, dx, stats, weight, sums, double count, relu_coef, int nthreads):
@@ -233,7 +237,7 @@ def grad_input(dy, x, dx, stats, weight, sums, double count, relu_coef, int nthr
 
     sums = [sum(g), sum(g * (x - mean))] (float64 (2, C), as grad_sums gives,
     summed over the processes); count: values per channel in all of them;
-    stats = [mean, invstd] as for backward.
+    stats = [mean, invstd] as for backward; returns as backward.
     """
     cdef Job job
     cdef cnp.ndarray xa = begin(&job, x, nthreads)
@@ -241,10 +245,10 @@ def grad_input(dy, x, dx, stats, weight, sums, double count, relu_coef, int nthr
     job.out = output(dx, "dx", xa, 0)
     job.tables.stats = f64_table(stats, "stats", 2, xa, False)
     job.tables.sums = f64_table(sums, "sums", 2, xa, False)
-    job.tables.weight = vector_data(weight, "weight", xa)
-    job.tables.relu_coef = table_data(relu_coef, "relu_coef", 3, xa, False)
+    job.tables.weight = vector_data(weight, "weight", &job)
+    job.tables.relu_coef = table_data(relu_coef, "relu_coef", 3, &job, False)
     job.batch_stats = True
     job.count = count
     if not count > 0:
         raise ValueError(f"count: expected a positive count of values per channel, got {count}")
-    run_with_scratch(GRAD_INPUT, &job)
+    return run_with_scratch(GRAD_INPUT, &job)

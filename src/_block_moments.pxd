@@ -9,22 +9,25 @@
 #   M2: rounding amplified by that factor, i.e. K more than ~4 standard
 #   deviations off), the block, still in cache, is redone in two passes: its
 #   own mean K in vector lanes, then sum(d) and sum(d^2).
-# - if that still overflows the input type (|x - K| above ~1.8e19 in float32:
-#   the square is past its range, while the variance may not be), the block
-#   is redone in float64 scalars (exact_block_moments); NaN/Inf input takes
-#   this path too and stays non-finite.
+# - if that still overflows the type computed in (|x - K| above ~1.8e19 in
+#   float32: the square is past its range, while the variance may not be),
+#   the block is redone in float64 scalars (exact_block_moments); NaN/Inf
+#   input takes this path too and stays non-finite.
 # Blocks, runs and threads are merged in float64 with Chan's formula.
+# The data are read through (pointer, kind): float32, float64, or 2-byte
+# types computed in float32 (see _loops.pxd).
 from cython cimport floating
 from libc.math cimport isfinite
 
-from _loops cimport (cbn_block, input_block, rows_block_flags, rows_block_merge, rows_centered,
-                     runs_centered, runs_sum)
+from _loops cimport (advance, cbn_block, in_compute_type, input_block, kind_itemsize,
+                     rows_block_flags, rows_block_merge, rows_centered, runs_centered, runs_sum,
+                     value_at)
 
 cdef enum:
     AMPLIFICATION = 16        # largest sum(d^2) / M2 accepted from a one-pass block
     BLOCK_BYTES = 16384       # channels-first: re-read from L1 by a second pass
     ROW_BLOCK_BYTES = 262144  # channels-last: within L2 if a block must be re-read
-    MAX_ROW_BLOCK = 64        # rows summed in the input type before a float64 merge
+    MAX_ROW_BLOCK = 64        # rows summed in the type computed in before a float64 merge
                               # (16 additions per lane, 4 rows at a time: see cbn_loops_impl.h)
 
 cdef struct Moments:
@@ -59,37 +62,37 @@ cdef inline bint well_centred(double s1, double s2, double nb) noexcept nogil:
     return s2 <= AMPLIFICATION * (s2 - s1 * s1 / nb)
 
 
-cdef inline void exact_block_moments(const floating* p, Py_ssize_t nruns, Py_ssize_t run_stride,
-                                     Py_ssize_t n, Py_ssize_t step, double* mean,
-                                     double* m2) noexcept nogil:
+cdef inline void exact_block_moments(const void* p, int kind, Py_ssize_t nruns,
+                                     Py_ssize_t run_stride, Py_ssize_t n, Py_ssize_t step,
+                                     double* mean, double* m2) noexcept nogil:
     """Two float64 passes over nruns runs of n values, step apart within a run."""
     cdef Py_ssize_t r, i
     cdef double s = 0.0, q = 0.0, d
     for r in range(nruns):
         for i in range(n):
-            s += p[r * run_stride + i * step]
+            s += value_at(p, r * run_stride + i * step, kind)
     mean[0] = s / <double>(nruns * n)
     for r in range(nruns):
         for i in range(n):
-            d = p[r * run_stride + i * step] - mean[0]
+            d = value_at(p, r * run_stride + i * step, kind) - mean[0]
             q += d * d
     m2[0] = q
 
 
-cdef inline void block_moments(const floating* p, Py_ssize_t nruns, Py_ssize_t run_stride,
+cdef inline void block_moments(const void* p, int kind, Py_ssize_t nruns, Py_ssize_t run_stride,
                                Py_ssize_t n, Moments* acc) noexcept nogil:
     """Fold nruns runs of n contiguous values, run_stride apart, into acc."""
     cdef double s1 = 0.0, s2 = 0.0, nb = <double>(nruns * n), m2_b, mean_b
-    cdef floating k = <floating>acc.mean if acc.count > 0.0 else p[0]
-    cdef cbn_block block = input_block(p, run_stride, nruns, n)
+    cdef double k = in_compute_type(acc.mean if acc.count > 0.0 else value_at(p, 0, kind), kind)
+    cdef cbn_block block = input_block(p, run_stride, nruns, n, kind)
     runs_centered(&block, k, &s1, &s2)
     if not (s2 == 0.0 or well_centred(s1, s2, nb)):
         s1 = 0.0
         s2 = 0.0
-        k = <floating>(runs_sum(&block) / nb)
+        k = in_compute_type(runs_sum(&block) / nb, kind)
         runs_centered(&block, k, &s1, &s2)
     if not (isfinite(s1) and isfinite(s2)):
-        exact_block_moments(p, nruns, run_stride, n, 1, &mean_b, &m2_b)
+        exact_block_moments(p, kind, nruns, run_stride, n, 1, &mean_b, &m2_b)
         moments_merge(acc, nb, mean_b, m2_b)
         return
     m2_b = s2 - s1 * s1 / nb
@@ -98,22 +101,25 @@ cdef inline void block_moments(const floating* p, Py_ssize_t nruns, Py_ssize_t r
     moments_merge(acc, nb, k + s1 / nb, m2_b)
 
 
-cdef inline void strided_runs_moments(const floating* p, Py_ssize_t nruns, Py_ssize_t run_stride,
-                                      Py_ssize_t n, Moments* acc) noexcept nogil:
-    """Fold nruns runs of n values into acc, in blocks of about BLOCK_BYTES."""
-    cdef Py_ssize_t block = BLOCK_BYTES // sizeof(floating)
+cdef inline void strided_runs_moments(const void* p, int kind, Py_ssize_t nruns,
+                                      Py_ssize_t run_stride, Py_ssize_t n,
+                                      Moments* acc) noexcept nogil:
+    """Fold nruns runs of n values (of type kind) into acc, in blocks of about BLOCK_BYTES."""
+    cdef Py_ssize_t block = BLOCK_BYTES // kind_itemsize(kind)
     cdef Py_ssize_t r, start, per_block
     if n >= block:
         for r in range(nruns):
             start = 0
             while start < n:
-                block_moments(p + r * run_stride + start, 1, 0, min(block, n - start), acc)
+                block_moments(advance(p, r * run_stride + start, kind), kind, 1, 0,
+                              min(block, n - start), acc)
                 start += block
     else:
         per_block = block // n
         r = 0
         while r < nruns:
-            block_moments(p + r * run_stride, min(per_block, nruns - r), run_stride, n, acc)
+            block_moments(advance(p, r * run_stride, kind), kind, min(per_block, nruns - r),
+                          run_stride, n, acc)
             r += per_block
 
 
@@ -131,14 +137,14 @@ cdef inline void centred_sums(const cbn_block* rows, const floating* shift, floa
     rows_centered(rows, shift, s1, s2)
 
 
-cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize_t r0,
+cdef inline void rows_moments(const void* x, int kind, Py_ssize_t row_stride, Py_ssize_t r0,
                               Py_ssize_t r1, Py_ssize_t C, floating* scratch,
                               double* partial) noexcept nogil:
-    """Fold rows r0..r1 of a channels-last (M, C) array into partial: the
-    count, then C means, then C values of M2.
+    """Fold rows r0..r1 of a channels-last (M, C) array (of type kind) into
+    partial: the count, then C means, then C values of M2.
 
-    scratch holds 3*C values of the input type; blocks are centred as
-    described at the top of this file.
+    scratch holds 3*C values of the type computed in (float or double, as
+    kind says); blocks are centred as described at the top of this file.
     """
     cdef double* count = partial
     cdef double* mean = partial + 1
@@ -156,9 +162,10 @@ cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize
     while b0 < r1:
         nb = min(block, r1 - b0)
         fnb = <double>nb
-        rows = input_block(x + b0 * row_stride, row_stride, nb, C)
+        rows = input_block(advance(x, b0 * row_stride, kind), row_stride, nb, C, kind)
         for c in range(C):
-            shift[c] = <floating>mean[c] if count[0] > 0.0 else x[b0 * row_stride + c]
+            shift[c] = <floating>(mean[c] if count[0] > 0.0
+                                  else value_at(x, b0 * row_stride + c, kind))
         centred_sums(&rows, shift, s1, s2)
         flags = rows_block_flags(f32, C, s1, s2, fnb, AMPLIFICATION)
         if flags & 1:   # redone centred on 0: s1 is the block's sum, shift by its mean
@@ -180,7 +187,8 @@ cdef inline void rows_moments(const floating* x, Py_ssize_t row_stride, Py_ssize
                     mb = shift[c] + s1[c] / fnb
                     m2b = max(s2[c] - (<double>s1[c]) * s1[c] / fnb, 0.0)
                 else:   # overflowed (or NaN/Inf input): this channel's block in float64
-                    exact_block_moments(x + b0 * row_stride + c, 1, 0, nb, row_stride, &mb, &m2b)
+                    exact_block_moments(advance(x, b0 * row_stride + c, kind), kind, 1, 0, nb,
+                                        row_stride, &mb, &m2b)
                 delta = mb - mean[c]
                 mean[c] = mean[c] + delta * w
                 m2[c] = m2[c] + m2b + delta * delta * v

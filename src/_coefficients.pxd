@@ -1,6 +1,6 @@
 # Per-channel coefficients of the affine maps the loops apply (cbn_loops.h),
-# computed in float64 from a Job's tables and rounded once to x's dtype; x
-# (the input's data) only selects the type.
+# computed in float64 from a Job's tables and rounded once to the type the
+# loops compute in, which compute (a null pointer of that type) selects.
 from cython cimport floating
 from libc.float cimport DBL_MAX, FLT_MAX
 from libc.math cimport sqrt
@@ -9,7 +9,7 @@ from _job cimport Job
 
 
 cdef inline void store_clamped(floating* dst, double v) noexcept nogil:
-    """dst = v rounded to the input type, finite values kept finite: a scale
+    """dst = v rounded to the type computed in, finite values kept finite: a scale
     past its range (eps -> 0 on a constant channel: invstd ~ 1/sqrt(eps))
     becomes its largest value, so (x - shift) * scale is 0, not 0 * inf = NaN."""
     cdef double limit
@@ -25,7 +25,7 @@ cdef inline double param_or(const floating* p, Py_ssize_t c, double default) noe
 
 
 cdef inline void set_shift(floating* shift, double mean, double max_dev) noexcept nogil:
-    """The shift K of (x - K) * scale: the mean rounded to the input type, so
+    """The shift K of (x - K) * scale: the mean rounded to the type computed in, so
     that x - K is exact near it; 0 when x - mean could overflow the type
     (max_dev, a bound on |x - mean| such as sqrt(M2), past half its range:
     values near +-3e38 in float32). x * scale cannot overflow then, and the
@@ -42,12 +42,12 @@ cdef inline void set_shift(floating* shift, double mean, double max_dev) noexcep
         shift[0] = <floating>mean
 
 
-cdef inline void normalize_coefficients(const floating* x, const Job* job, Py_ssize_t c,
+cdef inline void normalize_coefficients(const floating* compute, const Job* job, Py_ssize_t c,
                                         double mean, double invstd, double max_dev) noexcept nogil:
     """Channel c of y = gamma * (x - mean) * invstd + beta as (x - shift) * scale + offset,
     into job.tables.coef (3, C), gamma and beta from the tables.
 
-    shift is the mean rounded to the input type (see set_shift; max_dev bounds
+    shift is the mean rounded to the type computed in (see set_shift; max_dev bounds
     |x - mean|, 0 when unknown), so x - shift is exact near the mean; offset
     absorbs the rounding of the mean. A constant channel gives exactly beta.
     """
@@ -64,7 +64,7 @@ cdef inline double inverse_std(double var, double eps) noexcept nogil:
     return 1.0 / sqrt(var + eps)
 
 
-cdef inline void grad_input_coefficients(const floating* x, const Job* job,
+cdef inline void grad_input_coefficients(const floating* compute, const Job* job,
                                          Py_ssize_t c) noexcept nogil:
     """Channel c of dx = g * k_dy + (x - shift) * k_x + k_0, into job.tables.coef
     (4, C) [shift, k_dy, k_x, k_0], from stats [mean, invstd], gamma, and (with

@@ -2,11 +2,14 @@
 # entry point, and the one loop that runs a kernel's body per work unit.
 #
 # Design:
-# A. Every kernel takes (x, job) and every loop body (x, job, i): x is the
-#    input's data typed float or double, which picks the fused
-#    specialisation; everything else is in the job. The entry point checks
+# A. Every kernel takes (compute, job) and every loop body (compute, job, i):
+#    compute is a null pointer whose type, float or double, picks the fused
+#    specialisation: the type computed in (float for float32, float16 and
+#    bfloat16 data), that of the coefficient tables, weight and bias; the
+#    data and everything else are in the job (job.kind: the data's type,
+#    which the loops of cbn_loops.h dispatch on). The entry point checks
 #    each argument once (through the NumPy C API: tens of nanoseconds, where
-#    typed memoryviews cost ~0.7 us each) and dispatches on the dtype once.
+#    typed memoryviews cost ~0.7 us each) and dispatches on the type once.
 # B. for_each runs body(x, job, i) for i in range(n): a plain loop on one
 #    thread, since an OpenMP region costs ~0.7 us even with one thread (more
 #    than a small tensor's arithmetic), else a static prange. The work units
@@ -18,15 +21,16 @@ from cython.parallel cimport prange
 from libc.string cimport memset
 
 from _arrays cimport (Tensor, checked, checked_like, checked_table, checked_threads,
-                     checked_vector, free_scratch, input_typenum, run_bytes, scratch, tensor)
-from _loops cimport CBN_STREAM, cbn_block
+                     checked_vector, free_scratch, input_kind, run_bytes, scratch, tensor)
+from _loops cimport CBN_F64, CBN_STREAM, cbn_block, kind_itemsize
 from _block_moments cimport row_block
 from _plan cimport (PARALLEL_CHANNELS, channel_parts, channels_per_unit, part_start, row_parts,
                    streams)
 
 
 cdef struct Tables:
-    # Per-channel tables: C values per row, row after row; x's dtype unless float64 is said.
+    # Per-channel tables: C values per row, row after row; of the type computed
+    # in (table_typenum) unless float64 is said.
     const void* weight      # (C,), or NULL for 1
     const void* bias        # (C,), or NULL for 0
     const void* relu_coef   # backward with a fused ReLU: the forward's (3, C) coef, else NULL
@@ -46,7 +50,11 @@ cdef struct Job:
     Tensor dy               # backward: the output's gradient
     Tensor out              # forward: y; backward: dx
     Tables tables
-    bint f32                # x is float32 (else float64)
+    int kind                # x's data type (CBN_F32, CBN_F64, CBN_F16, CBN_BF16; dy and out's too)
+    Py_ssize_t itemsize     # bytes per value of x
+    bint f32                # computed in float32 (every kind but CBN_F64), else float64
+    int table_typenum       # NPY_FLOAT32 or NPY_FLOAT64: the type computed in
+    int* overflow           # set to 1 when a 2-byte output rounded to +-inf from a finite value
     bint channels_first     # x is (N, C, S) runs (else (M, C) rows)
     bint batch_stats        # backward: stats are x's own (training), not fixed (eval)
     double eps
@@ -54,7 +62,7 @@ cdef struct Job:
                             # caller's (0: not x's own), backward N*S, grad_input all ranks'
     Py_ssize_t pieces       # pieces a channel's reduction is split into (_plan.pxd)
     double* partials        # float64 partial results, per piece (and work unit)
-    void* row_scratch       # channels-last: per-piece row buffers, x's dtype
+    void* row_scratch       # channels-last: per-piece row buffers, of the type computed in
     Py_ssize_t units        # work units of an elementwise pass (see elementwise):
     Py_ssize_t unit_groups  #   channels-first: a sample's channels in unit_groups groups
     Py_ssize_t unit_channels  # of unit_channels (channels_per_unit);
@@ -63,12 +71,15 @@ cdef struct Job:
 
 
 cdef inline cnp.ndarray begin(Job* job, object x, int nthreads):
-    """Zero job, then fill x, its dtype, layout and pieces, and the thread count, checked."""
-    cdef int typenum = input_typenum(x, "x")
-    cdef cnp.ndarray xa = checked(x, "x", cnp.PyArray_NDIM(x), typenum, False)
+    """Zero job, then fill x, its type, layout and pieces, and the thread count, checked."""
+    cdef int kind = input_kind(x, "x")
+    cdef cnp.ndarray xa = checked(x, "x", cnp.PyArray_NDIM(x), cnp.PyArray_TYPE(x), False)
     memset(job, 0, sizeof(Job))
     job.x = tensor(xa)
-    job.f32 = typenum == cnp.NPY_FLOAT32
+    job.kind = kind
+    job.itemsize = kind_itemsize(kind)
+    job.f32 = kind != CBN_F64
+    job.table_typenum = cnp.NPY_FLOAT32 if job.f32 else cnp.NPY_FLOAT64
     job.channels_first = cnp.PyArray_NDIM(xa) == 3
     job.pieces = (channel_parts(job.x.N, job.x.C, job.x.S) if job.channels_first
                   else row_parts(job.x.N))
@@ -99,21 +110,19 @@ cdef inline Tensor output(object a, str name, cnp.ndarray x, int flags):
     return t
 
 
-cdef inline const void* vector_data(object a, str name, cnp.ndarray x) except? NULL:
-    """A (C,) array of x's dtype, or NULL for None."""
+cdef inline const void* vector_data(object a, str name, const Job* job) except? NULL:
+    """A (C,) array of the type computed in, or NULL for None."""
     if a is None:
         return NULL
-    return cnp.PyArray_DATA(checked_vector(a, name, cnp.PyArray_DIMS(x)[1],
-                                           cnp.PyArray_TYPE(x), False))
+    return cnp.PyArray_DATA(checked_vector(a, name, job.x.C, job.table_typenum, False))
 
 
-cdef inline void* table_data(object a, str name, Py_ssize_t rows, cnp.ndarray x,
+cdef inline void* table_data(object a, str name, Py_ssize_t rows, const Job* job,
                              bint writable) except? NULL:
-    """A C-contiguous (rows, C) array of x's dtype, or NULL for None."""
+    """A C-contiguous (rows, C) array of the type computed in, or NULL for None."""
     if a is None:
         return NULL
-    return cnp.PyArray_DATA(checked_table(a, name, rows, cnp.PyArray_DIMS(x)[1],
-                                          cnp.PyArray_TYPE(x), writable))
+    return cnp.PyArray_DATA(checked_table(a, name, rows, job.x.C, job.table_typenum, writable))
 
 
 cdef inline double* f64_vector(object a, str name, cnp.ndarray x) except NULL:
@@ -135,8 +144,8 @@ cdef inline double* f64_table(object a, str name, Py_ssize_t rows, cnp.ndarray x
 cdef inline void* allocate(Job* job, Py_ssize_t doubles, Py_ssize_t coef_rows,
                            Py_ssize_t row_values) except NULL:
     """One block of scratch: job.partials (doubles float64 values), then
-    job.tables.coef (coef_rows * C values of x's dtype; with 0 rows the
-    caller's table stays), then job.row_scratch (row_values of them).
+    job.tables.coef (coef_rows * C values of the type computed in; with 0
+    rows the caller's table stays), then job.row_scratch (row_values of them).
     Returns the block, for free_scratch."""
     cdef Py_ssize_t itemsize = 4 if job.f32 else 8
     cdef Py_ssize_t coef_bytes = coef_rows * job.x.C * itemsize
@@ -149,35 +158,41 @@ cdef inline void* allocate(Job* job, Py_ssize_t doubles, Py_ssize_t coef_rows,
     return block
 
 
-ctypedef void (*KernelF32)(int kernel, const float* x, const Job* job) noexcept nogil
-ctypedef void (*KernelF64)(int kernel, const double* x, const Job* job) noexcept nogil
+ctypedef void (*KernelF32)(int kernel, const float* compute, const Job* job) noexcept nogil
+ctypedef void (*KernelF64)(int kernel, const double* compute, const Job* job) noexcept nogil
 
 
-cdef inline void run_and_free(KernelF32 run_f32, KernelF64 run_f64, int kernel, const Job* job,
-                              void* block) except *:
-    """A module's one dtype dispatch: kernel on x's data as float or double,
-    without the GIL; then the scratch block (from allocate) is freed."""
+cdef inline bint run_and_free(KernelF32 run_f32, KernelF64 run_f64, int kernel, Job* job,
+                              void* block) except -1:
+    """A module's one type dispatch: kernel computed in float or double,
+    without the GIL; then the scratch block (from allocate) is freed.
+    Returns whether an output of 2-byte data rounded to +-inf from a finite
+    value (past the type's range)."""
+    cdef int overflow = 0
+    job.overflow = &overflow
     try:
         with nogil:
             if job.f32:
-                run_f32(kernel, <const float*>job.x.data, job)
+                run_f32(kernel, <const float*>NULL, job)
             else:
-                run_f64(kernel, <const double*>job.x.data, job)
+                run_f64(kernel, <const double*>NULL, job)
     finally:
+        job.overflow = NULL
         free_scratch(block)
+    return overflow != 0
 
 
 cdef inline void for_each(void (*body)(const floating*, const Job*, Py_ssize_t) noexcept nogil,
-                          const floating* x, const Job* job, Py_ssize_t n,
+                          const floating* compute, const Job* job, Py_ssize_t n,
                           int nthreads) noexcept nogil:
-    """body(x, job, i) for every i in range(n), on nthreads threads (see B above)."""
+    """body(compute, job, i) for every i in range(n), on nthreads threads (see B above)."""
     cdef Py_ssize_t i
     if nthreads == 1:
         for i in range(n):
-            body(x, job, i)
+            body(compute, job, i)
     else:
         for i in prange(n, num_threads=nthreads, schedule="static"):
-            body(x, job, i)
+            body(compute, job, i)
 
 
 cdef inline int channel_threads(const Job* job) noexcept nogil:
@@ -190,11 +205,11 @@ cdef inline Py_ssize_t piece_start(const Job* job, Py_ssize_t k) noexcept nogil:
     return part_start(job.x.N, job.pieces, k)
 
 
-cdef inline void* element(Tensor t, Py_ssize_t n, Py_ssize_t c, bint f32) noexcept nogil:
+cdef inline void* element(Tensor t, Py_ssize_t n, Py_ssize_t c, Py_ssize_t itemsize) noexcept nogil:
     """Address of t's element (n, c, 0), or NULL for an absent operand."""
     if t.data == NULL:
         return NULL
-    return <char*>t.data + (n * t.sn + c * t.sc) * (4 if f32 else 8)
+    return <char*>t.data + (n * t.sn + c * t.sc) * itemsize
 
 
 cdef inline cbn_block block_at(const Job* job, Py_ssize_t n0, Py_ssize_t count,
@@ -202,18 +217,19 @@ cdef inline cbn_block block_at(const Job* job, Py_ssize_t n0, Py_ssize_t count,
     """The loops' view of x, dy and out from batch index (channels-first) or
     row (channels-last, c = 0) n0: count runs of channel c, or count rows."""
     cdef cbn_block b
-    b.x = element(job.x, n0, c, job.f32)
+    b.x = element(job.x, n0, c, job.itemsize)
     b.x_stride = job.x.sn
-    b.dy = element(job.dy, n0, c, job.f32)
+    b.dy = element(job.dy, n0, c, job.itemsize)
     b.dy_stride = job.dy.sn
-    b.out = element(job.out, n0, c, job.f32)
+    b.out = element(job.out, n0, c, job.itemsize)
     b.out_stride = job.out.sn
     b.count = count
     b.length = job.x.S if job.channels_first else job.x.C
     b.table_stride = job.x.C
     b.table_step = 0
     b.flags = job.out.flags
-    b.f32 = job.f32
+    b.kind = job.kind
+    b.overflow = job.overflow
     return b
 
 
@@ -240,11 +256,11 @@ cdef inline cbn_block rows_at(const Job* job, Py_ssize_t i) noexcept nogil:
 cdef inline void elementwise(
         void (*runs_body)(const floating*, const Job*, Py_ssize_t) noexcept nogil,
         void (*rows_body)(const floating*, const Job*, Py_ssize_t) noexcept nogil,
-        const floating* x, const Job* job) noexcept nogil:
+        const floating* compute, const Job* job) noexcept nogil:
     """An elementwise pass over job.units work units: runs_body over the
     channels-first ones (unit_runs), or rows_body over the channels-last
     row blocks (rows_at)."""
     if job.channels_first:   # (two calls: each body a constant the compiler can inline)
-        for_each(runs_body, x, job, job.units, job.nthreads)
+        for_each(runs_body, compute, job, job.units, job.nthreads)
     else:
-        for_each(rows_body, x, job, job.units, job.nthreads)
+        for_each(rows_body, compute, job, job.units, job.nthreads)

@@ -1,10 +1,21 @@
 # The vectorised loops of cbn_loops.h (SSE2 or AVX2, chosen once per process
-# by init_loops()), each taking a cbn_block that says what it walks.
-from cython cimport floating
+# by init_loops()), each taking a cbn_block that says what it walks, and the
+# data types they read and write (a block's kind).
 from libc.stdlib cimport getenv
 from libc.string cimport memset
 
 cdef extern from "cbn_loops.h" nogil:
+    # data types: float64, float32, and float16 and bfloat16 (computed in float32)
+    int CBN_F64
+    int CBN_F32
+    int CBN_F16
+    int CBN_BF16
+    ctypedef struct cbn_f16:
+        pass
+    ctypedef struct cbn_bf16:
+        pass
+    float cbn_f16_to_float(cbn_f16 h)
+    float cbn_bf16_to_float(cbn_bf16 h)
     int CBN_STREAM
     int CBN_RELU
     int CBN_FIXED
@@ -20,14 +31,16 @@ cdef extern from "cbn_loops.h" nogil:
         Py_ssize_t table_stride
         Py_ssize_t table_step
         int flags
-        int f32
+        int kind
+        int* overflow
     int CBN_LOOPS_SCALAR
     int CBN_LOOPS_BASELINE
     int CBN_LOOPS_AUTO
     void cbn_loops_init(int request)
     const char* cbn_loops_isa()
-    # Pointers to per-channel values have the block's element type; see
-    # cbn_loops_impl.h for each loop's scalar math.
+    # Pointers to per-channel values have the type computed in (float64 for
+    # float64 data, else float32); see cbn_loops_impl.h for each loop's
+    # scalar math.
     double runs_sum "cbn_runs_sum"(const cbn_block* b)
     void runs_centered "cbn_runs_centered"(const cbn_block* b, double m, double* s1, double* s2)
     void runs_grad_sums "cbn_runs_grad_sums"(const cbn_block* b, double shift, const void* relu,
@@ -49,17 +62,44 @@ cdef extern from "cbn_loops.h" nogil:
                                                  double w, double v, double* mean, double* m2)
 
 
-cdef inline cbn_block input_block(const floating* x, Py_ssize_t stride, Py_ssize_t count,
-                                  Py_ssize_t length) noexcept nogil:
-    """count runs (or rows) of length values of x, stride apart: for the reductions."""
+cdef inline cbn_block input_block(const void* x, Py_ssize_t stride, Py_ssize_t count,
+                                  Py_ssize_t length, int kind) noexcept nogil:
+    """count runs (or rows) of length values of x (of type kind), stride apart:
+    for the reductions."""
     cdef cbn_block b
     memset(&b, 0, sizeof(b))
     b.x = x
     b.x_stride = stride
     b.count = count
     b.length = length
-    b.f32 = floating is float
+    b.kind = kind
     return b
+
+
+cdef inline Py_ssize_t kind_itemsize(int kind) noexcept nogil:
+    """Bytes per value of data of type kind."""
+    return 8 if kind == CBN_F64 else 4 if kind == CBN_F32 else 2
+
+
+cdef inline const void* advance(const void* p, Py_ssize_t n, int kind) noexcept nogil:
+    """p moved on by n values of type kind."""
+    return <const char*>p + n * kind_itemsize(kind)
+
+
+cdef inline double value_at(const void* p, Py_ssize_t i, int kind) noexcept nogil:
+    """Value i of data of type kind, widened (exactly)."""
+    if kind == CBN_F64:
+        return (<const double*>p)[i]
+    if kind == CBN_F32:
+        return (<const float*>p)[i]
+    if kind == CBN_F16:
+        return cbn_f16_to_float((<const cbn_f16*>p)[i])
+    return cbn_bf16_to_float((<const cbn_bf16*>p)[i])
+
+
+cdef inline double in_compute_type(double v, int kind) noexcept nogil:
+    """v rounded to the type the loops compute in for data of type kind."""
+    return v if kind == CBN_F64 else <float>v
 
 
 cdef inline int init_loops() except -1:

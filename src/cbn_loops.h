@@ -1,13 +1,14 @@
 /*
  * The innermost loops of every kernel, vectorised, in two instruction sets.
  *
- * cbn_loops_impl.h holds the loops; it is instantiated here for float and
- * double, once for the build's baseline (SSE2 on x86-64: 16-byte vectors) and
- * once with target("avx2,fma") (32-byte vectors). cbn_loops_init() picks one
- * per process with __builtin_cpu_supports, so a portable wheel still uses AVX2
- * where the CPU has it (unless the environment sets CBN_LOOPS=baseline); the
- * entry points at the end (cbn_runs_sum, ...) branch on that choice and on
- * the element type, branches that are always predicted.
+ * cbn_loops_impl.h holds the loops; it is instantiated here for each data
+ * type (float32, float64, and float16 and bfloat16 computed in float32), once
+ * for the build's baseline (SSE2 on x86-64: 16-byte vectors) and once with
+ * target("avx2,fma,f16c") (32-byte vectors). cbn_loops_init() picks one per
+ * process from the CPU's features, so a portable wheel still uses AVX2 where
+ * the CPU has it (unless the environment sets CBN_LOOPS=baseline); the entry
+ * points at the end (cbn_runs_sum, ...) branch on that choice and on the data
+ * type, branches that are always predicted.
  *
  * Every loop takes a cbn_block: a whole set of strided runs (channels-first)
  * or block of rows (channels-last), so calls and horizontal sums are per
@@ -29,6 +30,7 @@
 #define CBN_VECTOR_LOOPS 0
 #endif
 
+#include <float.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -51,8 +53,30 @@
 #define CBN_FIXED 4    /* grad_input with fixed (eval) statistics: dx = g * k_dy, x only
                           gates a fused ReLU, so a NaN in x cannot reach dx through 0 * NaN */
 
+#include "cbn_half.h"
+
+/* data types (cbn_block.kind) */
+#define CBN_F64 0
+#define CBN_F32 1
+#define CBN_F16 2
+#define CBN_BF16 3
+
+/* a loop instance's name, e.g. cbn_runs_sum_f16_avx2 (arguments expanded first) */
+#define CBN_LOOP_NAME_(name, kind, isa) cbn_##name##_##kind##_##isa
+#define CBN_LOOP_NAME(name, kind, isa) CBN_LOOP_NAME_(name, kind, isa)
+
+/* a flag any thread may raise: relaxed atomic stores where the compiler has them */
+#if defined(__GNUC__) || defined(__clang__)
+#define CBN_SET_FLAG(p) __atomic_store_n((p), 1, __ATOMIC_RELAXED)
+#else
+#define CBN_SET_FLAG(p) (*(volatile int *)(p) = 1)
+#endif
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#if defined(__GNUC__) || defined(__clang__)
+#include <cpuid.h>
+#endif
 #define CBN_X86 1
 #else
 #define CBN_X86 0
@@ -92,13 +116,15 @@ typedef struct {
     ptrdiff_t table_step;    /* runs: coefficients of run r at coef + r * table_step (0: all
                                 runs of one channel; 1: runs of consecutive channels) */
     int flags;               /* CBN_STREAM, CBN_RELU, CBN_FIXED */
-    int f32;                 /* elements are float (else double) */
+    int kind;                /* the data type: CBN_F32, CBN_F64, CBN_F16, CBN_BF16 */
+    int *overflow;           /* 2-byte outputs: set to 1 when a finite value rounded
+                                to +-inf (past the type's range); may be NULL */
 } cbn_block;
 
 /* ---------------------------------------------------------------- instances */
 
 /* the reference loops, then cbn_loops_impl.h once per instruction set
- * (CBN_IMPL_AVX2), each for float and double */
+ * (CBN_IMPL_AVX2), each for every data type */
 #define CBN_TEMPLATE "cbn_loops_scalar.h"
 #include "cbn_loops_types.h"
 #undef CBN_TEMPLATE
@@ -121,6 +147,16 @@ typedef struct {
 enum { CBN_LOOPS_SCALAR = 0, CBN_LOOPS_BASELINE = 1, CBN_LOOPS_AUTO = 2 };
 static int cbn_loops_kind = CBN_VECTOR_LOOPS ? CBN_LOOPS_BASELINE : CBN_LOOPS_SCALAR;
 
+#if CBN_DISPATCH_AVX2
+/* F16C (float16 conversions), which every AVX2 CPU has but a virtual machine
+ * may hide: CPUID leaf 1, ECX bit 29 */
+static int cbn_cpu_has_f16c(void)
+{
+    unsigned int eax, ebx, ecx, edx;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+}
+#endif
+
 /* request: CBN_LOOPS_SCALAR, CBN_LOOPS_BASELINE, or CBN_LOOPS_AUTO (AVX2
  * where the CPU has it; see _loops.pxd) */
 static void cbn_loops_init(int request)
@@ -133,7 +169,7 @@ static void cbn_loops_init(int request)
 #if CBN_DISPATCH_AVX2
     __builtin_cpu_init();
     if (request == CBN_LOOPS_AUTO && __builtin_cpu_supports("avx2")
-            && __builtin_cpu_supports("fma"))
+            && __builtin_cpu_supports("fma") && cbn_cpu_has_f16c())
         cbn_loops_kind = CBN_LOOPS_AUTO;
 #endif
 }
@@ -187,10 +223,11 @@ static ptrdiff_t cbn_stream_threshold(void)
 
 /* ---------------------------------------------------------------- entry points */
 
-/* Each loop as one function: the block's element type picks the instance
- * for float or double, cbn_loops_init's choice the instruction set (both
- * branches always predicted). Pointers to per-channel values (coefficient
- * tables, accumulators) have the block's element type. */
+/* Each loop as one function: the block's data type picks the instance,
+ * cbn_loops_init's choice the instruction set (both branches always
+ * predicted). Pointers to per-channel values (coefficient tables,
+ * accumulators) have the type computed in: double for float64 data, float
+ * for the others. */
 #if CBN_DISPATCH_AVX2
 #define CBN_PICK(name, elem)                                                                   \
     (cbn_loops_kind == CBN_LOOPS_AUTO ? cbn_##name##_##elem##_avx2                             \
@@ -203,18 +240,21 @@ static ptrdiff_t cbn_stream_threshold(void)
 #else
 #define CBN_PICK(name, elem) cbn_##name##_##elem##_scalar
 #endif
-#define CBN_CALL(name, b, ...) \
-    ((b)->f32 ? CBN_PICK(name, f32)(__VA_ARGS__) : CBN_PICK(name, f64)(__VA_ARGS__))
+#define CBN_CALL(name, b, ...)                                                                 \
+    ((b)->kind == CBN_F32 ? CBN_PICK(name, f32)(__VA_ARGS__)                                   \
+     : (b)->kind == CBN_F64 ? CBN_PICK(name, f64)(__VA_ARGS__)                                 \
+     : (b)->kind == CBN_F16 ? CBN_PICK(name, f16)(__VA_ARGS__)                                 \
+     : CBN_PICK(name, bf16)(__VA_ARGS__))
 
 static inline double cbn_runs_sum(const cbn_block *b) { return CBN_CALL(runs_sum, b, b); }
 
-/* m: a value of the element type (converted exactly) */
+/* m: a value of the type computed in (converted exactly) */
 static inline void cbn_runs_centered(const cbn_block *b, double m, double *s1, double *s2)
 {
     CBN_CALL(runs_centered, b, b, m, s1, s2);
 }
 
-/* shift: a value of the element type (converted exactly) */
+/* shift: a value of the type computed in (converted exactly) */
 static inline void cbn_runs_grad_sums(const cbn_block *b, double shift, const void *relu,
                                       double *s1, double *s2)
 {
@@ -252,7 +292,7 @@ static inline void cbn_rows_grad_sums(const cbn_block *b, const void *shift, con
     CBN_CALL(rows_grad_sums, b, b, shift, relu, s1, s2);
 }
 
-/* s1, s2, shift: C values of the element type (f32: float, else double) */
+/* s1, s2, shift: C values of the type computed in (f32: float, else double) */
 static inline int cbn_rows_block_flags(int f32, ptrdiff_t C, const void *s1, const void *s2,
                                        double nb, double amplification)
 {

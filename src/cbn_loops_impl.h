@@ -1,11 +1,23 @@
 /*
- * The loops of cbn_loops.h for one element type and instruction set, included
- * once per instance with CBN_IMPL_F32 (float, else double) and CBN_IMPL_AVX2
- * (32-byte AVX2 vectors, else the build's baseline) set. Within it:
- *   ELEM          float or double        ELEM_INT      the integer type of its size
+ * The loops of cbn_loops.h for one data type and instruction set, included
+ * once per instance with CBN_IMPL_KIND (CBN_F32, CBN_F64, CBN_F16 or
+ * CBN_BF16: the type of x, dy and the outputs) and CBN_IMPL_AVX2 (32-byte
+ * AVX2 vectors, else the build's baseline) set. Within it:
+ *   DATA          the data's storage type  ELEM  the type computed in: float,
+ *                 (float, double, cbn_f16,       or double for float64 data;
+ *                 cbn_bf16)                      coefficient tables and row
+ *                                                accumulators have it
+ *   ELEM_INT      the integer type of ELEM's size
  *   VEC_BYTES     vector bytes (16, 32)  TARGET_ATTRS  function attributes (target ISA)
- *   FN(name)      the instance's name for a loop, e.g. cbn_runs_sum_f32_avx2
- *   STREAM_STORE(p, v)  a non-temporal store of vector v at p
+ *   FN(name)      the instance's name for a loop, e.g. cbn_runs_sum_f16_avx2
+ *   FN(load), FN(store)  LANES values of DATA as a vector of ELEM and back;
+ *   FN(get), FN(put)     one value (FN(loadc), FN(storec): vectors of a table)
+ *
+ * 2-byte data are widened to float32 as they are loaded and each output
+ * value is rounded once, to nearest even, as it is stored (cbn_half.h): the
+ * arithmetic between is the float32 loops' own. F16C converts float16 in the
+ * AVX2 loops (and in baseline ones built for a CPU that has it); elsewhere
+ * the same steps as cbn_half.h run on whole vectors in integer operations.
  *
  * Channels-first loops take a cbn_block of runs (run k of each operand at
  * its base + k * stride, length values each); channels-last loops a block of
@@ -20,56 +32,65 @@
  * (relu, a table {shift, scale, offset} as coef) and counts dy only where
  * z > 0, the same arithmetic as the forward, so the same decision. NaN passes
  * through the forward (as torch.relu) and stops the gradient (as its backward).
+ *
+ * Outputs of 2-byte data that round to +-inf from a finite value (past the
+ * type's range) are counted per loop (FN(out_*) keep the tally) and
+ * reported through the block's overflow flag.
  */
-#if CBN_IMPL_F32
+#if CBN_IMPL_KIND == CBN_F32
 #define ELEM float
-#define ELEM_INT int32_t
-#else
+#define DATA float
+#define KIND_NAME f32
+#elif CBN_IMPL_KIND == CBN_F64
 #define ELEM double
+#define DATA double
+#define KIND_NAME f64
+#elif CBN_IMPL_KIND == CBN_F16
+#define ELEM float
+#define DATA cbn_f16
+#define KIND_NAME f16
+#else
+#define ELEM float
+#define DATA cbn_bf16
+#define KIND_NAME bf16
+#endif
+#define HALF (CBN_IMPL_KIND == CBN_F16 || CBN_IMPL_KIND == CBN_BF16)
+#if CBN_IMPL_KIND == CBN_F64
 #define ELEM_INT int64_t
+#define ELEM_UINT uint64_t
+#else
+#define ELEM_INT int32_t
+#define ELEM_UINT uint32_t
 #endif
 
 #if CBN_IMPL_AVX2
 #define VEC_BYTES 32
-#define TARGET_ATTRS __attribute__((target("avx2,fma"), unused))
+#define TARGET_ATTRS __attribute__((target("avx2,fma,f16c"), unused))
+#define ISA_NAME avx2
 #else
 #define VEC_BYTES CBN_BASE_BYTES
 #define TARGET_ATTRS __attribute__((unused))
+#define ISA_NAME base
 #endif
 
-#if CBN_IMPL_F32 && CBN_IMPL_AVX2
-#define FN(name) cbn_##name##_f32_avx2
-#elif CBN_IMPL_F32
-#define FN(name) cbn_##name##_f32_base
-#elif CBN_IMPL_AVX2
-#define FN(name) cbn_##name##_f64_avx2
-#else
-#define FN(name) cbn_##name##_f64_base
-#endif
+#define FN(name) CBN_LOOP_NAME(name, KIND_NAME, ISA_NAME)
 
-/* non-temporal (streaming) stores: no read-for-ownership of the destination
- * and no eviction of the inputs from cache */
-#if !CBN_X86
-#define STREAM_STORE(p, v) memcpy((p), &(v), sizeof(v))
-#elif VEC_BYTES == 32 && CBN_IMPL_F32
-#define STREAM_STORE(p, v) _mm256_stream_ps((p), (__m256)(v))
-#elif VEC_BYTES == 32
-#define STREAM_STORE(p, v) _mm256_stream_pd((p), (__m256d)(v))
-#elif CBN_IMPL_F32
-#define STREAM_STORE(p, v) _mm_stream_ps((p), (__m128)(v))
+/* F16C for float16 conversions: in the AVX2 loops (the dispatch checks the
+ * CPU has it), and in baseline ones when the build targets it */
+#if CBN_IMPL_KIND == CBN_F16 && CBN_X86 && (CBN_IMPL_AVX2 || defined(__F16C__))
+#define F16C 1
 #else
-#define STREAM_STORE(p, v) _mm_stream_pd((p), (__m128d)(v))
+#define F16C 0
 #endif
 
 typedef ELEM FN(vec) __attribute__((vector_size(VEC_BYTES)));
 typedef ELEM_INT FN(ivec) __attribute__((vector_size(VEC_BYTES)));
+typedef ELEM_UINT FN(uvec) __attribute__((vector_size(VEC_BYTES)));
 #define LANES ((ptrdiff_t)(VEC_BYTES / sizeof(ELEM)))
-#define LINE_VALUES ((ptrdiff_t)(CBN_LINE / sizeof(ELEM)))
+#define LINE_VALUES ((ptrdiff_t)(CBN_LINE / sizeof(DATA)))
 #define VEC FN(vec)
 #define IVEC FN(ivec)
-
-TARGET_ATTRS static inline VEC FN(load)(const ELEM *p) { VEC v; memcpy(&v, p, sizeof(v)); return v; }
-TARGET_ATTRS static inline void FN(store)(ELEM *p, VEC v) { memcpy(p, &v, sizeof(v)); }
+#define UVEC FN(uvec)
 
 /* value in every lane: a vector-scalar operation broadcasts its scalar (one
  * vbroadcastss), where a loop over the lanes compiles to a chain of inserts.
@@ -79,6 +100,196 @@ TARGET_ATTRS static inline VEC FN(splat)(ELEM value)
 {
     const VEC negative_zero = -(VEC){0};
     return negative_zero + value;
+}
+
+/* where mask (all ones or zeros per lane): a, else b */
+TARGET_ATTRS static inline UVEC FN(select)(IVEC mask, UVEC a, UVEC b)
+{
+    return ((UVEC)mask & a) | (~(UVEC)mask & b);
+}
+
+/* tables of ELEM (coefficients, row accumulators) */
+TARGET_ATTRS static inline VEC FN(loadc)(const ELEM *p) { VEC v; memcpy(&v, p, sizeof(v)); return v; }
+TARGET_ATTRS static inline void FN(storec)(ELEM *p, VEC v) { memcpy(p, &v, sizeof(v)); }
+
+/* ---------------------------------------------------------------- data: load and store */
+
+#if !HALF
+TARGET_ATTRS static inline VEC FN(load)(const DATA *p) { return FN(loadc)(p); }
+TARGET_ATTRS static inline void FN(store)(DATA *p, VEC v) { FN(storec)(p, v); }
+TARGET_ATTRS static inline ELEM FN(get)(const DATA *p) { return *p; }
+TARGET_ATTRS static inline void FN(put)(DATA *p, ELEM v) { *p = v; }
+#if !CBN_X86
+#define STREAM_STORE(p, v) FN(store)((p), (v))
+#elif VEC_BYTES == 32 && CBN_IMPL_KIND == CBN_F32
+#define STREAM_STORE(p, v) _mm256_stream_ps((p), (__m256)(v))
+#elif VEC_BYTES == 32
+#define STREAM_STORE(p, v) _mm256_stream_pd((p), (__m256d)(v))
+#elif CBN_IMPL_KIND == CBN_F32
+#define STREAM_STORE(p, v) _mm_stream_ps((p), (__m128)(v))
+#else
+#define STREAM_STORE(p, v) _mm_stream_pd((p), (__m128d)(v))
+#endif
+
+#else /* 2-byte data: LANES values in half a vector */
+typedef uint16_t FN(hvec) __attribute__((vector_size(VEC_BYTES / 2)));
+#define HVEC FN(hvec)
+
+#if CBN_IMPL_KIND == CBN_BF16
+/* Scalar math: cbn_bf16_to_float, cbn_bf16_from_float on every lane */
+TARGET_ATTRS static inline VEC FN(widen)(HVEC h) { return (VEC)(__builtin_convertvector(h, UVEC) << 16); }
+
+TARGET_ATTRS static inline HVEC FN(narrow)(VEC v)
+{
+    const UVEC u = (UVEC)v;
+    const IVEC nan = (IVEC)(u & 0x7fffffffu) > 0x7f800000;
+    const UVEC rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return __builtin_convertvector(FN(select)(nan, (u >> 16) | 0x40u, rounded), HVEC);
+}
+
+TARGET_ATTRS static inline ELEM FN(get)(const DATA *p) { return cbn_bf16_to_float(*p); }
+TARGET_ATTRS static inline void FN(put)(DATA *p, ELEM v) { *p = cbn_bf16_from_float(v); }
+#define OVERFLOW_LIMIT cbn_bf16_overflow()
+
+#elif F16C
+TARGET_ATTRS static inline VEC FN(widen)(HVEC h)
+{
+#if VEC_BYTES == 32
+    return (VEC)_mm256_cvtph_ps((__m128i)h);
+#else
+    return (VEC)_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(const void *)&h));
+#endif
+}
+
+TARGET_ATTRS static inline HVEC FN(narrow)(VEC v)
+{
+#if VEC_BYTES == 32
+    return (HVEC)_mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT);
+#else
+    HVEC h;
+    _mm_storel_epi64((__m128i *)(void *)&h, _mm_cvtps_ph((__m128)v, _MM_FROUND_TO_NEAREST_INT));
+    return h;
+#endif
+}
+
+TARGET_ATTRS static inline ELEM FN(get)(const DATA *p) { return _cvtsh_ss(p->bits); }
+TARGET_ATTRS static inline void FN(put)(DATA *p, ELEM v)
+{
+    p->bits = (uint16_t)_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT);
+}
+#define OVERFLOW_LIMIT CBN_F16_OVERFLOW
+
+#else /* float16 in integer operations */
+/* Scalar math: cbn_f16_to_float on every lane */
+TARGET_ATTRS static inline VEC FN(widen)(HVEC h)
+{
+    const UVEC x = __builtin_convertvector(h, UVEC), exp_mask = (UVEC){0} + (0x7c00u << 13);
+    UVEC o = (x & 0x7fffu) << 13;
+    const UVEC e = o & exp_mask;
+    o += (uint32_t)(127 - 15) << 23;
+    const UVEC special = (UVEC)(e == exp_mask);
+    o = (o + (special & ((uint32_t)(128 - 16) << 23))) | (special & (UVEC)((o & 0x7fffffu) != 0)
+                                                             & 0x400000u);
+    o = FN(select)(e == 0, (UVEC)((VEC)(o + (1u << 23)) - FN(splat)(0x1p-14f)), o);
+    return (VEC)(o | ((x & 0x8000u) << 16));
+}
+
+/* Scalar math: cbn_f16_from_float on every lane (each case computed, one kept) */
+TARGET_ATTRS static inline HVEC FN(narrow)(VEC v)
+{
+    const uint32_t magic = (uint32_t)((127 - 15) + (23 - 10) + 1) << 23;
+    UVEC u = (UVEC)v;
+    const UVEC sign = u & 0x80000000u;
+    u ^= sign;
+    const IVEC big = (IVEC)u >= (int32_t)((127 + 16) << 23);
+    const IVEC tiny = (IVEC)u < (int32_t)(113u << 23);
+    const UVEC special = FN(select)((IVEC)u > 0x7f800000, (UVEC){0} + 0x7e00u,
+                                    (UVEC){0} + 0x7c00u);
+    const UVEC subnormal = (UVEC)((VEC)u + FN(splat)(0.5f)) - magic;
+    const UVEC normal = (u + (((uint32_t)(15 - 127) << 23) + 0xfffu) + ((u >> 13) & 1u)) >> 13;
+    const UVEC h = FN(select)(big, special, FN(select)(tiny, subnormal, normal));
+    return __builtin_convertvector(h | (sign >> 16), HVEC);
+}
+
+TARGET_ATTRS static inline ELEM FN(get)(const DATA *p) { return cbn_f16_to_float(*p); }
+TARGET_ATTRS static inline void FN(put)(DATA *p, ELEM v) { *p = cbn_f16_from_float(v); }
+#define OVERFLOW_LIMIT CBN_F16_OVERFLOW
+#endif
+
+TARGET_ATTRS static inline VEC FN(load)(const DATA *p)
+{
+    HVEC h;
+    memcpy(&h, p, sizeof(h));
+    return FN(widen)(h);
+}
+
+TARGET_ATTRS static inline void FN(store)(DATA *p, VEC v)
+{
+    HVEC h = FN(narrow)(v);
+    memcpy(p, &h, sizeof(h));
+}
+
+#if CBN_X86 && VEC_BYTES == 32
+#define STREAM_STORE(p, v) _mm_stream_si128((__m128i *)(void *)(p), (__m128i)FN(narrow)(v))
+#elif CBN_X86 && defined(__x86_64__)
+#define STREAM_STORE(p, v) FN(stream8)((p), (v))
+TARGET_ATTRS static inline void FN(stream8)(DATA *p, VEC v)
+{
+    HVEC h = FN(narrow)(v);
+    long long bits;
+    memcpy(&bits, &h, sizeof(bits));
+    _mm_stream_si64((long long *)(void *)p, bits);
+}
+#else
+#define STREAM_STORE(p, v) FN(store)((p), (v))
+#endif
+#endif /* HALF */
+
+/* ---------------------------------------------------------------- outputs, and their range */
+
+/* Every output value goes through FN(out_vec), FN(out_stream) or FN(out1),
+ * which store it and, for 2-byte data, tally the lanes whose value rounds to
+ * +-inf though finite: FLT_MAX >= |v| >= OVERFLOW_LIMIT. FN(report) sets the
+ * block's flag when any did. */
+#if HALF
+TARGET_ATTRS static inline IVEC FN(beyond)(VEC v)
+{
+    const VEC a = (VEC)((UVEC)v & 0x7fffffffu);
+    return (a >= FN(splat)(OVERFLOW_LIMIT)) & (a <= FN(splat)(FLT_MAX));
+}
+TARGET_ATTRS static inline int FN(beyond1)(ELEM v)
+{
+    const ELEM a = v < 0 ? -v : v;
+    return a >= OVERFLOW_LIMIT && a <= FLT_MAX;
+}
+#else
+TARGET_ATTRS static inline IVEC FN(beyond)(VEC v) { (void)v; return (IVEC){0}; }
+TARGET_ATTRS static inline int FN(beyond1)(ELEM v) { (void)v; return 0; }
+#endif
+
+TARGET_ATTRS static inline void FN(out_vec)(DATA *p, VEC v, IVEC *over)
+{
+    *over |= FN(beyond)(v);
+    FN(store)(p, v);
+}
+
+TARGET_ATTRS static inline void FN(out_stream)(DATA *p, VEC v, IVEC *over)
+{
+    *over |= FN(beyond)(v);
+    STREAM_STORE(p, v);
+}
+
+TARGET_ATTRS static inline void FN(out1)(DATA *p, ELEM v, IVEC *over)
+{
+    over[0][0] |= -FN(beyond1)(v);
+    FN(put)(p, v);
+}
+
+TARGET_ATTRS static inline void FN(report)(const cbn_block *b, IVEC over)
+{
+    ELEM_INT any = 0;
+    for (ptrdiff_t j = 0; j < LANES; j++) any |= over[j];
+    if (HALF && any && b->overflow != NULL) CBN_SET_FLAG(b->overflow);
 }
 
 TARGET_ATTRS static inline double FN(hsum)(VEC v)
@@ -157,14 +368,14 @@ TARGET_ATTRS static inline void FN(lanes_total)(FN(lanes) *l, double *s1, double
  * asv_bench/NOTES.md section 12. */
 TARGET_ATTRS static inline int FN(far_runs)(ptrdiff_t stride, ptrdiff_t n, ptrdiff_t count)
 {
-    return stride != n && count * stride * (ptrdiff_t)sizeof(ELEM) >= CBN_PREFETCH_SPAN;
+    return stride != n && count * stride * (ptrdiff_t)sizeof(DATA) >= CBN_PREFETCH_SPAN;
 }
 
 /* the first bytes of the run after p (stride values on) */
-TARGET_ATTRS static inline void FN(prefetch_next)(const ELEM *p, ptrdiff_t stride, ptrdiff_t n,
+TARGET_ATTRS static inline void FN(prefetch_next)(const DATA *p, ptrdiff_t stride, ptrdiff_t n,
                                                   int write)
 {
-    ptrdiff_t bytes = n * (ptrdiff_t)sizeof(ELEM);
+    ptrdiff_t bytes = n * (ptrdiff_t)sizeof(DATA);
     if (bytes > CBN_PREFETCH_BYTES) bytes = CBN_PREFETCH_BYTES;
     for (ptrdiff_t off = 0; off < bytes; off += CBN_LINE) {
         if (write) __builtin_prefetch((const char *)(p + stride) + off, 1);
@@ -184,7 +395,7 @@ TARGET_ATTRS static ELEM FN(runs_sum)(const cbn_block *block)
     ELEM tail = 0;
     const int far = FN(far_runs)(b.x_stride, n, b.count);
     for (ptrdiff_t r = 0; r < b.count; r++) {
-        const ELEM *q = (const ELEM *)b.x + r * b.x_stride;
+        const DATA *q = (const DATA *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
         if (far && r + 1 < b.count) FN(prefetch_next)(q, b.x_stride, n, 0);
         for (; i + step <= n; i += step) {
@@ -194,7 +405,7 @@ TARGET_ATTRS static ELEM FN(runs_sum)(const cbn_block *block)
             a3 += FN(load)(q + i + 3 * LANES);
         }
         for (; i + LANES <= n; i += LANES) a0 += FN(load)(q + i);
-        for (; i < n; i++) tail += q[i];
+        for (; i < n; i++) tail += FN(get)(q + i);
     }
     return (ELEM)FN(hsum)((a0 + a1) + (a2 + a3)) + tail;
 }
@@ -209,7 +420,7 @@ TARGET_ATTRS static void FN(runs_centered)(const cbn_block *block, ELEM m, doubl
     const int far = FN(far_runs)(b.x_stride, n, b.count);
     FN(lanes_start)(&l);
     for (ptrdiff_t r = 0; r < b.count; r++) {
-        const ELEM *q = (const ELEM *)b.x + r * b.x_stride;
+        const DATA *q = (const DATA *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
         if (far && r + 1 < b.count) FN(prefetch_next)(q, b.x_stride, n, 0);
         for (; i + step <= n; i += step) {
@@ -227,7 +438,7 @@ TARGET_ATTRS static void FN(runs_centered)(const cbn_block *block, ELEM m, doubl
             FN(lanes_added)(&l);
         }
         for (; i < n; i++) {
-            ELEM u = q[i] - m;
+            ELEM u = FN(get)(q + i) - m;
             l.d1 += (double)u;
             l.d2 += (double)(u * u);
         }
@@ -250,8 +461,8 @@ TARGET_ATTRS static void FN(runs_grad_sums)(const cbn_block *block, ELEM shift, 
     const int far_x = FN(far_runs)(b.x_stride, n, b.count);
     FN(lanes_start)(&l);
     for (ptrdiff_t r = 0; r < b.count; r++) {
-        const ELEM *g = (const ELEM *)b.dy + r * b.dy_stride;
-        const ELEM *q = (const ELEM *)b.x + r * b.x_stride;
+        const DATA *g = (const DATA *)b.dy + r * b.dy_stride;
+        const DATA *q = (const DATA *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
         if (r + 1 < b.count) {
             if (far_dy) FN(prefetch_next)(g, b.dy_stride, n, 0);
@@ -280,9 +491,10 @@ TARGET_ATTRS static void FN(runs_grad_sums)(const cbn_block *block, ELEM shift, 
             FN(lanes_added)(&l);
         }
         for (; i < n; i++) {
-            ELEM gi = relu ? FN(gate1)(g[i], (q[i] - rs) * ra + rb) : g[i];
+            const ELEM qi = FN(get)(q + i), gi0 = FN(get)(g + i);
+            const ELEM gi = relu ? FN(gate1)(gi0, (qi - rs) * ra + rb) : gi0;
             l.d1 += (double)gi;
-            l.d2 += (double)(gi * (q[i] - shift));
+            l.d2 += (double)(gi * (qi - shift));
         }
     }
     FN(lanes_total)(&l, s1, s2);
@@ -295,7 +507,7 @@ TARGET_ATTRS static void FN(runs_grad_sums)(const cbn_block *block, ELEM shift, 
  * written back, which costs more than not streaming at all. *head: the first
  * index of o at a line boundary (at most n), *end: where whole lines stop;
  * both 0 when not streaming. */
-TARGET_ATTRS static inline void FN(stream_span)(const ELEM *o, ptrdiff_t n, int stream,
+TARGET_ATTRS static inline void FN(stream_span)(const DATA *o, ptrdiff_t n, int stream,
                                                 ptrdiff_t *head, ptrdiff_t *end)
 {
     ptrdiff_t h;
@@ -303,7 +515,7 @@ TARGET_ATTRS static inline void FN(stream_span)(const ELEM *o, ptrdiff_t n, int 
         *head = *end = 0;
         return;
     }
-    h = (ptrdiff_t)(((CBN_LINE - ((size_t)o % CBN_LINE)) % CBN_LINE) / sizeof(ELEM));
+    h = (ptrdiff_t)(((CBN_LINE - ((size_t)o % CBN_LINE)) % CBN_LINE) / sizeof(DATA));
     *head = h > n ? n : h;
     *end = *head + (n - *head) / LINE_VALUES * LINE_VALUES;
 }
@@ -368,31 +580,35 @@ TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coe
     const int relu = b.flags & CBN_RELU, stream = b.flags & CBN_STREAM;
     const int far_x = FN(far_runs)(b.x_stride, n, b.count);
     const int far_out = !stream && FN(far_runs)(b.out_stride, n, b.count);
+    IVEC over = {0};
     FN(coefs) k;
     for (ptrdiff_t r = 0; r < b.count; r++) {
         if (r == 0 || b.table_step)
             FN(load_coefs)(&k, coef + r * b.table_step, b.table_stride, 3);
-        const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
-        ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
+        const DATA *restrict q = (const DATA *)b.x + r * b.x_stride;
+        DATA *restrict o = (DATA *)b.out + r * b.out_stride;
         ptrdiff_t i = 0, head, end;
         if (r + 1 < b.count) {
             if (far_x) FN(prefetch_next)(q, b.x_stride, n, 0);
             if (far_out) FN(prefetch_next)(o, b.out_stride, n, 1);
         }
         FN(stream_span)(o, n, stream, &head, &end);
-        for (; i < head; i++) o[i] = FN(affine1)(q[i], k.s[0], k.s[1], k.s[2], relu);
-        for (; i < end; i += LANES) {
-            VEC v = FN(affine)(FN(load)(q + i), k.v[0], k.v[1], k.v[2], relu);
-            STREAM_STORE(o + i, v);
-        }
+        for (; i < head; i++)
+            FN(out1)(o + i, FN(affine1)(FN(get)(q + i), k.s[0], k.s[1], k.s[2], relu), &over);
+        for (; i < end; i += LANES)
+            FN(out_stream)(o + i, FN(affine)(FN(load)(q + i), k.v[0], k.v[1], k.v[2], relu),
+                           &over);
         for (; i + 2 * LANES <= n; i += 2 * LANES) {
-            FN(store)(o + i, FN(affine)(FN(load)(q + i), k.v[0], k.v[1], k.v[2], relu));
-            FN(store)(o + i + LANES,
-                      FN(affine)(FN(load)(q + i + LANES), k.v[0], k.v[1], k.v[2], relu));
+            FN(out_vec)(o + i, FN(affine)(FN(load)(q + i), k.v[0], k.v[1], k.v[2], relu), &over);
+            FN(out_vec)(o + i + LANES,
+                        FN(affine)(FN(load)(q + i + LANES), k.v[0], k.v[1], k.v[2], relu),
+                        &over);
         }
-        for (; i < n; i++) o[i] = FN(affine1)(q[i], k.s[0], k.s[1], k.s[2], relu);
+        for (; i < n; i++)
+            FN(out1)(o + i, FN(affine1)(FN(get)(q + i), k.s[0], k.s[1], k.s[2], relu), &over);
     }
     if (stream) CBN_SFENCE();
+    FN(report)(&b, over);
 }
 
 /* Scalar math: grad_input1 for every value of the block's runs, run r with
@@ -408,16 +624,18 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
     const int far_dy = FN(far_runs)(b.dy_stride, n, b.count);
     const int far_x = FN(far_runs)(b.x_stride, n, b.count);
     const int far_out = !stream && FN(far_runs)(b.out_stride, n, b.count);
+    IVEC over = {0};
     FN(coefs) k, z;   /* {shift, k_dy, k_x, k_0} and the ReLU's {shift, scale, offset} */
     for (ptrdiff_t r = 0; r < b.count; r++) {
         if (r == 0 || b.table_step) {
             FN(load_coefs)(&k, coef + r * b.table_step, ts, 4);
             FN(load_coefs)(&z, relu ? relu_coef + r * b.table_step : NULL, ts, 3);
         }
-        const ELEM *restrict g = (const ELEM *)b.dy + r * b.dy_stride;
-        const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
-        ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
+        const DATA *restrict g = (const DATA *)b.dy + r * b.dy_stride;
+        const DATA *restrict q = (const DATA *)b.x + r * b.x_stride;
+        DATA *restrict o = (DATA *)b.out + r * b.out_stride;
         const ELEM *zs = relu ? z.s : NULL;
+        const FN(coefs) *zv = relu ? &z : NULL;
         ptrdiff_t i = 0, head, end;
         if (r + 1 < b.count) {
             if (far_dy) FN(prefetch_next)(g, b.dy_stride, n, 0);
@@ -425,17 +643,21 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
             if (far_out) FN(prefetch_next)(o, b.out_stride, n, 1);
         }
         FN(stream_span)(o, n, stream, &head, &end);
-        for (; i < head; i++) o[i] = FN(grad_input1)(g[i], q[i], k.s, zs, 1, fixed);
-        for (; i < end; i += LANES) {
-            VEC v = FN(grad_input)(FN(load)(g + i), FN(load)(q + i), &k, relu ? &z : NULL, fixed);
-            STREAM_STORE(o + i, v);
-        }
+        for (; i < head; i++)
+            FN(out1)(o + i, FN(grad_input1)(FN(get)(g + i), FN(get)(q + i), k.s, zs, 1, fixed),
+                     &over);
+        for (; i < end; i += LANES)
+            FN(out_stream)(o + i, FN(grad_input)(FN(load)(g + i), FN(load)(q + i), &k, zv, fixed),
+                           &over);
         for (; i + LANES <= n; i += LANES)
-            FN(store)(o + i, FN(grad_input)(FN(load)(g + i), FN(load)(q + i), &k,
-                                            relu ? &z : NULL, fixed));
-        for (; i < n; i++) o[i] = FN(grad_input1)(g[i], q[i], k.s, zs, 1, fixed);
+            FN(out_vec)(o + i, FN(grad_input)(FN(load)(g + i), FN(load)(q + i), &k, zv, fixed),
+                        &over);
+        for (; i < n; i++)
+            FN(out1)(o + i, FN(grad_input1)(FN(get)(g + i), FN(get)(q + i), k.s, zs, 1, fixed),
+                     &over);
     }
     if (stream) CBN_SFENCE();
+    FN(report)(&b, over);
 }
 
 /* ---------------------------------------------------------------- rows (channels-last) */
@@ -448,28 +670,33 @@ TARGET_ATTRS static void FN(rows_affine)(const cbn_block *block, const ELEM *res
     const ptrdiff_t C = b.length, ts = b.table_stride;
     const int relu = b.flags & CBN_RELU, stream = b.flags & CBN_STREAM;
     const ELEM *restrict shift = k, *restrict scale = k + ts, *restrict offset = k + 2 * ts;
+    IVEC over = {0};
     for (ptrdiff_t r = 0; r < b.count; r++) {
-        const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
-        ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
+        const DATA *restrict q = (const DATA *)b.x + r * b.x_stride;
+        DATA *restrict o = (DATA *)b.out + r * b.out_stride;
         ptrdiff_t c = 0;
         if (stream) {
             ptrdiff_t head, end;
             FN(stream_span)(o, C, stream, &head, &end);
-            for (; c < head; c++) o[c] = FN(affine1)(q[c], shift[c], scale[c], offset[c], relu);
-            for (; c < end; c += LANES) {
-                VEC v = FN(affine)(FN(load)(q + c), FN(load)(shift + c), FN(load)(scale + c),
-                                   FN(load)(offset + c), relu);
-                STREAM_STORE(o + c, v);
-            }
+            for (; c < head; c++)
+                FN(out1)(o + c, FN(affine1)(FN(get)(q + c), shift[c], scale[c], offset[c], relu),
+                         &over);
+            for (; c < end; c += LANES)
+                FN(out_stream)(o + c, FN(affine)(FN(load)(q + c), FN(loadc)(shift + c),
+                                                 FN(loadc)(scale + c), FN(loadc)(offset + c),
+                                                 relu),
+                               &over);
         }
-        for (; c + LANES <= C; c += LANES) {
-            VEC v = (FN(load)(q + c) - FN(load)(shift + c)) * FN(load)(scale + c)
-                    + FN(load)(offset + c);
-            FN(store)(o + c, relu ? FN(relu)(v) : v);
-        }
-        for (; c < C; c++) o[c] = FN(affine1)(q[c], shift[c], scale[c], offset[c], relu);
+        for (; c + LANES <= C; c += LANES)
+            FN(out_vec)(o + c, FN(affine)(FN(load)(q + c), FN(loadc)(shift + c),
+                                          FN(loadc)(scale + c), FN(loadc)(offset + c), relu),
+                        &over);
+        for (; c < C; c++)
+            FN(out1)(o + c, FN(affine1)(FN(get)(q + c), shift[c], scale[c], offset[c], relu),
+                     &over);
     }
     if (stream) CBN_SFENCE();
+    FN(report)(&b, over);
 }
 
 /* Scalar math: grad_input1 for every value of the block's rows, channel c's
@@ -482,35 +709,44 @@ TARGET_ATTRS static void FN(rows_grad_input)(const cbn_block *block, const ELEM 
     const ELEM *restrict shift = k, *restrict k_dy = k + ts, *restrict k_x = k + 2 * ts;
     const ELEM *restrict k_0 = k + 3 * ts;
     const ELEM *rs = relu, *ra = relu ? relu + ts : NULL, *rb = relu ? relu + 2 * ts : NULL;
+    IVEC over = {0};
     for (ptrdiff_t r = 0; r < b.count; r++) {
-        const ELEM *restrict g = (const ELEM *)b.dy + r * b.dy_stride;
-        const ELEM *restrict q = (const ELEM *)b.x + r * b.x_stride;
-        ELEM *restrict o = (ELEM *)b.out + r * b.out_stride;
+        const DATA *restrict g = (const DATA *)b.dy + r * b.dy_stride;
+        const DATA *restrict q = (const DATA *)b.x + r * b.x_stride;
+        DATA *restrict o = (DATA *)b.out + r * b.out_stride;
         ptrdiff_t c = 0, head, end;
         FN(stream_span)(o, C, stream, &head, &end);
         for (; c < head; c++)
-            o[c] = FN(grad_input1)(g[c], q[c], k + c, relu ? relu + c : NULL, ts, fixed);
+            FN(out1)(o + c, FN(grad_input1)(FN(get)(g + c), FN(get)(q + c), k + c,
+                                            relu ? relu + c : NULL, ts, fixed),
+                     &over);
         for (; c + LANES <= C; c += LANES) {
             VEC qv = FN(load)(q + c), gv = FN(load)(g + c);
             if (relu)
-                gv = FN(gate)(gv, (qv - FN(load)(rs + c)) * FN(load)(ra + c) + FN(load)(rb + c));
-            VEC v = fixed ? gv * FN(load)(k_dy + c)
-                          : gv * FN(load)(k_dy + c) + (qv - FN(load)(shift + c)) * FN(load)(k_x + c)
-                                + FN(load)(k_0 + c);
+                gv = FN(gate)(gv, (qv - FN(loadc)(rs + c)) * FN(loadc)(ra + c)
+                                      + FN(loadc)(rb + c));
+            VEC v = fixed ? gv * FN(loadc)(k_dy + c)
+                          : gv * FN(loadc)(k_dy + c)
+                                + (qv - FN(loadc)(shift + c)) * FN(loadc)(k_x + c)
+                                + FN(loadc)(k_0 + c);
             if (c < end)
-                STREAM_STORE(o + c, v);
+                FN(out_stream)(o + c, v, &over);
             else
-                FN(store)(o + c, v);
+                FN(out_vec)(o + c, v, &over);
         }
         for (; c < C; c++)
-            o[c] = FN(grad_input1)(g[c], q[c], k + c, relu ? relu + c : NULL, ts, fixed);
+            FN(out1)(o + c, FN(grad_input1)(FN(get)(g + c), FN(get)(q + c), k + c,
+                                            relu ? relu + c : NULL, ts, fixed),
+                     &over);
     }
     if (stream) CBN_SFENCE();
+    FN(report)(&b, over);
 }
 
-/* Row reductions into per-channel accumulators of type ELEM. Four rows are
- * combined before an accumulator is touched: its load and store, not the
- * arithmetic, bound a one-row-at-a-time loop. */
+/* Row reductions into per-channel accumulators of type ELEM, vectors of
+ * LANES channels at a time. Four rows are combined before an accumulator is
+ * touched: its load and store, not the arithmetic, bound a one-row-at-a-time
+ * loop. */
 
 /* Scalar math: s1[c] += sum(x[c] - m[c]), s2[c] += sum((x[c] - m[c])^2) over the block's rows */
 TARGET_ATTRS static void FN(rows_centered)(const cbn_block *block, const ELEM *restrict m,
@@ -518,21 +754,36 @@ TARGET_ATTRS static void FN(rows_centered)(const cbn_block *block, const ELEM *r
 {
     const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
     const ptrdiff_t C = b.length, stride = b.x_stride;
-    const ELEM *x = (const ELEM *)b.x;
+    const DATA *x = (const DATA *)b.x;
     ptrdiff_t r = 0;
     for (; r + 4 <= b.count; r += 4) {
-        const ELEM *restrict q0 = x + r * stride, *restrict q1 = q0 + stride;
-        const ELEM *restrict q2 = q1 + stride, *restrict q3 = q2 + stride;
-        for (ptrdiff_t c = 0; c < C; c++) {
-            ELEM u0 = q0[c] - m[c], u1 = q1[c] - m[c], u2 = q2[c] - m[c], u3 = q3[c] - m[c];
+        const DATA *restrict q0 = x + r * stride, *restrict q1 = q0 + stride;
+        const DATA *restrict q2 = q1 + stride, *restrict q3 = q2 + stride;
+        ptrdiff_t c = 0;
+        for (; c + LANES <= C; c += LANES) {
+            const VEC mc = FN(loadc)(m + c);
+            const VEC u0 = FN(load)(q0 + c) - mc, u1 = FN(load)(q1 + c) - mc;
+            const VEC u2 = FN(load)(q2 + c) - mc, u3 = FN(load)(q3 + c) - mc;
+            FN(storec)(s1 + c, FN(loadc)(s1 + c) + ((u0 + u1) + (u2 + u3)));
+            FN(storec)(s2 + c, FN(loadc)(s2 + c) + ((u0 * u0 + u1 * u1) + (u2 * u2 + u3 * u3)));
+        }
+        for (; c < C; c++) {
+            const ELEM u0 = FN(get)(q0 + c) - m[c], u1 = FN(get)(q1 + c) - m[c];
+            const ELEM u2 = FN(get)(q2 + c) - m[c], u3 = FN(get)(q3 + c) - m[c];
             s1[c] += (u0 + u1) + (u2 + u3);
             s2[c] += (u0 * u0 + u1 * u1) + (u2 * u2 + u3 * u3);
         }
     }
     for (; r < b.count; r++) {
-        const ELEM *restrict q = x + r * stride;
-        for (ptrdiff_t c = 0; c < C; c++) {
-            ELEM u = q[c] - m[c];
+        const DATA *restrict q = x + r * stride;
+        ptrdiff_t c = 0;
+        for (; c + LANES <= C; c += LANES) {
+            const VEC u = FN(load)(q + c) - FN(loadc)(m + c);
+            FN(storec)(s1 + c, FN(loadc)(s1 + c) + u);
+            FN(storec)(s2 + c, FN(loadc)(s2 + c) + u * u);
+        }
+        for (; c < C; c++) {
+            const ELEM u = FN(get)(q + c) - m[c];
             s1[c] += u;
             s2[c] += u * u;
         }
@@ -547,48 +798,92 @@ TARGET_ATTRS static void FN(rows_grad_sums)(const cbn_block *block, const ELEM *
 {
     const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
     const ptrdiff_t C = b.length, ts = b.table_stride, ds = b.dy_stride, xs = b.x_stride;
-    const ELEM *dy = (const ELEM *)b.dy, *x = (const ELEM *)b.x;
+    const DATA *dy = (const DATA *)b.dy, *x = (const DATA *)b.x;
     ptrdiff_t r = 0;
     if (relu) {  /* gating breaks the four-row combination's simple form */
+        const ELEM *rs = relu, *ra = relu + ts, *rb = relu + 2 * ts;
         for (; r < b.count; r++) {
-            const ELEM *restrict g = dy + r * ds, *restrict q = x + r * xs;
-            for (ptrdiff_t c = 0; c < C; c++) {
-                ELEM gc = FN(gate1)(g[c], (q[c] - relu[c]) * relu[ts + c] + relu[2 * ts + c]);
+            const DATA *restrict g = dy + r * ds, *restrict q = x + r * xs;
+            ptrdiff_t c = 0;
+            for (; c + LANES <= C; c += LANES) {
+                const VEC qc = FN(load)(q + c);
+                const VEC gc = FN(gate)(FN(load)(g + c), (qc - FN(loadc)(rs + c))
+                                                             * FN(loadc)(ra + c)
+                                                         + FN(loadc)(rb + c));
+                FN(storec)(s1 + c, FN(loadc)(s1 + c) + gc);
+                FN(storec)(s2 + c, FN(loadc)(s2 + c) + gc * (qc - FN(loadc)(shift + c)));
+            }
+            for (; c < C; c++) {
+                const ELEM qc = FN(get)(q + c);
+                const ELEM gc = FN(gate1)(FN(get)(g + c), (qc - rs[c]) * ra[c] + rb[c]);
                 s1[c] += gc;
-                s2[c] += gc * (q[c] - shift[c]);
+                s2[c] += gc * (qc - shift[c]);
             }
         }
         return;
     }
     for (; r + 4 <= b.count; r += 4) {
-        const ELEM *restrict g0 = dy + r * ds, *restrict g1 = g0 + ds;
-        const ELEM *restrict g2 = g1 + ds, *restrict g3 = g2 + ds;
-        const ELEM *restrict q0 = x + r * xs, *restrict q1 = q0 + xs;
-        const ELEM *restrict q2 = q1 + xs, *restrict q3 = q2 + xs;
-        for (ptrdiff_t c = 0; c < C; c++) {
-            ELEM h = shift[c];
-            s1[c] += (g0[c] + g1[c]) + (g2[c] + g3[c]);
-            s2[c] += (g0[c] * (q0[c] - h) + g1[c] * (q1[c] - h))
-                     + (g2[c] * (q2[c] - h) + g3[c] * (q3[c] - h));
+        const DATA *restrict g0 = dy + r * ds, *restrict g1 = g0 + ds;
+        const DATA *restrict g2 = g1 + ds, *restrict g3 = g2 + ds;
+        const DATA *restrict q0 = x + r * xs, *restrict q1 = q0 + xs;
+        const DATA *restrict q2 = q1 + xs, *restrict q3 = q2 + xs;
+        ptrdiff_t c = 0;
+        for (; c + LANES <= C; c += LANES) {
+            const VEC h = FN(loadc)(shift + c);
+            const VEC a0 = FN(load)(g0 + c), a1 = FN(load)(g1 + c);
+            const VEC a2 = FN(load)(g2 + c), a3 = FN(load)(g3 + c);
+            FN(storec)(s1 + c, FN(loadc)(s1 + c) + ((a0 + a1) + (a2 + a3)));
+            FN(storec)(s2 + c, FN(loadc)(s2 + c)
+                                   + ((a0 * (FN(load)(q0 + c) - h) + a1 * (FN(load)(q1 + c) - h))
+                                      + (a2 * (FN(load)(q2 + c) - h)
+                                         + a3 * (FN(load)(q3 + c) - h))));
+        }
+        for (; c < C; c++) {
+            const ELEM h = shift[c];
+            const ELEM a0 = FN(get)(g0 + c), a1 = FN(get)(g1 + c);
+            const ELEM a2 = FN(get)(g2 + c), a3 = FN(get)(g3 + c);
+            s1[c] += (a0 + a1) + (a2 + a3);
+            s2[c] += (a0 * (FN(get)(q0 + c) - h) + a1 * (FN(get)(q1 + c) - h))
+                     + (a2 * (FN(get)(q2 + c) - h) + a3 * (FN(get)(q3 + c) - h));
         }
     }
     for (; r < b.count; r++) {
-        const ELEM *restrict g = dy + r * ds, *restrict q = x + r * xs;
-        for (ptrdiff_t c = 0; c < C; c++) {
-            s1[c] += g[c];
-            s2[c] += g[c] * (q[c] - shift[c]);
+        const DATA *restrict g = dy + r * ds, *restrict q = x + r * xs;
+        ptrdiff_t c = 0;
+        for (; c + LANES <= C; c += LANES) {
+            const VEC gc = FN(load)(g + c);
+            FN(storec)(s1 + c, FN(loadc)(s1 + c) + gc);
+            FN(storec)(s2 + c, FN(loadc)(s2 + c) + gc * (FN(load)(q + c) - FN(loadc)(shift + c)));
+        }
+        for (; c < C; c++) {
+            const ELEM gc = FN(get)(g + c);
+            s1[c] += gc;
+            s2[c] += gc * (FN(get)(q + c) - shift[c]);
         }
     }
 }
 
+/* the per-channel finishing of row blocks works on ELEM accumulators: one
+ * instance per compute type (the 2-byte data's are the float32 loops') */
+#if !HALF
 #include "cbn_rows_merge.h"
+#endif
 
 #undef LANES
 #undef LINE_VALUES
 #undef VEC
 #undef IVEC
+#undef UVEC
+#undef HVEC
 #undef ELEM
 #undef ELEM_INT
+#undef ELEM_UINT
+#undef DATA
+#undef HALF
+#undef F16C
+#undef KIND_NAME
+#undef ISA_NAME
+#undef OVERFLOW_LIMIT
 #undef STREAM_STORE
 #undef VEC_BYTES
 #undef TARGET_ATTRS

@@ -7,15 +7,56 @@
  * anywhere with CBN_LOOPS=scalar; the tests compare the vector loops with
  * them. Streaming stores are a vector-loop matter: these store plainly.
  *
- * Included once per element type with CBN_IMPL_F32 set (float, else double).
+ * Included once per data type with CBN_IMPL_KIND set (see cbn_loops_impl.h:
+ * DATA is the data's storage type, ELEM the type computed in; 2-byte data
+ * are converted one value at a time by cbn_half.h, and outputs past their
+ * range reported through the block's overflow flag).
  */
-#if CBN_IMPL_F32
+#if CBN_IMPL_KIND == CBN_F32
 #define ELEM float
+#define DATA float
 #define FN(name) cbn_##name##_f32_scalar
-#else
+#define GET(p) (*(p))
+#define PUT(p, v) (*(p) = (v))
+#elif CBN_IMPL_KIND == CBN_F64
 #define ELEM double
+#define DATA double
 #define FN(name) cbn_##name##_f64_scalar
+#define GET(p) (*(p))
+#define PUT(p, v) (*(p) = (v))
+#elif CBN_IMPL_KIND == CBN_F16
+#define ELEM float
+#define DATA cbn_f16
+#define FN(name) cbn_##name##_f16_scalar
+#define GET(p) cbn_f16_to_float(*(p))
+#define PUT(p, v) (*(p) = cbn_f16_from_float(v))
+#define OVERFLOW_LIMIT CBN_F16_OVERFLOW
+#else
+#define ELEM float
+#define DATA cbn_bf16
+#define FN(name) cbn_##name##_bf16_scalar
+#define GET(p) cbn_bf16_to_float(*(p))
+#define PUT(p, v) (*(p) = cbn_bf16_from_float(v))
+#define OVERFLOW_LIMIT cbn_bf16_overflow()
 #endif
+#define HALF (CBN_IMPL_KIND == CBN_F16 || CBN_IMPL_KIND == CBN_BF16)
+
+/* *p = v; *over set when v is finite but rounds to +-inf (2-byte data) */
+static inline void FN(out1)(DATA *p, ELEM v, int *over)
+{
+#if HALF
+    const ELEM a = v < 0 ? -v : v;
+    *over |= a >= OVERFLOW_LIMIT && a <= FLT_MAX;
+#else
+    (void)over;
+#endif
+    PUT(p, v);
+}
+
+static inline void FN(report)(const cbn_block *b, int over)
+{
+    if (over && b->overflow != NULL) CBN_SET_FLAG(b->overflow);
+}
 
 /* (x - shift) * scale + offset, then max(v, 0) with relu (NaN kept) */
 static inline ELEM FN(affine1)(ELEM x, ELEM shift, ELEM scale, ELEM offset, int relu)
@@ -46,8 +87,8 @@ static ELEM FN(runs_sum)(const cbn_block *b)
 {
     ELEM total = 0;
     for (ptrdiff_t r = 0; r < b->count; r++) {
-        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
-        for (ptrdiff_t i = 0; i < b->length; i++) total += q[i];
+        const DATA *q = (const DATA *)b->x + r * b->x_stride;
+        for (ptrdiff_t i = 0; i < b->length; i++) total += GET(q + i);
     }
     return total;
 }
@@ -60,9 +101,9 @@ static void FN(runs_centered)(const cbn_block *b, ELEM m, double *s1, double *s2
     double d1 = 0.0, d2 = 0.0;
     int adds = 0;
     for (ptrdiff_t r = 0; r < b->count; r++) {
-        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
+        const DATA *q = (const DATA *)b->x + r * b->x_stride;
         for (ptrdiff_t i = 0; i < b->length; i++) {
-            ELEM u = q[i] - m;
+            ELEM u = GET(q + i) - m;
             a1 += u;
             a2 += u * u;
             if (++adds == CBN_ADDS_PER_LANE) {
@@ -87,12 +128,12 @@ static void FN(runs_grad_sums)(const cbn_block *b, ELEM shift, const ELEM *relu,
     double d1 = 0.0, d2 = 0.0;
     int adds = 0;
     for (ptrdiff_t r = 0; r < b->count; r++) {
-        const ELEM *g = (const ELEM *)b->dy + r * b->dy_stride;
-        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
+        const DATA *g = (const DATA *)b->dy + r * b->dy_stride;
+        const DATA *q = (const DATA *)b->x + r * b->x_stride;
         for (ptrdiff_t i = 0; i < b->length; i++) {
-            ELEM gi = FN(gated)(g[i], q[i], relu, ts);
+            const ELEM qi = GET(q + i), gi = FN(gated)(GET(g + i), qi, relu, ts);
             a1 += gi;
-            a2 += gi * (q[i] - shift);
+            a2 += gi * (qi - shift);
             if (++adds == CBN_ADDS_PER_LANE) {
                 d1 += a1;
                 d2 += a2;
@@ -109,69 +150,78 @@ static void FN(runs_grad_sums)(const cbn_block *b, ELEM shift, const ELEM *relu,
  * coef + r * table_step */
 static void FN(runs_affine)(const cbn_block *b, const ELEM *coef)
 {
+    int over = 0;
     const ptrdiff_t ts = b->table_stride;
     const int relu = b->flags & CBN_RELU;
     for (ptrdiff_t r = 0; r < b->count; r++) {
         const ELEM *k = coef + r * b->table_step;
-        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
-        ELEM *o = (ELEM *)b->out + r * b->out_stride;
+        const DATA *q = (const DATA *)b->x + r * b->x_stride;
+        DATA *o = (DATA *)b->out + r * b->out_stride;
         for (ptrdiff_t i = 0; i < b->length; i++)
-            o[i] = FN(affine1)(q[i], k[0], k[ts], k[2 * ts], relu);
+            FN(out1)(o + i, FN(affine1)(GET(q + i), k[0], k[ts], k[2 * ts], relu), &over);
     }
+    FN(report)(b, over);
 }
 
 /* grad_input1 over the block's runs, run r with the coefficients at
  * coef + r * table_step (relu_coef likewise) */
 static void FN(runs_grad_input)(const cbn_block *b, const ELEM *coef, const ELEM *relu_coef)
 {
+    int over = 0;
     const ptrdiff_t ts = b->table_stride;
     const int fixed = b->flags & CBN_FIXED;
     for (ptrdiff_t r = 0; r < b->count; r++) {
         const ELEM *k = coef + r * b->table_step;
         const ELEM *relu = relu_coef ? relu_coef + r * b->table_step : NULL;
-        const ELEM *g = (const ELEM *)b->dy + r * b->dy_stride;
-        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
-        ELEM *o = (ELEM *)b->out + r * b->out_stride;
+        const DATA *g = (const DATA *)b->dy + r * b->dy_stride;
+        const DATA *q = (const DATA *)b->x + r * b->x_stride;
+        DATA *o = (DATA *)b->out + r * b->out_stride;
         for (ptrdiff_t i = 0; i < b->length; i++)
-            o[i] = FN(grad_input1)(g[i], q[i], k, relu, ts, fixed);
+            FN(out1)(o + i, FN(grad_input1)(GET(g + i), GET(q + i), k, relu, ts, fixed), &over);
     }
+    FN(report)(b, over);
 }
 
 /* affine1 over the block's rows, channel c's coefficients at k + c */
 static void FN(rows_affine)(const cbn_block *b, const ELEM *k)
 {
+    int over = 0;
     const ptrdiff_t ts = b->table_stride;
     const int relu = b->flags & CBN_RELU;
     for (ptrdiff_t r = 0; r < b->count; r++) {
-        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
-        ELEM *o = (ELEM *)b->out + r * b->out_stride;
+        const DATA *q = (const DATA *)b->x + r * b->x_stride;
+        DATA *o = (DATA *)b->out + r * b->out_stride;
         for (ptrdiff_t c = 0; c < b->length; c++)
-            o[c] = FN(affine1)(q[c], k[c], k[ts + c], k[2 * ts + c], relu);
+            FN(out1)(o + c, FN(affine1)(GET(q + c), k[c], k[ts + c], k[2 * ts + c], relu), &over);
     }
+    FN(report)(b, over);
 }
 
 /* grad_input1 over the block's rows, channel c's coefficients at k + c and
  * relu + c */
 static void FN(rows_grad_input)(const cbn_block *b, const ELEM *k, const ELEM *relu)
 {
+    int over = 0;
     const ptrdiff_t ts = b->table_stride;
     const int fixed = b->flags & CBN_FIXED;
     for (ptrdiff_t r = 0; r < b->count; r++) {
-        const ELEM *g = (const ELEM *)b->dy + r * b->dy_stride;
-        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
-        ELEM *o = (ELEM *)b->out + r * b->out_stride;
+        const DATA *g = (const DATA *)b->dy + r * b->dy_stride;
+        const DATA *q = (const DATA *)b->x + r * b->x_stride;
+        DATA *o = (DATA *)b->out + r * b->out_stride;
         for (ptrdiff_t c = 0; c < b->length; c++)
-            o[c] = FN(grad_input1)(g[c], q[c], k + c, relu ? relu + c : NULL, ts, fixed);
+            FN(out1)(o + c, FN(grad_input1)(GET(g + c), GET(q + c), k + c, relu ? relu + c : NULL,
+                                            ts, fixed), &over);
     }
+    FN(report)(b, over);
 }
 
 /* s1[c] += sum(x[c] - m[c]), s2[c] += sum((x[c] - m[c])^2) over the block's rows */
 static void FN(rows_centered)(const cbn_block *b, const ELEM *m, ELEM *s1, ELEM *s2)
 {
     for (ptrdiff_t r = 0; r < b->count; r++) {
-        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
+        const DATA *q = (const DATA *)b->x + r * b->x_stride;
         for (ptrdiff_t c = 0; c < b->length; c++) {
-            ELEM u = q[c] - m[c];
+            ELEM u = GET(q + c) - m[c];
             s1[c] += u;
             s2[c] += u * u;
         }
@@ -185,19 +235,26 @@ static void FN(rows_grad_sums)(const cbn_block *b, const ELEM *shift, const ELEM
 {
     const ptrdiff_t ts = b->table_stride;
     for (ptrdiff_t r = 0; r < b->count; r++) {
-        const ELEM *g = (const ELEM *)b->dy + r * b->dy_stride;
-        const ELEM *q = (const ELEM *)b->x + r * b->x_stride;
+        const DATA *g = (const DATA *)b->dy + r * b->dy_stride;
+        const DATA *q = (const DATA *)b->x + r * b->x_stride;
         for (ptrdiff_t c = 0; c < b->length; c++) {
-            ELEM gc = FN(gated)(g[c], q[c], relu ? relu + c : NULL, ts);
+            const ELEM qc = GET(q + c), gc = FN(gated)(GET(g + c), qc, relu ? relu + c : NULL, ts);
             s1[c] += gc;
-            s2[c] += gc * (q[c] - shift[c]);
+            s2[c] += gc * (qc - shift[c]);
         }
     }
 }
 
+#if !HALF
 #define TARGET_ATTRS
 #include "cbn_rows_merge.h"
 #undef TARGET_ATTRS
+#endif
 
 #undef ELEM
+#undef DATA
+#undef GET
+#undef PUT
+#undef HALF
+#undef OVERFLOW_LIMIT
 #undef FN
