@@ -1,6 +1,6 @@
 """cbn: batch normalization for NumPy arrays on the CPU.
 
-Cython/OpenMP kernels for float32 and float64, NCHW and NHWC layouts, with
+Cython/OpenMP kernels for float32, float64, float16 and bfloat16, NCHW and NHWC layouts, with
 statistics that stay exact in float32 when |mean| >> std.
 """
 try:

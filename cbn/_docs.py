@@ -5,7 +5,7 @@ num_features : int
     C, the number of channels.
 eps : float, default 1e-5
     Added to the variance before its square root: a finite float, at least
-    the dtype's smallest normal number (1.2e-38 for float32).
+    param_dtype's smallest normal number (1.2e-38 for float32).
 momentum : float or None, default 0.1
     Weight of each new batch in the running averages (PyTorch's meaning);
     None for a cumulative average.
@@ -16,8 +16,14 @@ track_running_stats : bool, default True
     with the batch's statistics."""
 
 LAYER_OPTIONS = """\
-dtype : {numpy.float32, numpy.float64}, default numpy.float32
-    The dtype of the inputs, the outputs and the state.
+dtype : {numpy.float32, numpy.float64, numpy.float16, "bfloat16"}, default numpy.float32
+    The dtype of the inputs, the outputs and their gradients. bfloat16 is
+    ``ml_dtypes.bfloat16`` (``pip install 'cbn[bfloat16]'``); float16 and
+    bfloat16 data are computed in float32, each output rounded once.
+param_dtype : numpy dtype or None, default None
+    The dtype of the weight, bias, running statistics and their gradients:
+    the type the data are computed in (float32 for float16 and bfloat16,
+    else dtype), which None picks and which is the only one accepted.
 layout : {"NCHW", "NHWC"}, default "NCHW"
     Channels on axis 1, or last (channels-last).
 bias_correction : bool, default False
@@ -47,7 +53,7 @@ training : bool
 
 OPTIONS_AS_BATCHNORM = """\
 **options
-    The options dtype, layout, bias_correction, activation and
+    The options dtype, param_dtype, layout, bias_correction, activation and
     virtual_batch_size, as for :class:`~cbn.BatchNorm2d`."""
 
 

@@ -1,15 +1,24 @@
 """Forward/backward on canonical views: the one place that calls the kernels.
 
-Statistics travel as float64 (C,) arrays whatever the data type. Results go
-to an ``Output`` (``Canonical.output``), which the caller prepares so that a
-bad ``out`` is refused before any work. Nothing here changes layer state:
+Statistics travel as float64 (C,) arrays whatever the data type; weight,
+coefficient tables and parameter gradients have the type the data are
+computed in (``_dtypes.param_dtype_for``). Results go to an ``Output``
+(``Canonical.output``), which the caller prepares so that a bad ``out`` is
+refused before any work; outputs of 2-byte data past the type's range
+become +-inf with a RuntimeWarning. Nothing here changes layer state:
 running statistics are computed as new arrays for the caller to commit.
 """
 import numpy as np
 
 from . import _backward, _forward
+from ._dtypes import param_dtype_for, warn_beyond_range
 from ._moments import Moments
 from ._threads import threads_for
+
+
+def _checked_range(overflowed, view, what):
+    if overflowed:
+        warn_beyond_range(view.dtype, what)
 
 
 def train_forward(canon, weight, bias, eps, output, relu=False):
@@ -23,9 +32,10 @@ def train_forward(canon, weight, bias, eps, output, relu=False):
     view = canon.view
     C = view.shape[1]
     stats = np.empty((3, C))
-    coef = np.empty((3, C), view.dtype) if relu else None
-    _forward.train_forward(view, output.view, weight, bias, eps, stats, coef,
-                           threads_for(view.size))
+    coef = np.empty((3, C), param_dtype_for(view.dtype)) if relu else None
+    overflowed = _forward.train_forward(view, output.view, weight, bias, eps, stats, coef,
+                                        threads_for(view.size))
+    _checked_range(overflowed, view, "y")
     return output.result(), stats, coef
 
 
@@ -36,9 +46,10 @@ def normalize(canon, mean, var, eps, weight, bias, output, relu=False, count=0.0
     statistics, else 0 (running statistics). Returns (y, coef) as train_forward.
     """
     view = canon.view
-    coef = np.empty((3, view.shape[1]), view.dtype) if relu else None
-    _forward.normalize(view, output.view, weight, bias, eps, mean, var, count, coef,
-                       threads_for(view.size))
+    coef = np.empty((3, view.shape[1]), param_dtype_for(view.dtype)) if relu else None
+    overflowed = _forward.normalize(view, output.view, weight, bias, eps, mean, var, count, coef,
+                                    threads_for(view.size))
+    _checked_range(overflowed, view, "y")
     return output.result(), coef
 
 
@@ -59,9 +70,10 @@ def backward(canon, dy, stats, weight, batch_stats, output, param_grads=True, re
     """
     view = canon.view
     dyv = canon.like(dy)
-    grads = np.empty((2, view.shape[1]), view.dtype) if param_grads else None
-    _backward.backward(dyv, view, output.view, stats, weight, batch_stats, grads, relu,
-                       threads_for(view.size))
+    grads = np.empty((2, view.shape[1]), param_dtype_for(view.dtype)) if param_grads else None
+    overflowed = _backward.backward(dyv, view, output.view, stats, weight, batch_stats, grads,
+                                    relu, threads_for(view.size))
+    _checked_range(overflowed, view, "dx")
     return output.result(), grads
 
 
@@ -125,6 +137,7 @@ def grad_input(canon, dy, stats, weight, sums, count, output, relu=None):
     """dx of training-mode batch norm from given sums [sum(g), sum(g * (x - mean))]
     (float64 (2, C)) and count (values per channel), e.g. over several processes."""
     view = canon.view
-    _backward.grad_input(canon.like(dy), view, output.view, stats, weight, sums, float(count),
-                         relu, threads_for(view.size))
+    overflowed = _backward.grad_input(canon.like(dy), view, output.view, stats, weight, sums,
+                                      float(count), relu, threads_for(view.size))
+    _checked_range(overflowed, view, "dx")
     return output.result()

@@ -2,10 +2,10 @@
 
 One validator per kind of state, shared by the attribute setters and
 ``load_state_dict``: a (C,) vector of finite values (running_var also >= 0)
-and a count in int64's range. The setters bind an array of the layer's dtype
-that the kernels can use as it is; ``load_state_dict`` takes anything
-``np.asarray`` takes and converts it (as PyTorch's ``copy_``) into the
-layer's own arrays.
+and a count in int64's range. The setters bind an array of the layer's
+param_dtype that the kernels can use as it is; ``load_state_dict`` takes
+anything ``np.asarray`` takes and converts it (as PyTorch's ``copy_``, but
+only where the values survive) into the layer's own arrays.
 """
 import numbers
 from typing import NamedTuple
@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._commit import Changes
+from ._dtypes import is_bfloat16
 from ._validation import describe
 
 PARAMETER_KEYS = ("weight", "bias")
@@ -67,6 +68,8 @@ def _as_array(name, value):
         arr = np.asarray(value)
     except Exception as exc:  # e.g. ragged sequences
         raise TypeError(f"{name}: expected an array, got {describe(value)} ({exc})") from None
+    if is_bfloat16(arr.dtype):
+        return arr.astype(np.float32)   # exact; numpy's own functions then apply
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
     return arr
@@ -81,25 +84,32 @@ def _check_values(name, key, arr):
 
 
 def checked_loaded_vector(layer, key, value):
-    """A state_dict value for a (C,) vector, as a new array of the layer's dtype."""
+    """A state_dict value for a (C,) vector, as a new array of the layer's
+    param_dtype: converted exactly (a narrower float widened), or refused."""
     name = f"state_dict[{key!r}]"
     arr = _as_array(name, value)
-    C = layer.num_features
+    C, dtype = layer.num_features, layer.param_dtype
     if arr.shape != (C,):
         raise ValueError(f"{name}: expected shape ({C},), got {arr.shape}")
     _check_values(name, key, arr)
     with np.errstate(over="ignore"):
-        converted = arr.astype(layer.dtype)
+        converted = arr.astype(dtype)
     if not np.all(np.isfinite(converted)):
-        raise ValueError(f"{name}: expected values that fit {layer.dtype}, got "
+        raise ValueError(f"{name}: expected values that fit {dtype}, got "
                          f"{arr[~np.isfinite(converted)][:3]}... (they overflow it)")
+    changed = converted.astype(arr.dtype) != arr
+    if np.any(changed):
+        raise ValueError(f"{name}: expected values {dtype} holds exactly, got {arr.dtype} values "
+                         f"it would round ({arr[changed][:3]}...); round them explicitly "
+                         f"(values.astype({dtype.name})) if that is meant")
     return converted
 
 
 def checked_bound_vector(layer, key, value):
-    """An array to bind as the layer's (C,) vector: the layer's dtype, contiguous,
-    aligned and writable (the kernels use it as it is and update it in place)."""
-    C, dtype = layer.num_features, layer.dtype
+    """An array to bind as the layer's (C,) vector: the layer's param_dtype,
+    contiguous, aligned and writable (the kernels use it as it is and update
+    it in place)."""
+    C, dtype = layer.num_features, layer.param_dtype
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{key}: expected a numpy.ndarray of shape ({C},), got {describe(value)}")
     if value.dtype != dtype:

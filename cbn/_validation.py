@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from ._dtypes import DATA_DTYPES, is_supported
 
 
 def describe(value):
@@ -16,17 +16,6 @@ def describe(value):
     if isinstance(value, np.ndarray):
         return f"{value.dtype} array of shape {value.shape}"
     return f"{type(value).__name__} {value!r}"[:120]
-
-
-def check_dtype(dtype, name="dtype"):
-    """np.float32 or np.float64 as a np.dtype."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{name}: expected float32 or float64, got {describe(dtype)}") from None
-    if dt not in FLOAT_DTYPES or not dt.isnative:
-        raise TypeError(f"{name}: expected float32 or float64, got {dt}")
-    return dt
 
 
 def check_num_features(n):
@@ -45,10 +34,10 @@ def check_bool(value, name):
 
 def check_eps(eps, dtype):
     """A finite float, at least dtype's smallest normal number (float32:
-    1.2e-38). eps = 0 divides by zero on a constant channel (PyTorch refuses
-    it in training too), and below that bound 1 / sqrt(var + eps) can exceed
-    the dtype's range, so no scale of that dtype would normalise data whose
-    spread is as small."""
+    1.2e-38); dtype: the type computed in (the parameters'). eps = 0 divides
+    by zero on a constant channel (PyTorch refuses it in training too), and
+    below that bound 1 / sqrt(var + eps) can exceed the dtype's range, so no
+    scale of that dtype would normalise data whose spread is as small."""
     smallest = float(np.finfo(dtype).tiny)
     expected = f"a finite float >= {smallest:.3g} ({np.dtype(dtype).name}'s smallest normal number)"
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
@@ -82,8 +71,8 @@ def check_array(x, name, dtype=None):
         if x.dtype != dtype:
             raise TypeError(f"{name}: expected dtype {dtype}, got {x.dtype} (shape {x.shape}); "
                             f"convert explicitly, cbn does not cast")
-    elif x.dtype not in FLOAT_DTYPES or not x.dtype.isnative:
-        raise TypeError(f"{name}: expected a float32 or float64 array, got {x.dtype} "
+    elif not is_supported(x.dtype):
+        raise TypeError(f"{name}: expected a {DATA_DTYPES} array, got {x.dtype} "
                         f"(shape {x.shape})")
     return x
 

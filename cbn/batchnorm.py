@@ -14,6 +14,7 @@ import numpy as np
 from . import _ops
 from ._commit import Changes
 from ._docs import EXAMPLE_SHAPES, LAYER_EXAMPLE, LAYER_OPTIONS, LAYER_PARAMETERS, layer_doc
+from ._dtypes import check_dtype, check_param_dtype
 from ._layout import canonicalize, channel_axis, check_layout
 from ._moments import merge_all
 from ._records import ForwardParameters, Piece, SavedForward
@@ -21,7 +22,6 @@ from ._state import INT64_MAX, checked_bound_vector, checked_count, layer_state,
 from ._validation import (
     check_batch_for_statistics,
     check_bool,
-    check_dtype,
     check_eps,
     check_input,
     check_momentum,
@@ -92,10 +92,12 @@ class BatchNormBase:
                                 cls._DOC_NOTES, example)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, *, dtype=np.float32, layout="NCHW",
-                 bias_correction=False, activation=None, virtual_batch_size=None):
+                 track_running_stats=True, *, dtype=np.float32, param_dtype=None,
+                 layout="NCHW", bias_correction=False, activation=None,
+                 virtual_batch_size=None):
         self.num_features = check_num_features(num_features)
         self._dtype = check_dtype(dtype)
+        self._param_dtype = check_param_dtype(param_dtype, self._dtype)
         self.layout = check_layout(layout)
         self.eps = eps
         self.momentum = momentum
@@ -106,7 +108,7 @@ class BatchNormBase:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
         self.activation = activation
         self.virtual_batch_size = virtual_batch_size
-        C, dt = self.num_features, self._dtype
+        C, dt = self.num_features, self._param_dtype
         self._weight = np.ones(C, dt) if self.affine else None
         self._bias = np.zeros(C, dt) if self.affine else None
         if self.track_running_stats:
@@ -140,21 +142,30 @@ class BatchNormBase:
 
     @property
     def dtype(self):
-        """The layer's dtype: inputs must have it, outputs and state have it."""
+        """The data's dtype: inputs and their gradients must have it, outputs have it."""
         return self._dtype
+
+    @property
+    def param_dtype(self):
+        """The parameters' dtype: weight, bias, running statistics, their gradients.
+
+        The type the data are computed in: float32 for float16 and bfloat16
+        data, else the data's dtype.
+        """
+        return self._param_dtype
 
     @property
     def eps(self):
         """Added to the variance before its square root.
 
-        A finite float, at least the dtype's smallest normal number (1.2e-38
-        for float32).
+        A finite float, at least param_dtype's smallest normal number
+        (1.2e-38 for float32).
         """
         return self._eps
 
     @eps.setter
     def eps(self, value):
-        self._eps = check_eps(value, self._dtype)
+        self._eps = check_eps(value, self._param_dtype)
 
     @property
     def momentum(self):
@@ -471,7 +482,7 @@ class BatchNormBase:
                           f"(NaN or Inf in the input)")
         if overflow.size:
             causes.append(f"channel(s) {overflow.tolist()}: the updated running statistics "
-                          f"would overflow {self._dtype}")
+                          f"would overflow {self._param_dtype}")
         warnings.warn(f"{type(self).__name__}: {'; '.join(causes)}; their running statistics "
                       f"were left unchanged", RuntimeWarning, stacklevel=4)
 
@@ -518,7 +529,7 @@ class BatchNormBase:
                 _, g = _ops.backward(p.canon, dy[p.rows], p.backward_stats(), p.weight, True,
                                      piece_output, True, p.relu_coef)
                 grads += g if p.corrections is None else self._renorm_param_grads(g, p.corrections)
-            grads = grads.astype(self._dtype) if self.affine else None
+            grads = grads.astype(self._param_dtype) if self.affine else None
             dx = output.result()
         if grads is not None:
             changes = Changes()
@@ -620,7 +631,9 @@ class BatchNormBase:
         Every value is checked (shape, finiteness, running_var >= 0, a
         non-negative integer num_batches_tracked below 2**63) before anything
         changes, then all are copied in one step; values are converted to
-        the layer's dtype. With strict, the keys must match exactly, except
+        the layer's param_dtype, exactly: a narrower float (a bfloat16 or
+        float16 checkpoint) is widened, and values the conversion would
+        change (rounding, overflow) are refused. With strict, the keys must match exactly, except
         that a missing num_batches_tracked (old PyTorch checkpoints) keeps
         its value, as in PyTorch. The last forward's backward is not
         affected.

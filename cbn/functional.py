@@ -1,9 +1,11 @@
 """Functional batch normalization, mirroring ``torch.nn.functional.batch_norm``.
 
 All functions take the channel axis from ``layout``: "NCHW" means axis 1,
-"NHWC" the last axis, for inputs of any ndim >= 2. The dtype of ``x``
-(float32 or float64) is the dtype of every other array argument and of the
-results; statistics (``mean``, ``invstd``) are float64.
+"NHWC" the last axis, for inputs of any ndim >= 2. ``x`` is float32,
+float64, float16 or bfloat16 (``ml_dtypes``); dy, y and dx have its dtype,
+weight, bias, running statistics and parameter gradients the type it is
+computed in (float32 for float16 and bfloat16 x, else x's dtype). Batch
+statistics (``mean``, ``invstd``) are float64.
 """
 import warnings
 
@@ -11,6 +13,7 @@ import numpy as np
 
 from . import _ops
 from ._commit import Changes
+from ._dtypes import param_dtype_for
 from ._layout import canonicalize, channel_axis, check_layout
 from ._validation import (
     check_array,
@@ -53,11 +56,11 @@ def _channel_vector(v, name, dtype, C, writable=False):
 
 def _check_params(x, axis, weight, bias):
     """(C, weight, bias), the vectors contiguous for the kernels."""
-    C = x.shape[axis]
+    C, dtype = x.shape[axis], param_dtype_for(x.dtype)
     if weight is not None:
-        weight = _channel_vector(weight, "weight", x.dtype, C)
+        weight = _channel_vector(weight, "weight", dtype, C)
     if bias is not None:
-        bias = _channel_vector(bias, "bias", x.dtype, C)
+        bias = _channel_vector(bias, "bias", dtype, C)
     return C, weight, bias
 
 
@@ -79,21 +82,23 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     Parameters
     ----------
     x : numpy.ndarray
-        The input: float32 or float64, ndim >= 2, channels on ``layout``'s axis.
+        The input: float32, float64, float16 or bfloat16, ndim >= 2,
+        channels on ``layout``'s axis.
     running_mean, running_var : numpy.ndarray or None
-        (C,) arrays of x's dtype, any strides. training=False normalises
-        with them (required); training=True updates them in place when
-        given (the variance stored is unbiased).
+        (C,) arrays of the parameters' dtype (x's, float32 for float16 and
+        bfloat16 x), any strides. training=False normalises with them
+        (required); training=True updates them in place when given (the
+        variance stored is unbiased).
     weight, bias : numpy.ndarray, optional
-        (C,) arrays of x's dtype, any strides.
+        (C,) arrays of the parameters' dtype, any strides.
     training : bool
         Normalise with the batch statistics.
     momentum : float
         Weight of the new batch in the running averages, in [0, 1]; checked
         in training only (eval mode ignores it, as PyTorch).
     eps : float
-        Added to the variance: a finite float, at least x's dtype's smallest
-        normal number (1.2e-38 for float32).
+        Added to the variance: a finite float, at least the parameters'
+        dtype's smallest normal number (1.2e-38 for float32).
     layout : {"NCHW", "NHWC"}
         Where the channels are.
     out : numpy.ndarray, optional
@@ -118,7 +123,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     """
     axis = _check_x(x, layout)
     C, weight, bias = _check_params(x, axis, weight, bias)
-    eps = check_eps(eps, x.dtype)
+    eps = check_eps(eps, param_dtype_for(x.dtype))
     training = bool(training)
     if training:   # PyTorch ignores momentum in eval mode; so does cbn
         momentum = check_momentum(momentum, allow_none=False)
@@ -126,8 +131,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         raise ValueError("running_mean, running_var: expected both arrays or both None, got "
                          f"{describe(running_mean)} and {describe(running_var)}")
     if running_mean is not None:
-        mean_in = _channel_vector(running_mean, "running_mean", x.dtype, C, writable=training)
-        var_in = _channel_vector(running_var, "running_var", x.dtype, C, writable=training)
+        dtype = param_dtype_for(x.dtype)
+        mean_in = _channel_vector(running_mean, "running_mean", dtype, C, writable=training)
+        var_in = _channel_vector(running_var, "running_var", dtype, C, writable=training)
     elif not training:
         raise ValueError("running_mean: expected an array when training=False, got None")
     if training:
@@ -145,7 +151,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if kept is not None:
             warnings.warn(f"batch_norm: channel(s) {np.flatnonzero(kept).tolist()} have batch "
                           f"statistics that are not finite (NaN or Inf in the input) or running "
-                          f"statistics that would overflow {x.dtype}; their running statistics "
+                          f"statistics that would overflow {mean_in.dtype}; their running statistics "
                           f"were left unchanged", RuntimeWarning, stacklevel=2)
         changes = Changes()
         changes.copy(running_mean, new_mean)
@@ -173,7 +179,7 @@ def batch_norm_forward(x, weight=None, bias=None, eps=1e-5, layout="NCHW", out=N
     """
     axis = _check_x(x, layout)
     _, weight, bias = _check_params(x, axis, weight, bias)
-    eps = check_eps(eps, x.dtype)
+    eps = check_eps(eps, param_dtype_for(x.dtype))
     check_batch_for_statistics(x, axis)
     check_out_overlap(out, x, "x")
     canon = canonicalize(x, layout)
@@ -206,7 +212,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, layout="NCHW", out=Non
         Gradient of the input (``out`` when given).
     dweight, dbias : numpy.ndarray
         ``sum(dy * (x - mean) * invstd)`` and ``sum(dy)`` per channel, in
-        x's dtype, also when weight is None.
+        the parameters' dtype, also when weight is None.
 
     Examples
     --------

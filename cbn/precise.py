@@ -113,13 +113,13 @@ def _population_changes(layers, collectors, on_entry):
                                                                        on_entry):
         m = collector.moments
         with np.errstate(over="ignore", invalid="ignore"):
-            mean = m.mean.astype(layer.dtype)
-            var = m.unbiased_var.astype(layer.dtype)
+            mean = m.mean.astype(layer.param_dtype)
+            var = m.unbiased_var.astype(layer.param_dtype)
         bad = ~(np.isfinite(mean) & np.isfinite(var))
         if bad.any():
             warnings.warn(f"precise_statistics: {type(layer).__name__} channel(s) "
                           f"{np.flatnonzero(bad).tolist()} saw NaN or Inf (or statistics "
-                          f"beyond {layer.dtype}); their running statistics were left as on "
+                          f"beyond {layer.param_dtype}); their running statistics were left as on "
                           f"entry", RuntimeWarning, stacklevel=4)
             mean[bad] = mean_on_entry[bad]
             var[bad] = var_on_entry[bad]

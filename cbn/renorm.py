@@ -126,8 +126,8 @@ True"""
         corrections = self._corrections(moments.mean, var, p)
         gamma = 1.0 if p.weight is None else p.weight.astype(np.float64)
         beta = 0.0 if p.bias is None else p.bias.astype(np.float64)
-        scaled_weight = (gamma * corrections.r).astype(self.dtype)
-        bias = (beta + gamma * corrections.d).astype(self.dtype)
+        scaled_weight = (gamma * corrections.r).astype(self.param_dtype)
+        bias = (beta + gamma * corrections.d).astype(self.param_dtype)
         y, coef = _ops.normalize(canon, moments.mean, var, p.eps, scaled_weight, bias, output,
                                  relu, moments.count)
         stats = np.empty((3, self.num_features))

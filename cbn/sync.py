@@ -180,7 +180,8 @@ class SyncBatchNorm(BatchNormBase):
         if not isinstance(bn, BatchNormBase) or isinstance(bn, BatchRenormBase):
             raise TypeError(f"bn: expected a cbn BatchNorm1d/2d/3d, got {describe(bn)}")
         sync = cls(bn.num_features, comm, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                   dtype=bn.dtype, layout=bn.layout, bias_correction=bn.bias_correction,
+                   dtype=bn.dtype, param_dtype=bn.param_dtype, layout=bn.layout,
+                   bias_correction=bn.bias_correction,
                    activation=bn.activation, virtual_batch_size=bn.virtual_batch_size)
         sync.load_state_dict(bn.state_dict())
         return sync.train(bn.training)
@@ -349,8 +350,8 @@ class SyncBatchNorm(BatchNormBase):
                              piece.relu_coef)
         if self.affine:
             changes = Changes()
-            changes.set(self, "grad_weight", (local[1] * piece.stats[1]).astype(self.dtype))
-            changes.set(self, "grad_bias", local[0].astype(self.dtype))
+            changes.set(self, "grad_weight", (local[1] * piece.stats[1]).astype(self.param_dtype))
+            changes.set(self, "grad_bias", local[0].astype(self.param_dtype))
             changes.apply()
         return dx
 

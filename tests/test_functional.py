@@ -79,7 +79,7 @@ def test_forward_and_backward_pair(layout, shape, dtype, rng):
     (lambda x: F.batch_norm(x, None, None, training=True, weight=np.ones(3)), TypeError, "weight: expected dtype float32"),
     (lambda x: F.batch_norm(x, None, None, training=True, layout="nchw"), ValueError, "layout: expected one of"),
     (lambda x: F.batch_norm(x[0, 0], None, None, training=True), ValueError, "x: expected an array with at least 2 dimensions"),
-    (lambda x: F.batch_norm(x.astype(np.int64), None, None, training=True), TypeError, "x: expected a float32 or float64 array, got int64"),
+    (lambda x: F.batch_norm(x.astype(np.int64), None, None, training=True), TypeError, "x: expected a float32, float64, float16 or bfloat16 array, got int64"),
     (lambda x: F.batch_norm_forward(x[:1, :, :1]), ValueError, "more than 1 value per channel"),
     (lambda x: F.batch_norm_backward(x[:2], x, np.zeros(3), np.ones(3)), ValueError, "dy: expected the shape of x"),
     (lambda x: F.batch_norm_backward(x, x, np.zeros(4), np.ones(3)), ValueError, r"mean: expected shape \(3,\)"),
