@@ -1,6 +1,6 @@
 # Stubs for the compiled backward kernels (src/_backward.pyx); see _forward.pyi
 # for D and P. backward and grad_input return whether a value of dx (2-byte
-# data) rounded to +-inf from a finite value.
+# data) is +-inf (past the type's range, or from an infinite input).
 from typing import Any
 
 import numpy as np

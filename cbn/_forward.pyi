@@ -4,8 +4,8 @@
 # computed in, float32 or float64 (float32 for the 2-byte types). x/y are
 # channels-first (N, C, S) or channels-last (M, C) views with a contiguous
 # last axis. Statistics are float64 (C,) vectors or (k, C) tables. normalize
-# and train_forward return whether an output of 2-byte data rounded to +-inf
-# from a finite value.
+# and train_forward return whether an output of 2-byte data is +-inf (past the
+# type's range, or from an infinite input).
 from typing import Any, TypeVar
 
 import numpy as np

@@ -16,9 +16,18 @@ from ._moments import Moments
 from ._threads import threads_for
 
 
-def _checked_range(overflowed, view, what):
-    if overflowed:
-        warn_beyond_range(view.dtype, what)
+def _checked_range(overflowed, result, inputs, what):
+    """The kernels flag 2-byte outputs that are +-inf; warn when one of them
+    came from finite inputs (it was past the type's range). Only flagged
+    calls pay for the check."""
+    if not overflowed:
+        return
+    beyond = np.isinf(result)
+    for a in inputs:
+        if not np.may_share_memory(a, result):   # (written over in place: not known)
+            beyond &= np.isfinite(a)
+    if beyond.any():
+        warn_beyond_range(result.dtype, what)
 
 
 def train_forward(canon, weight, bias, eps, output, relu=False):
@@ -35,7 +44,7 @@ def train_forward(canon, weight, bias, eps, output, relu=False):
     coef = np.empty((3, C), param_dtype_for(view.dtype)) if relu else None
     overflowed = _forward.train_forward(view, output.view, weight, bias, eps, stats, coef,
                                         threads_for(view.size))
-    _checked_range(overflowed, view, "y")
+    _checked_range(overflowed, output.view, (view,), "y")
     return output.result(), stats, coef
 
 
@@ -49,7 +58,7 @@ def normalize(canon, mean, var, eps, weight, bias, output, relu=False, count=0.0
     coef = np.empty((3, view.shape[1]), param_dtype_for(view.dtype)) if relu else None
     overflowed = _forward.normalize(view, output.view, weight, bias, eps, mean, var, count, coef,
                                     threads_for(view.size))
-    _checked_range(overflowed, view, "y")
+    _checked_range(overflowed, output.view, (view,), "y")
     return output.result(), coef
 
 
@@ -73,7 +82,7 @@ def backward(canon, dy, stats, weight, batch_stats, output, param_grads=True, re
     grads = np.empty((2, view.shape[1]), param_dtype_for(view.dtype)) if param_grads else None
     overflowed = _backward.backward(dyv, view, output.view, stats, weight, batch_stats, grads,
                                     relu, threads_for(view.size))
-    _checked_range(overflowed, view, "dx")
+    _checked_range(overflowed, output.view, (view, dyv), "dx")
     return output.result(), grads
 
 
@@ -137,7 +146,8 @@ def grad_input(canon, dy, stats, weight, sums, count, output, relu=None):
     """dx of training-mode batch norm from given sums [sum(g), sum(g * (x - mean))]
     (float64 (2, C)) and count (values per channel), e.g. over several processes."""
     view = canon.view
-    overflowed = _backward.grad_input(canon.like(dy), view, output.view, stats, weight, sums,
-                                      float(count), relu, threads_for(view.size))
-    _checked_range(overflowed, view, "dx")
+    dyv = canon.like(dy)
+    overflowed = _backward.grad_input(dyv, view, output.view, stats, weight, sums, float(count),
+                                      relu, threads_for(view.size))
+    _checked_range(overflowed, output.view, (view, dyv), "dx")
     return output.result()

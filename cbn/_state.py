@@ -113,8 +113,9 @@ def checked_bound_vector(layer, key, value):
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{key}: expected a numpy.ndarray of shape ({C},), got {describe(value)}")
     if value.dtype != dtype:
-        raise TypeError(f"{key}: expected dtype {dtype}, got {value.dtype} (convert explicitly, "
-                        f"or use load_state_dict, which converts)")
+        raise TypeError(f"{key}: expected dtype {dtype} (the layer's param_dtype), got "
+                        f"{value.dtype} (convert explicitly, or use load_state_dict, which "
+                        f"converts)")
     if value.shape != (C,):
         raise ValueError(f"{key}: expected shape ({C},), got {value.shape}")
     if not value.flags.c_contiguous:

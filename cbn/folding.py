@@ -2,7 +2,18 @@
 import numpy as np
 
 from .batchnorm import BatchNormBase
+from ._dtypes import is_bfloat16, param_dtype_for
 from ._validation import describe
+
+
+def _is_float(a):
+    return isinstance(a, np.ndarray) and (a.dtype.kind == "f" or is_bfloat16(a.dtype))
+
+
+def _folded_dtype(weight, bn):
+    """The folded arrays' dtype: weight's, widened to the parameters' type
+    (float32) when weight is float16 or bfloat16, as bn's own parameters are."""
+    return np.promote_types(param_dtype_for(weight.dtype), bn.param_dtype)
 
 __all__ = ["fold_conv", "fold_linear"]
 
@@ -17,14 +28,14 @@ def _fold(weight, bias, bn, name):
     if bn.activation is not None:
         raise ValueError(f"bn: expected a layer without a fused activation, got activation="
                          f"{bn.activation!r} (it cannot be folded into {name}; apply it after)")
-    if not isinstance(weight, np.ndarray) or weight.dtype.kind != "f":
+    if not _is_float(weight):
         raise TypeError(f"weight: expected a float numpy.ndarray, got {describe(weight)}")
     C = bn.num_features
     if weight.shape[0] != C:
         raise ValueError(f"weight: expected {C} output channels on axis 0 (bn.num_features), "
                          f"got shape {weight.shape}")
     if bias is not None:
-        if not isinstance(bias, np.ndarray) or bias.dtype.kind != "f":
+        if not _is_float(bias):
             raise TypeError(f"bias: expected a float numpy.ndarray or None, got {describe(bias)}")
         if bias.shape != (C,):
             raise ValueError(f"bias: expected shape ({C},), got {bias.shape}")
@@ -38,7 +49,8 @@ def _fold(weight, bias, bn, name):
     if bias is not None:
         shift = shift + bias.astype(np.float64) * scale
     folded_weight = weight.astype(np.float64) * scale.reshape((C,) + (1,) * (weight.ndim - 1))
-    return folded_weight.astype(weight.dtype), shift.astype(weight.dtype)
+    dtype = _folded_dtype(weight, bn)
+    return folded_weight.astype(dtype), shift.astype(dtype)
 
 
 def fold_linear(weight, bias, bn):
@@ -57,7 +69,8 @@ def fold_linear(weight, bias, bn):
     -------
     weight, bias : numpy.ndarray
         The folded layer's weight and bias, computed in float64 and returned
-        in ``weight``'s dtype: ``x @ weight.T + bias`` equals ``bn`` in eval
+        in ``weight``'s dtype (float32 for a float16 or bfloat16 weight, the
+        type bn's parameters have): ``x @ weight.T + bias`` equals ``bn`` in eval
         mode applied to the original layer's output.
 
     Examples
@@ -93,7 +106,8 @@ def fold_conv(weight, bias, bn):
     -------
     weight, bias : numpy.ndarray
         The folded convolution's weight and bias, computed in float64 and
-        returned in ``weight``'s dtype: ``conv(x, weight) + bias`` equals
+        returned in ``weight``'s dtype (float32 for a float16 or bfloat16
+        weight, the type bn's parameters have): ``conv(x, weight) + bias`` equals
         ``bn`` in eval mode applied to the original convolution's output.
     """
     if isinstance(weight, np.ndarray) and weight.ndim < 3:

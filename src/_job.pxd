@@ -54,7 +54,7 @@ cdef struct Job:
     Py_ssize_t itemsize     # bytes per value of x
     bint f32                # computed in float32 (every kind but CBN_F64), else float64
     int table_typenum       # NPY_FLOAT32 or NPY_FLOAT64: the type computed in
-    int* overflow           # set to 1 when a 2-byte output rounded to +-inf from a finite value
+    int* overflow           # set to 1 when a 2-byte output stored is +-inf (see run_and_free)
     bint channels_first     # x is (N, C, S) runs (else (M, C) rows)
     bint batch_stats        # backward: stats are x's own (training), not fixed (eval)
     double eps
@@ -166,8 +166,8 @@ cdef inline bint run_and_free(KernelF32 run_f32, KernelF64 run_f64, int kernel, 
                               void* block) except -1:
     """A module's one type dispatch: kernel computed in float or double,
     without the GIL; then the scratch block (from allocate) is freed.
-    Returns whether an output of 2-byte data rounded to +-inf from a finite
-    value (past the type's range)."""
+    Returns whether an output of 2-byte data is +-inf: past the type's
+    range, or from an infinite input (the caller tells which)."""
     cdef int overflow = 0
     job.overflow = &overflow
     try:

@@ -117,8 +117,8 @@ typedef struct {
                                 runs of one channel; 1: runs of consecutive channels) */
     int flags;               /* CBN_STREAM, CBN_RELU, CBN_FIXED */
     int kind;                /* the data type: CBN_F32, CBN_F64, CBN_F16, CBN_BF16 */
-    int *overflow;           /* 2-byte outputs: set to 1 when a finite value rounded
-                                to +-inf (past the type's range); may be NULL */
+    int *overflow;           /* 2-byte outputs: set to 1 when a value stored is +-inf
+                                (past the type's range, or from infinite inputs); may be NULL */
 } cbn_block;
 
 /* ---------------------------------------------------------------- instances */

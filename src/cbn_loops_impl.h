@@ -33,9 +33,9 @@
  * z > 0, the same arithmetic as the forward, so the same decision. NaN passes
  * through the forward (as torch.relu) and stops the gradient (as its backward).
  *
- * Outputs of 2-byte data that round to +-inf from a finite value (past the
- * type's range) are counted per loop (FN(out_*) keep the tally) and
- * reported through the block's overflow flag.
+ * Outputs of 2-byte data that are +-inf once stored (past the type's range,
+ * or from infinite inputs) are counted per loop (FN(out_*) keep the tally)
+ * and reported through the block's overflow flag.
  */
 #if CBN_IMPL_KIND == CBN_F32
 #define ELEM float
@@ -248,19 +248,19 @@ TARGET_ATTRS static inline void FN(stream8)(DATA *p, VEC v)
 /* ---------------------------------------------------------------- outputs, and their range */
 
 /* Every output value goes through FN(out_vec), FN(out_stream) or FN(out1),
- * which store it and, for 2-byte data, tally the lanes whose value rounds to
- * +-inf though finite: FLT_MAX >= |v| >= OVERFLOW_LIMIT. FN(report) sets the
- * block's flag when any did. */
+ * which store it and, for 2-byte data, tally the lanes whose value is +-inf
+ * once stored: |v| >= OVERFLOW_LIMIT (infinite ones included: bfloat16's
+ * range is float32's, so its overflows happen in the float32 arithmetic).
+ * FN(report) sets the block's flag when any was; the caller tells values
+ * past the range from infinite inputs. */
 #if HALF
 TARGET_ATTRS static inline IVEC FN(beyond)(VEC v)
 {
-    const VEC a = (VEC)((UVEC)v & 0x7fffffffu);
-    return (a >= FN(splat)(OVERFLOW_LIMIT)) & (a <= FN(splat)(FLT_MAX));
+    return (VEC)((UVEC)v & 0x7fffffffu) >= FN(splat)(OVERFLOW_LIMIT);
 }
 TARGET_ATTRS static inline int FN(beyond1)(ELEM v)
 {
-    const ELEM a = v < 0 ? -v : v;
-    return a >= OVERFLOW_LIMIT && a <= FLT_MAX;
+    return (v < 0 ? -v : v) >= OVERFLOW_LIMIT;
 }
 #else
 TARGET_ATTRS static inline IVEC FN(beyond)(VEC v) { (void)v; return (IVEC){0}; }

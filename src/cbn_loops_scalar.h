@@ -41,12 +41,11 @@
 #endif
 #define HALF (CBN_IMPL_KIND == CBN_F16 || CBN_IMPL_KIND == CBN_BF16)
 
-/* *p = v; *over set when v is finite but rounds to +-inf (2-byte data) */
+/* *p = v; *over set when v is +-inf once stored (2-byte data) */
 static inline void FN(out1)(DATA *p, ELEM v, int *over)
 {
 #if HALF
-    const ELEM a = v < 0 ? -v : v;
-    *over |= a >= OVERFLOW_LIMIT && a <= FLT_MAX;
+    *over |= (v < 0 ? -v : v) >= OVERFLOW_LIMIT;
 #else
     (void)over;
 #endif

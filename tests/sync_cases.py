@@ -29,7 +29,12 @@ def check_against_single_process(comm, layout, dtype, momentum, steps=2, virtual
     for layer in (single, sync):
         layer.weight[...] = weight
         layer.bias[...] = bias
-    close = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    close = dict(rtol=1e-5, atol=1e-5) if single.param_dtype == np.float32 else dict(rtol=1e-12,
+                                                                                    atol=1e-12)
+    # data of a 2-byte type: y and dx within a unit or two in its last place
+    eps_data = float(np.finfo(np.float16).eps) if np.dtype(dtype) == np.float16 else 2.0 ** -7
+    close_data = close if single.param_dtype == single.dtype else dict(rtol=2 * eps_data,
+                                                                       atol=2 * eps_data)
     for _ in range(steps):
         x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
         dy = rng.standard_normal(shape).astype(dtype)
@@ -37,8 +42,10 @@ def check_against_single_process(comm, layout, dtype, momentum, steps=2, virtual
         dx_ref = single.backward(dy)
         y = sync(x[rows])
         dx = sync.backward(dy[rows])
-        np.testing.assert_allclose(y, y_ref[rows], **close)
-        np.testing.assert_allclose(dx, dx_ref[rows], **close)
+        np.testing.assert_allclose(y.astype(np.float64), y_ref[rows].astype(np.float64),
+                                   **close_data)
+        np.testing.assert_allclose(dx.astype(np.float64), dx_ref[rows].astype(np.float64),
+                                   **close_data)
         grads = [sync.grad_weight.astype(np.float64), sync.grad_bias.astype(np.float64)]
         cbn.allreduce_gradients(grads, comm, average=False)
         np.testing.assert_allclose(grads[0], single.grad_weight, **close)

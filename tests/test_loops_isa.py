@@ -13,7 +13,7 @@ from cbn import _runtime
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL_TESTS = ["test_forward.py", "test_backward.py", "test_views.py", "test_fused_relu.py",
                 "test_float32_accuracy.py", "test_nonfinite.py", "test_out.py",
-                "test_virtual_batches.py"]
+                "test_virtual_batches.py", "test_half_precision.py"]
 
 
 def _run(code_or_args, loops):
@@ -46,16 +46,22 @@ import numpy as np
 import cbn
 rng = np.random.default_rng(7)
 out = {}
-for dtype in (np.float32, np.float64):
+dtypes = [np.float32, np.float64, np.float16]
+try:
+    import ml_dtypes
+    dtypes.append(ml_dtypes.bfloat16)
+except ImportError:
+    pass
+for dtype in dtypes:
     for layout, shape in (("NCHW", (5, 3, 37)), ("NHWC", (4, 9, 13)), ("NCHW", (2, 67, 3))):
         x = (rng.standard_normal(shape) * 3 + 20).astype(dtype)
         dy = rng.standard_normal(shape).astype(dtype)
         C = shape[1] if layout == "NCHW" else shape[-1]
         bn = cbn.BatchNorm1d(C, dtype=dtype, layout=layout, activation="relu")
         key = f"{np.dtype(dtype).name}-{layout}-{shape}"
-        out[key + "-x"], out[key + "-dy"] = x, dy
-        out[key + "-y"] = bn(x)
-        out[key + "-dx"] = bn.backward(dy)
+        out[key + "-x"], out[key + "-dy"] = x.astype(np.float64), dy.astype(np.float64)
+        out[key + "-y"] = bn(x).astype(np.float64)
+        out[key + "-dx"] = bn.backward(dy).astype(np.float64)
 np.savez(sys.argv[1], **out)
 """
 
@@ -74,7 +80,8 @@ def test_every_loop_set_matches_the_float64_reference(tmp_path):
     keys = sorted({k.rsplit("-", 1)[0] for k in results["scalar"].files})
     for key in keys:
         dtype, layout = key.split("-")[:2]
-        tol = 1e-4 if dtype == "float32" else 1e-10
+        # float32: its roundings; float16, bfloat16: a unit in the last place at 2
+        tol = {"float32": 1e-4, "float64": 1e-10, "float16": 2e-3, "bfloat16": 2e-2}[dtype]
         x = results["scalar"][key + "-x"].astype(np.float64)
         dy = results["scalar"][key + "-dy"].astype(np.float64)
         axis = 1 if layout == "NCHW" else x.ndim - 1
