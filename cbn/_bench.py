@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from . import _runtime
+from ._dtypes import check_dtype, is_two_byte
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -25,7 +26,7 @@ SHAPES = [(32, 64, 56, 56), (64, 256, 14, 14), (16, 512, 28, 28), (8, 32, 32, 32
           (16, 16, 8, 8)]
 OPS = ("train", "train+bwd", "eval")
 LAYOUTS = ("NCHW", "NHWC")
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "float16", "bfloat16")   # bfloat16: with ml_dtypes
 SAMPLE_SECONDS = 2e-3  # each timed sample repeats a call until it lasts about this long
 
 _LAYERS = {2: BatchNorm1d, 3: BatchNorm1d, 4: BatchNorm2d, 5: BatchNorm3d}
@@ -55,7 +56,8 @@ class Case:
             raise ValueError(f"op: expected one of {OPS}, got {op!r}")
         if len(shape) == 2 and layout != "NCHW":
             raise ValueError("(N, C) inputs have one layout; use NCHW")
-        self.op, self.shape, self.layout, self.dtype = op, tuple(shape), layout, np.dtype(dtype)
+        self.op, self.shape, self.layout = op, tuple(shape), layout
+        self.dtype = check_dtype(dtype)
 
     @property
     def name(self):
@@ -197,7 +199,8 @@ def numpy_call(case, x, dy):
 
 
 def torch_call(case, x, dy, threads):
-    """The same op with torch.nn.BatchNorm*d, or None without torch."""
+    """The same op with torch.nn.BatchNorm*d, or None without torch. 2-byte
+    data go with float32 parameters, as PyTorch's mixed-type batch norm takes them."""
     try:
         import torch
     except ImportError:
@@ -205,9 +208,16 @@ def torch_call(case, x, dy, threads):
     torch.set_num_threads(threads)
     nd = len(case.shape)
     layer = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d,
-             5: torch.nn.BatchNorm3d}[nd](case.shape[1], dtype=getattr(torch, case.dtype.name))
-    xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1) if case.layout == "NHWC" else x))
-    dyt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(dy, -1, 1) if case.layout == "NHWC" else dy))
+             5: torch.nn.BatchNorm3d}[nd](case.shape[1], dtype=torch.float32 if is_two_byte(
+                 case.dtype) else getattr(torch, case.dtype.name))
+
+    def tensor(a):
+        a = np.ascontiguousarray(np.moveaxis(a, -1, 1) if case.layout == "NHWC" else a)
+        if case.dtype.name == "bfloat16":   # no NumPy dtype in torch.from_numpy: the bits
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(a)
+
+    xt, dyt = tensor(x), tensor(dy)
     if case.layout == "NHWC" and nd in (4, 5):
         fmt = torch.channels_last if nd == 4 else torch.channels_last_3d
         xt, dyt = xt.contiguous(memory_format=fmt), dyt.contiguous(memory_format=fmt)
@@ -265,7 +275,7 @@ def measure(case, threads=None, repeats=11, with_numpy=True, with_torch=True, se
         x, dy = case.arrays(seed)
         fns = {"cbn": cbn_call(case, x, dy), "cbn_alloc": cbn_call(case, x, dy, out=False),
                "copy": copy_call(case, x, threads), "read": read_call(case, x, threads)}
-        if with_numpy:
+        if with_numpy and not is_two_byte(case.dtype):   # NumPy has no 2-byte arithmetic
             fns["numpy"] = numpy_call(case, x, dy)
         if with_torch:
             t = torch_call(case, x, dy, threads)
@@ -295,6 +305,15 @@ def machine():
             "openmp": _runtime.openmp_enabled(), "stream_bytes": _runtime.stream_threshold()}
 
 
+def available_dtypes(dtypes):
+    """dtypes without bfloat16 when ml_dtypes is not installed."""
+    try:
+        check_dtype("bfloat16")
+    except ImportError:
+        return [d for d in dtypes if d != "bfloat16"]
+    return list(dtypes)
+
+
 def cases(shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES):
     for shape in shapes or SHAPES:
         for dtype in dtypes:
@@ -303,6 +322,14 @@ def cases(shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES):
                     continue
                 for op in ops:
                     yield Case(op, shape, layout, dtype)
+
+
+def half_over_float32(results, dtype_name):
+    """cbn's time for dtype_name over its float32 time, per (op, shape, layout) run in both."""
+    f32 = {(r["op"], tuple(r["shape"]), r["layout"]): r["median_s"]["cbn"] for r in results
+           if r["dtype"] == "float32"}
+    return [r["median_s"]["cbn"] / f32[key] for r in results if r["dtype"] == dtype_name
+            and (key := (r["op"], tuple(r["shape"]), r["layout"])) in f32]
 
 
 def _fmt(seconds):
@@ -324,6 +351,9 @@ def run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES, repe
         f"times are medians of {repeats} interleaved runs, in microseconds")
     if with_torch and info["torch"] is None:
         out("PyTorch is not installed: its column is skipped (pip install torch to compare).")
+    if "bfloat16" in dtypes and "bfloat16" not in available_dtypes(dtypes):
+        out("ml_dtypes is not installed: bfloat16 is skipped (pip install 'cbn[bfloat16]').")
+        dtypes = available_dtypes(dtypes)
     out("limit = the passes over the input each op cannot avoid, as parallel copies and reading "
         "passes of the same bytes at the same thread count: " + limit_model() + ". cbn writes "
         "into preallocated outputs (out=), cbn+alloc does not; torch/cbn compares with cbn+alloc")
@@ -352,6 +382,12 @@ def run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES, repe
     if speedups:
         out(f"PyTorch time / cbn time: geometric mean {math.exp(np.mean(np.log(speedups))):.2f}, "
             f"min {min(speedups):.2f} over {len(speedups)} cases")
+    for name in ("float16", "bfloat16"):
+        narrow = half_over_float32(results, name)
+        if narrow:
+            out(f"cbn {name} time / cbn float32 time: geometric mean "
+                f"{math.exp(np.mean(np.log(narrow))):.2f}, max {max(narrow):.2f} over "
+                f"{len(narrow)} cases")
     report = {"machine": info, "threads": threads, "repeats": repeats, "results": results}
     if json_path:
         with open(json_path, "w") as f:

@@ -135,7 +135,35 @@ TARGET_ATTRS static inline void FN(put)(DATA *p, ELEM v) { *p = v; }
 typedef uint16_t FN(hvec) __attribute__((vector_size(VEC_BYTES / 2)));
 #define HVEC FN(hvec)
 
-#if CBN_IMPL_KIND == CBN_BF16
+#if CBN_IMPL_KIND == CBN_BF16 && CBN_X86 && (CBN_IMPL_AVX2 || defined(__AVX2__))
+/* Scalar math: cbn_bf16_to_float, cbn_bf16_from_float on every lane, in AVX2
+ * intrinsics: what GCC makes of the generic form below costs twice the
+ * instructions (a split zero-extension, a masked truncating pack), which
+ * made bfloat16 loops compute-bound. (AVX-512 BF16's vcvtneps2bf16 would
+ * round in one instruction, but it flushes float32 subnormals to zero.) */
+TARGET_ATTRS static inline VEC FN(widen)(HVEC h)
+{
+    return (VEC)_mm256_slli_epi32(_mm256_cvtepu16_epi32((__m128i)h), 16);
+}
+
+TARGET_ATTRS static inline HVEC FN(narrow)(VEC v)
+{
+    const __m256i u = (__m256i)v;
+    const __m256i top = _mm256_srli_epi32(u, 16);
+    const __m256i rounded = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
+                         _mm256_and_si256(top, _mm256_set1_epi32(1))), 16);
+    const __m256i nan = (__m256i)_mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q);
+    const __m256i h = _mm256_blendv_epi8(rounded, _mm256_or_si256(top, _mm256_set1_epi32(0x40)),
+                                         nan);
+    return (HVEC)_mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+TARGET_ATTRS static inline ELEM FN(get)(const DATA *p) { return cbn_bf16_to_float(*p); }
+TARGET_ATTRS static inline void FN(put)(DATA *p, ELEM v) { *p = cbn_bf16_from_float(v); }
+#define OVERFLOW_LIMIT cbn_bf16_overflow()
+
+#elif CBN_IMPL_KIND == CBN_BF16
 /* Scalar math: cbn_bf16_to_float, cbn_bf16_from_float on every lane */
 TARGET_ATTRS static inline VEC FN(widen)(HVEC h) { return (VEC)(__builtin_convertvector(h, UVEC) << 16); }
 
@@ -260,7 +288,7 @@ TARGET_ATTRS static inline IVEC FN(beyond)(VEC v)
 }
 TARGET_ATTRS static inline int FN(beyond1)(ELEM v)
 {
-    return (v < 0 ? -v : v) >= OVERFLOW_LIMIT;
+    return __builtin_fabsf(v) >= OVERFLOW_LIMIT;   /* (v < 0 ? -v : v) became a branch */
 }
 #else
 TARGET_ATTRS static inline IVEC FN(beyond)(VEC v) { (void)v; return (IVEC){0}; }
@@ -279,15 +307,17 @@ TARGET_ATTRS static inline void FN(out_stream)(DATA *p, VEC v, IVEC *over)
     STREAM_STORE(p, v);
 }
 
-TARGET_ATTRS static inline void FN(out1)(DATA *p, ELEM v, IVEC *over)
+/* (a scalar tally of its own: setting a lane of the vector one would move it
+ * through memory for every value) */
+TARGET_ATTRS static inline void FN(out1)(DATA *p, ELEM v, int *over1)
 {
-    over[0][0] |= -FN(beyond1)(v);
+    *over1 |= FN(beyond1)(v);
     FN(put)(p, v);
 }
 
-TARGET_ATTRS static inline void FN(report)(const cbn_block *b, IVEC over)
+TARGET_ATTRS static inline void FN(report)(const cbn_block *b, IVEC over, int over1)
 {
-    ELEM_INT any = 0;
+    ELEM_INT any = over1;
     for (ptrdiff_t j = 0; j < LANES; j++) any |= over[j];
     if (HALF && any && b->overflow != NULL) CBN_SET_FLAG(b->overflow);
 }
@@ -581,6 +611,7 @@ TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coe
     const int far_x = FN(far_runs)(b.x_stride, n, b.count);
     const int far_out = !stream && FN(far_runs)(b.out_stride, n, b.count);
     IVEC over = {0};
+    int over1 = 0;
     FN(coefs) k;
     for (ptrdiff_t r = 0; r < b.count; r++) {
         if (r == 0 || b.table_step)
@@ -594,7 +625,7 @@ TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coe
         }
         FN(stream_span)(o, n, stream, &head, &end);
         for (; i < head; i++)
-            FN(out1)(o + i, FN(affine1)(FN(get)(q + i), k.s[0], k.s[1], k.s[2], relu), &over);
+            FN(out1)(o + i, FN(affine1)(FN(get)(q + i), k.s[0], k.s[1], k.s[2], relu), &over1);
         for (; i < end; i += LANES)
             FN(out_stream)(o + i, FN(affine)(FN(load)(q + i), k.v[0], k.v[1], k.v[2], relu),
                            &over);
@@ -605,10 +636,10 @@ TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coe
                         &over);
         }
         for (; i < n; i++)
-            FN(out1)(o + i, FN(affine1)(FN(get)(q + i), k.s[0], k.s[1], k.s[2], relu), &over);
+            FN(out1)(o + i, FN(affine1)(FN(get)(q + i), k.s[0], k.s[1], k.s[2], relu), &over1);
     }
     if (stream) CBN_SFENCE();
-    FN(report)(&b, over);
+    FN(report)(&b, over, over1);
 }
 
 /* Scalar math: grad_input1 for every value of the block's runs, run r with
@@ -625,6 +656,7 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
     const int far_x = FN(far_runs)(b.x_stride, n, b.count);
     const int far_out = !stream && FN(far_runs)(b.out_stride, n, b.count);
     IVEC over = {0};
+    int over1 = 0;
     FN(coefs) k, z;   /* {shift, k_dy, k_x, k_0} and the ReLU's {shift, scale, offset} */
     for (ptrdiff_t r = 0; r < b.count; r++) {
         if (r == 0 || b.table_step) {
@@ -645,7 +677,7 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
         FN(stream_span)(o, n, stream, &head, &end);
         for (; i < head; i++)
             FN(out1)(o + i, FN(grad_input1)(FN(get)(g + i), FN(get)(q + i), k.s, zs, 1, fixed),
-                     &over);
+                     &over1);
         for (; i < end; i += LANES)
             FN(out_stream)(o + i, FN(grad_input)(FN(load)(g + i), FN(load)(q + i), &k, zv, fixed),
                            &over);
@@ -654,10 +686,10 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
                         &over);
         for (; i < n; i++)
             FN(out1)(o + i, FN(grad_input1)(FN(get)(g + i), FN(get)(q + i), k.s, zs, 1, fixed),
-                     &over);
+                     &over1);
     }
     if (stream) CBN_SFENCE();
-    FN(report)(&b, over);
+    FN(report)(&b, over, over1);
 }
 
 /* ---------------------------------------------------------------- rows (channels-last) */
@@ -671,6 +703,7 @@ TARGET_ATTRS static void FN(rows_affine)(const cbn_block *block, const ELEM *res
     const int relu = b.flags & CBN_RELU, stream = b.flags & CBN_STREAM;
     const ELEM *restrict shift = k, *restrict scale = k + ts, *restrict offset = k + 2 * ts;
     IVEC over = {0};
+    int over1 = 0;
     for (ptrdiff_t r = 0; r < b.count; r++) {
         const DATA *restrict q = (const DATA *)b.x + r * b.x_stride;
         DATA *restrict o = (DATA *)b.out + r * b.out_stride;
@@ -680,7 +713,7 @@ TARGET_ATTRS static void FN(rows_affine)(const cbn_block *block, const ELEM *res
             FN(stream_span)(o, C, stream, &head, &end);
             for (; c < head; c++)
                 FN(out1)(o + c, FN(affine1)(FN(get)(q + c), shift[c], scale[c], offset[c], relu),
-                         &over);
+                         &over1);
             for (; c < end; c += LANES)
                 FN(out_stream)(o + c, FN(affine)(FN(load)(q + c), FN(loadc)(shift + c),
                                                  FN(loadc)(scale + c), FN(loadc)(offset + c),
@@ -693,10 +726,10 @@ TARGET_ATTRS static void FN(rows_affine)(const cbn_block *block, const ELEM *res
                         &over);
         for (; c < C; c++)
             FN(out1)(o + c, FN(affine1)(FN(get)(q + c), shift[c], scale[c], offset[c], relu),
-                     &over);
+                     &over1);
     }
     if (stream) CBN_SFENCE();
-    FN(report)(&b, over);
+    FN(report)(&b, over, over1);
 }
 
 /* Scalar math: grad_input1 for every value of the block's rows, channel c's
@@ -710,6 +743,7 @@ TARGET_ATTRS static void FN(rows_grad_input)(const cbn_block *block, const ELEM 
     const ELEM *restrict k_0 = k + 3 * ts;
     const ELEM *rs = relu, *ra = relu ? relu + ts : NULL, *rb = relu ? relu + 2 * ts : NULL;
     IVEC over = {0};
+    int over1 = 0;
     for (ptrdiff_t r = 0; r < b.count; r++) {
         const DATA *restrict g = (const DATA *)b.dy + r * b.dy_stride;
         const DATA *restrict q = (const DATA *)b.x + r * b.x_stride;
@@ -719,7 +753,7 @@ TARGET_ATTRS static void FN(rows_grad_input)(const cbn_block *block, const ELEM 
         for (; c < head; c++)
             FN(out1)(o + c, FN(grad_input1)(FN(get)(g + c), FN(get)(q + c), k + c,
                                             relu ? relu + c : NULL, ts, fixed),
-                     &over);
+                     &over1);
         for (; c + LANES <= C; c += LANES) {
             VEC qv = FN(load)(q + c), gv = FN(load)(g + c);
             if (relu)
@@ -737,10 +771,10 @@ TARGET_ATTRS static void FN(rows_grad_input)(const cbn_block *block, const ELEM 
         for (; c < C; c++)
             FN(out1)(o + c, FN(grad_input1)(FN(get)(g + c), FN(get)(q + c), k + c,
                                             relu ? relu + c : NULL, ts, fixed),
-                     &over);
+                     &over1);
     }
     if (stream) CBN_SFENCE();
-    FN(report)(&b, over);
+    FN(report)(&b, over, over1);
 }
 
 /* Row reductions into per-channel accumulators of type ELEM, vectors of

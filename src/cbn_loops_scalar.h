@@ -45,7 +45,7 @@
 static inline void FN(out1)(DATA *p, ELEM v, int *over)
 {
 #if HALF
-    *over |= (v < 0 ? -v : v) >= OVERFLOW_LIMIT;
+    *over |= fabsf(v) >= OVERFLOW_LIMIT;
 #else
     (void)over;
 #endif
