@@ -16,7 +16,7 @@ sandbox_install() {
     . "$sandbox/venv/bin/activate"
     python -m pip install --quiet --upgrade pip
     cd "$sandbox"
-    CFLAGS="$1" LDFLAGS="$2" python -m pip install --quiet -e ".[test]"
+    CFLAGS="$1" LDFLAGS="$2" python -m pip install --quiet -e ".[test,bfloat16]"
 }
 
 # pytest's exit code, with "no tests collected" (5) as a failure

@@ -1,5 +1,6 @@
 """asv benchmarks: train forward, train forward+backward and eval forward over
-the shape suite, both layouts and dtypes; the two memory floors; one thread
+the shape suite, both layouts and every dtype (bfloat16 where ml_dtypes is
+installed, skipped otherwise); the two memory floors; one thread
 against two; the fused ReLU against its two-step equivalent.
 
 Built so that `asv continuous` reports changes in cbn and not the machine's
@@ -29,6 +30,7 @@ from cbn import _bench
 SHAPES = ["32x64x56x56", "64x256x14x14", "16x512x28x28", "8x32x32x32", "256x1024", "16x16x8x8"]
 LARGE_SHAPES = SHAPES[:3]
 ONE_THREAD_ONLY = {"16x16x8x8"}
+DTYPES = ["float32", "float64", "float16", "bfloat16"]
 
 
 def threads_for(shape_text):
@@ -45,11 +47,19 @@ class _OneSamplePerProcess:
     sample_time = 0.1
 
 
+def _case(op, shape, layout, dtype):
+    """A _bench.Case; skipped (asv's NotImplementedError) for bfloat16 without ml_dtypes."""
+    try:
+        return _bench.Case(op, shape, layout, dtype)
+    except ImportError as exc:
+        raise NotImplementedError(str(exc)) from None
+
+
 def _case_call(op, shape_text, layout, dtype, threads, out=True):
     shape = _bench.parse_shape(shape_text)
     if len(shape) == 2 and layout != "NCHW":
         raise NotImplementedError("(N, C) inputs have a single layout")
-    case = _bench.Case(op, shape, layout, dtype)
+    case = _case(op, shape, layout, dtype)
     cbn.set_num_threads(threads)
     x, dy = case.arrays()
     call = _bench.cbn_call(case, x, dy, out=out)
@@ -69,7 +79,7 @@ class _TimedCall(_OneSamplePerProcess):
 
 class _Op(_TimedCall):
     op = None
-    params = [SHAPES, ["NCHW", "NHWC"], ["float32", "float64"]]
+    params = [SHAPES, ["NCHW", "NHWC"], DTYPES]
     param_names = ["shape", "layout", "dtype"]
 
     def setup(self, shape_text, layout, dtype):
@@ -121,12 +131,12 @@ class PeakMemory:
 class MemoryFloor(_OneSamplePerProcess):
     """The limit's two floors: a parallel copy and a parallel read of the input's bytes."""
 
-    params = [SHAPES, ["float32", "float64"]]
+    params = [SHAPES, DTYPES]
     param_names = ["shape", "dtype"]
 
     def setup(self, shape_text, dtype):
         threads = threads_for(shape_text)
-        case = _bench.Case("train", _bench.parse_shape(shape_text), "NCHW", dtype)
+        case = _case("train", _bench.parse_shape(shape_text), "NCHW", dtype)
         x, _ = case.arrays()
         self.copy = _bench.copy_call(case, x, threads)
         self.read = _bench.read_call(case, x, threads)
