@@ -46,6 +46,7 @@
 /* prefetching the next far run (cbn_loops_impl.h, prefetch_next): its first
  * CBN_PREFETCH_BYTES, in blocks of runs spanning at least CBN_PREFETCH_SPAN */
 #define CBN_PREFETCH_BYTES 1024
+#define CBN_PREFETCH_AHEAD 4096   /* and of the runs within this many bytes ahead */
 #define CBN_PREFETCH_SPAN ((ptrdiff_t)1 << 20)
 
 /* flags of the normalising loops */

@@ -401,16 +401,30 @@ TARGET_ATTRS static inline int FN(far_runs)(ptrdiff_t stride, ptrdiff_t n, ptrdi
     return stride != n && count * stride * (ptrdiff_t)sizeof(DATA) >= CBN_PREFETCH_SPAN;
 }
 
-/* the first bytes of the run after p (stride values on) */
-TARGET_ATTRS static inline void FN(prefetch_next)(const DATA *p, ptrdiff_t stride, ptrdiff_t n,
-                                                  int write)
+/* the first bytes of the run `ahead` runs after p (stride values apart) */
+TARGET_ATTRS static inline void FN(prefetch_run)(const DATA *p, ptrdiff_t ahead, ptrdiff_t stride,
+                                                 ptrdiff_t n, int write)
 {
+    const char *run = (const char *)(p + ahead * stride);
     ptrdiff_t bytes = n * (ptrdiff_t)sizeof(DATA);
     if (bytes > CBN_PREFETCH_BYTES) bytes = CBN_PREFETCH_BYTES;
     for (ptrdiff_t off = 0; off < bytes; off += CBN_LINE) {
-        if (write) __builtin_prefetch((const char *)(p + stride) + off, 1);
-        else __builtin_prefetch((const char *)(p + stride) + off, 0);
+        if (write) __builtin_prefetch(run + off, 1);
+        else __builtin_prefetch(run + off, 0);
     }
+}
+
+/* While run r (at p) of count is worked on: short runs are done before one
+ * run's prefetch lands, so the runs up to CBN_PREFETCH_AHEAD bytes ahead are
+ * asked for (all of them at the first run, then one more per run). */
+TARGET_ATTRS static inline void FN(prefetch_next)(const DATA *p, ptrdiff_t r, ptrdiff_t count,
+                                                  ptrdiff_t stride, ptrdiff_t n, int write)
+{
+    const ptrdiff_t bytes = n * (ptrdiff_t)sizeof(DATA);
+    const ptrdiff_t depth = bytes >= CBN_PREFETCH_AHEAD ? 1 : CBN_PREFETCH_AHEAD / bytes;
+    if (r == 0)
+        for (ptrdiff_t k = 1; k < depth && k < count; k++) FN(prefetch_run)(p, k, stride, n, write);
+    if (r + depth < count) FN(prefetch_run)(p, depth, stride, n, write);
 }
 
 /* ---------------------------------------------------------------- reductions over runs */
@@ -427,7 +441,7 @@ TARGET_ATTRS static ELEM FN(runs_sum)(const cbn_block *block)
     for (ptrdiff_t r = 0; r < b.count; r++) {
         const DATA *q = (const DATA *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
-        if (far && r + 1 < b.count) FN(prefetch_next)(q, b.x_stride, n, 0);
+        if (far) FN(prefetch_next)(q, r, b.count, b.x_stride, n, 0);
         for (; i + step <= n; i += step) {
             a0 += FN(load)(q + i);
             a1 += FN(load)(q + i + LANES);
@@ -452,7 +466,7 @@ TARGET_ATTRS static void FN(runs_centered)(const cbn_block *block, ELEM m, doubl
     for (ptrdiff_t r = 0; r < b.count; r++) {
         const DATA *q = (const DATA *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
-        if (far && r + 1 < b.count) FN(prefetch_next)(q, b.x_stride, n, 0);
+        if (far) FN(prefetch_next)(q, r, b.count, b.x_stride, n, 0);
         for (; i + step <= n; i += step) {
             for (int j = 0; j < CBN_UNROLL; j++) {
                 VEC u = FN(load)(q + i + j * LANES) - mv;
@@ -494,10 +508,8 @@ TARGET_ATTRS static void FN(runs_grad_sums)(const cbn_block *block, ELEM shift, 
         const DATA *g = (const DATA *)b.dy + r * b.dy_stride;
         const DATA *q = (const DATA *)b.x + r * b.x_stride;
         ptrdiff_t i = 0;
-        if (r + 1 < b.count) {
-            if (far_dy) FN(prefetch_next)(g, b.dy_stride, n, 0);
-            if (far_x) FN(prefetch_next)(q, b.x_stride, n, 0);
-        }
+        if (far_dy) FN(prefetch_next)(g, r, b.count, b.dy_stride, n, 0);
+        if (far_x) FN(prefetch_next)(q, r, b.count, b.x_stride, n, 0);
         for (; i + step <= n; i += step) {
             VEC qj[CBN_UNROLL], gj[CBN_UNROLL];
             for (int j = 0; j < CBN_UNROLL; j++) {
@@ -619,10 +631,8 @@ TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coe
         const DATA *restrict q = (const DATA *)b.x + r * b.x_stride;
         DATA *restrict o = (DATA *)b.out + r * b.out_stride;
         ptrdiff_t i = 0, head, end;
-        if (r + 1 < b.count) {
-            if (far_x) FN(prefetch_next)(q, b.x_stride, n, 0);
-            if (far_out) FN(prefetch_next)(o, b.out_stride, n, 1);
-        }
+        if (far_x) FN(prefetch_next)(q, r, b.count, b.x_stride, n, 0);
+        if (far_out) FN(prefetch_next)(o, r, b.count, b.out_stride, n, 1);
         FN(stream_span)(o, n, stream, &head, &end);
         for (; i < head; i++)
             FN(out1)(o + i, FN(affine1)(FN(get)(q + i), k.s[0], k.s[1], k.s[2], relu), &over1);
@@ -669,11 +679,9 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
         const ELEM *zs = relu ? z.s : NULL;
         const FN(coefs) *zv = relu ? &z : NULL;
         ptrdiff_t i = 0, head, end;
-        if (r + 1 < b.count) {
-            if (far_dy) FN(prefetch_next)(g, b.dy_stride, n, 0);
-            if (far_x) FN(prefetch_next)(q, b.x_stride, n, 0);
-            if (far_out) FN(prefetch_next)(o, b.out_stride, n, 1);
-        }
+        if (far_dy) FN(prefetch_next)(g, r, b.count, b.dy_stride, n, 0);
+        if (far_x) FN(prefetch_next)(q, r, b.count, b.x_stride, n, 0);
+        if (far_out) FN(prefetch_next)(o, r, b.count, b.out_stride, n, 1);
         FN(stream_span)(o, n, stream, &head, &end);
         for (; i < head; i++)
             FN(out1)(o + i, FN(grad_input1)(FN(get)(g + i), FN(get)(q + i), k.s, zs, 1, fixed),

@@ -205,10 +205,12 @@ def check_strided_views():
                                       cbn.BatchNorm2d(3, dtype=np.float64)(view.copy()))
 
 
-@claim("Inputs must have the layer's dtype, float32 or float64: nothing is cast silently.")
+@claim("Inputs must have the layer's dtype (float32, float64, float16 or bfloat16): nothing is cast silently.")
 def check_no_cast():
     with pytest.raises(TypeError, match="x: expected dtype float32, got float64"):
         cbn.BatchNorm1d(3)(np.ones((4, 3)))
+    with pytest.raises(TypeError, match="x: expected dtype float16, got float32"):
+        cbn.BatchNorm1d(3, dtype=np.float16)(np.ones((4, 3), np.float32))
 
 
 @claim("Results are bitwise identical for any thread count")
