@@ -633,10 +633,10 @@ class BatchNormBase:
         changes, then all are copied in one step; values are converted to
         the layer's param_dtype, exactly: a narrower float (a bfloat16 or
         float16 checkpoint) is widened, and values the conversion would
-        change (rounding, overflow) are refused. With strict, the keys must match exactly, except
-        that a missing num_batches_tracked (old PyTorch checkpoints) keeps
-        its value, as in PyTorch. The last forward's backward is not
-        affected.
+        change (rounding, overflow) are refused. With strict, the keys must
+        match exactly, except that a missing num_batches_tracked (old
+        PyTorch checkpoints) keeps its value, as in PyTorch. The last
+        forward's backward is not affected.
 
         Parameters
         ----------

@@ -228,6 +228,7 @@ def backward(dy, x, dx, stats, weight, bint batch_stats, grads, relu_coef, int n
     job.tables.relu_coef = table_data(relu_coef, "relu_coef", 3, &job, False)
     job.batch_stats = batch_stats
     job.count = <double>(job.x.N * job.x.S)
+    job.rows_last_first = True   # dx follows the sums' reduction
     return run_with_scratch(BACKWARD, &job)
 
 

@@ -271,6 +271,7 @@ def train_forward(x, y, weight, bias, double eps, stats, relu_coef, int nthreads
     job.tables.stats = f64_table(stats, "stats", 3, xa, True)
     if job.x.N * job.x.S < 2:
         raise ValueError("x: expected more than 1 value per channel")
+    job.rows_last_first = True   # the output pass follows the statistics' reduction
     return run_with_scratch(TRAIN, &job)
 
 

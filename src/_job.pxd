@@ -66,7 +66,8 @@ cdef struct Job:
     Py_ssize_t units        # work units of an elementwise pass (see elementwise):
     Py_ssize_t unit_groups  #   channels-first: a sample's channels in unit_groups groups
     Py_ssize_t unit_channels  # of unit_channels (channels_per_unit);
-    Py_ssize_t block_rows   #   channels-last: blocks of block_rows rows (row_block)
+    Py_ssize_t block_rows   #   channels-last: blocks of block_rows rows (row_block),
+    bint rows_last_first    #   taken last first (after a reduction), else in memory order
     int nthreads
 
 
@@ -247,9 +248,11 @@ cdef inline cbn_block unit_runs(const Job* job, Py_ssize_t u, Py_ssize_t* c0) no
 
 
 cdef inline cbn_block rows_at(const Job* job, Py_ssize_t i) noexcept nogil:
-    """Channels-last block i: block_rows rows, taken last first (after a
-    reduction the most recently read rows are the likeliest to be cached)."""
-    cdef Py_ssize_t r0 = (job.units - 1 - i) * job.block_rows
+    """Channels-last block i: block_rows rows, taken last first after a
+    reduction (the most recently read rows are the likeliest to be cached),
+    else in memory order (which the prefetchers follow: eval forward 15-35%
+    faster than last first, asv_bench/NOTES.md section 20)."""
+    cdef Py_ssize_t r0 = ((job.units - 1 - i) if job.rows_last_first else i) * job.block_rows
     return block_at(job, r0, min(job.block_rows, job.x.N - r0), 0)
 
 

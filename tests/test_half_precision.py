@@ -305,3 +305,17 @@ def test_a_pytorch_bfloat16_model_loads_and_agrees(rng):
         with torch.no_grad():
             ty = tbn(tx).float().numpy()
         np.testing.assert_allclose(widened(y), ty, rtol=2 ** -7, atol=2 ** -7)
+
+
+def test_layers_pickle_with_their_dtypes(dtype, rng):
+    import pickle
+
+    bn = cbn.BatchNorm2d(3, dtype=dtype)
+    x = rng.standard_normal((4, 3, 2, 2)).astype(dtype)
+    y = bn(x)
+    copy = pickle.loads(pickle.dumps(bn))
+    assert (copy.dtype, copy.param_dtype) == (dtype, np.float32)
+    np.testing.assert_array_equal(widened(copy.backward(np.ones_like(x))),
+                                  widened(bn.backward(np.ones_like(x))))
+    np.testing.assert_array_equal(widened(copy.eval()(x)), widened(bn.eval()(x)))
+    assert y.dtype == dtype
