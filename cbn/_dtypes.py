@@ -31,8 +31,12 @@ def bfloat16():
 
 
 def is_bfloat16(dt):
-    """Whether dt is a bfloat16 dtype (ml_dtypes' or another registered under that name)."""
-    return dt.name == "bfloat16" and dt.itemsize == 2
+    """Whether dt is a bfloat16 dtype (ml_dtypes' or another registered under that name).
+
+    By its scalar type's name: ``dt.name`` makes a new string at every call,
+    which NumPy 2.4 does not always free (10 000 layer calls grew traced
+    memory by 100 KB under PYTHONMALLOC=malloc)."""
+    return dt.itemsize == 2 and dt.type.__name__ == "bfloat16"
 
 
 def is_supported(dt):

@@ -120,7 +120,7 @@ cdef inline int input_kind(object x, str name) except -1:
         return CBN_F64
     if typenum == cnp.NPY_FLOAT16:
         return CBN_F16
-    if x.dtype.name == "bfloat16" and x.dtype.itemsize == 2:
+    if x.dtype.itemsize == 2 and x.dtype.type.__name__ == "bfloat16":   # (see _dtypes.py)
         return CBN_BF16
     raise TypeError(f"{name}: expected float32, float64, float16 or bfloat16, got {x.dtype}")
 

@@ -319,3 +319,23 @@ def test_layers_pickle_with_their_dtypes(dtype, rng):
                                   widened(bn.backward(np.ones_like(x))))
     np.testing.assert_array_equal(widened(copy.eval()(x)), widened(bn.eval()(x)))
     assert y.dtype == dtype
+
+
+def test_no_memory_growth_over_many_calls(dtype, rng):
+    import tracemalloc
+
+    bn = cbn.BatchNorm2d(8, dtype=dtype)
+    x = rng.standard_normal((4, 8, 5, 5)).astype(dtype)
+    for _ in range(200):
+        bn(x)
+        bn.backward(x)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(3000):
+            bn(x)
+            bn.backward(x)
+        growth = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert growth < 32 * 1024, f"traced memory grew by {growth} bytes"
