@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from . import _runtime
-from ._dtypes import check_dtype, is_two_byte
+from ._dtypes import check_dtype, is_bfloat16, is_two_byte
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -213,7 +213,7 @@ def torch_call(case, x, dy, threads):
 
     def tensor(a):
         a = np.ascontiguousarray(np.moveaxis(a, -1, 1) if case.layout == "NHWC" else a)
-        if case.dtype.name == "bfloat16":   # no NumPy dtype in torch.from_numpy: the bits
+        if is_bfloat16(case.dtype):   # no NumPy dtype in torch.from_numpy: the bits
             return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(a)
 
@@ -351,9 +351,10 @@ def run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES, repe
         f"times are medians of {repeats} interleaved runs, in microseconds")
     if with_torch and info["torch"] is None:
         out("PyTorch is not installed: its column is skipped (pip install torch to compare).")
-    if "bfloat16" in dtypes and "bfloat16" not in available_dtypes(dtypes):
+    available = available_dtypes(dtypes)
+    if len(available) < len(dtypes):
         out("ml_dtypes is not installed: bfloat16 is skipped (pip install 'cbn[bfloat16]').")
-        dtypes = available_dtypes(dtypes)
+        dtypes = available
     out("limit = the passes over the input each op cannot avoid, as parallel copies and reading "
         "passes of the same bytes at the same thread count: " + limit_model() + ". cbn writes "
         "into preallocated outputs (out=), cbn+alloc does not; torch/cbn compares with cbn+alloc")

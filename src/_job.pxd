@@ -30,7 +30,7 @@ from _plan cimport (PARALLEL_CHANNELS, channel_parts, channels_per_unit, part_st
 
 cdef struct Tables:
     # Per-channel tables: C values per row, row after row; of the type computed
-    # in (table_typenum) unless float64 is said.
+    # in (f32: float, else double) unless float64 is said.
     const void* weight      # (C,), or NULL for 1
     const void* bias        # (C,), or NULL for 0
     const void* relu_coef   # backward with a fused ReLU: the forward's (3, C) coef, else NULL
@@ -53,7 +53,6 @@ cdef struct Job:
     int kind                # x's data type (CBN_F32, CBN_F64, CBN_F16, CBN_BF16; dy and out's too)
     Py_ssize_t itemsize     # bytes per value of x
     bint f32                # computed in float32 (every kind but CBN_F64), else float64
-    int table_typenum       # NPY_FLOAT32 or NPY_FLOAT64: the type computed in
     int* overflow           # set to 1 when a 2-byte output stored is +-inf (see run_and_free)
     bint channels_first     # x is (N, C, S) runs (else (M, C) rows)
     bint batch_stats        # backward: stats are x's own (training), not fixed (eval)
@@ -80,7 +79,6 @@ cdef inline cnp.ndarray begin(Job* job, object x, int nthreads):
     job.kind = kind
     job.itemsize = kind_itemsize(kind)
     job.f32 = kind != CBN_F64
-    job.table_typenum = cnp.NPY_FLOAT32 if job.f32 else cnp.NPY_FLOAT64
     job.channels_first = cnp.PyArray_NDIM(xa) == 3
     job.pieces = (channel_parts(job.x.N, job.x.C, job.x.S) if job.channels_first
                   else row_parts(job.x.N))
@@ -111,11 +109,16 @@ cdef inline Tensor output(object a, str name, cnp.ndarray x, int flags):
     return t
 
 
+cdef inline int table_typenum(const Job* job) noexcept:
+    """NPY_FLOAT32 or NPY_FLOAT64: the type computed in, of weight, bias and tables."""
+    return cnp.NPY_FLOAT32 if job.f32 else cnp.NPY_FLOAT64
+
+
 cdef inline const void* vector_data(object a, str name, const Job* job) except? NULL:
     """A (C,) array of the type computed in, or NULL for None."""
     if a is None:
         return NULL
-    return cnp.PyArray_DATA(checked_vector(a, name, job.x.C, job.table_typenum, False))
+    return cnp.PyArray_DATA(checked_vector(a, name, job.x.C, table_typenum(job), False))
 
 
 cdef inline void* table_data(object a, str name, Py_ssize_t rows, const Job* job,
@@ -123,7 +126,7 @@ cdef inline void* table_data(object a, str name, Py_ssize_t rows, const Job* job
     """A C-contiguous (rows, C) array of the type computed in, or NULL for None."""
     if a is None:
         return NULL
-    return cnp.PyArray_DATA(checked_table(a, name, rows, job.x.C, job.table_typenum, writable))
+    return cnp.PyArray_DATA(checked_table(a, name, rows, job.x.C, table_typenum(job), writable))
 
 
 cdef inline double* f64_vector(object a, str name, cnp.ndarray x) except NULL:

@@ -43,10 +43,11 @@
 #define CBN_UNROLL 4
 #define CBN_ADDS_PER_LANE 8
 #define CBN_LINE 64
-/* prefetching the next far run (cbn_loops_impl.h, prefetch_next): its first
- * CBN_PREFETCH_BYTES, in blocks of runs spanning at least CBN_PREFETCH_SPAN */
+/* prefetching far runs (cbn_loops_impl.h, prefetch_next): the first
+ * CBN_PREFETCH_BYTES of each run up to CBN_PREFETCH_AHEAD bytes ahead (at
+ * least the next), in blocks of runs spanning at least CBN_PREFETCH_SPAN */
 #define CBN_PREFETCH_BYTES 1024
-#define CBN_PREFETCH_AHEAD 4096   /* and of the runs within this many bytes ahead */
+#define CBN_PREFETCH_AHEAD 4096
 #define CBN_PREFETCH_SPAN ((ptrdiff_t)1 << 20)
 
 /* flags of the normalising loops */

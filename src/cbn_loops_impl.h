@@ -135,7 +135,12 @@ TARGET_ATTRS static inline void FN(put)(DATA *p, ELEM v) { *p = v; }
 typedef uint16_t FN(hvec) __attribute__((vector_size(VEC_BYTES / 2)));
 #define HVEC FN(hvec)
 
-#if CBN_IMPL_KIND == CBN_BF16 && CBN_X86 && (CBN_IMPL_AVX2 || defined(__AVX2__))
+#if CBN_IMPL_KIND == CBN_BF16
+TARGET_ATTRS static inline ELEM FN(get)(const DATA *p) { return cbn_bf16_to_float(*p); }
+TARGET_ATTRS static inline void FN(put)(DATA *p, ELEM v) { *p = cbn_bf16_from_float(v); }
+#define OVERFLOW_LIMIT cbn_bf16_overflow()
+
+#if CBN_X86 && (CBN_IMPL_AVX2 || defined(__AVX2__))
 /* Scalar math: cbn_bf16_to_float, cbn_bf16_from_float on every lane, in AVX2
  * intrinsics: what GCC makes of the generic form below costs twice the
  * instructions (a split zero-extension, a masked truncating pack), which
@@ -159,11 +164,7 @@ TARGET_ATTRS static inline HVEC FN(narrow)(VEC v)
     return (HVEC)_mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-TARGET_ATTRS static inline ELEM FN(get)(const DATA *p) { return cbn_bf16_to_float(*p); }
-TARGET_ATTRS static inline void FN(put)(DATA *p, ELEM v) { *p = cbn_bf16_from_float(v); }
-#define OVERFLOW_LIMIT cbn_bf16_overflow()
-
-#elif CBN_IMPL_KIND == CBN_BF16
+#else
 /* Scalar math: cbn_bf16_to_float, cbn_bf16_from_float on every lane */
 TARGET_ATTRS static inline VEC FN(widen)(HVEC h) { return (VEC)(__builtin_convertvector(h, UVEC) << 16); }
 
@@ -174,10 +175,7 @@ TARGET_ATTRS static inline HVEC FN(narrow)(VEC v)
     const UVEC rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
     return __builtin_convertvector(FN(select)(nan, (u >> 16) | 0x40u, rounded), HVEC);
 }
-
-TARGET_ATTRS static inline ELEM FN(get)(const DATA *p) { return cbn_bf16_to_float(*p); }
-TARGET_ATTRS static inline void FN(put)(DATA *p, ELEM v) { *p = cbn_bf16_from_float(v); }
-#define OVERFLOW_LIMIT cbn_bf16_overflow()
+#endif
 
 #elif F16C
 TARGET_ATTRS static inline VEC FN(widen)(HVEC h)
