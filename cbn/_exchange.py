@@ -39,12 +39,12 @@ With virtual batches a process also sends its number of virtual batches
 and W_r, the sum of their M2s (no cancellation: W_r <= M2_r <= S2_r).
 """
 import functools
-import sys
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 from . import _sums
+from ._collectives import allgather_opening, allreduce_opening, gathering, reduction_ops
 from ._messages import MessageLayout
 from ._moments import Moments, merge_all
 
@@ -57,9 +57,6 @@ ROUNDING = _sums.ROUNDING
 # first was far off; after it precision is what the data allow
 MAX_CENTRED_ROUNDS = 2
 _NO_WITHIN = np.empty(0)
-# up to this many processes an Allgather moves no more bytes than the
-# Allreduce, and took 40-70% of its time (examples/sync_bn_cost.py, README)
-GATHER_MAX_PROCESSES = 4
 FINGERPRINT_MASK = (1 << 21) - 1
 
 
@@ -143,16 +140,6 @@ class _Sums(NamedTuple):
     precise: bool
 
 
-def reduction_ops(comm):
-    """(SUM, MAX) as comm.Allreduce takes them: mpi4py's for an mpi4py
-    communicator, else the NumPy ufuncs that combine two buffers (np.add,
-    np.maximum), for a stand-in communicator."""
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is not None and isinstance(comm, mpi.Comm):
-        return mpi.SUM, mpi.MAX
-    return np.add, np.maximum
-
-
 @functools.lru_cache(maxsize=64)
 def sum_layout(C, virtual):
     """The int64 row of one round of sums: header, then limbs (2, k, C)."""
@@ -167,22 +154,24 @@ def max_layout(C, virtual):
                          **({"within": C} if virtual else {}))
 
 
-def exchange(comm, shard, frame, error, C, virtual):
+def exchange(comm, shard, frame, error, agreement, C, virtual):
     """The whole batch's statistics (Exchanged) from every process's Shard,
-    by_gather up to GATHER_MAX_PROCESSES processes, else by_sums.
+    by_gather while _collectives.gathering(comm), else by_sums.
 
     frame is this process's Frame from its previous exchange, or None;
     error this process's rejection of its input (an exception; shard is
-    then None), or None. Raises on every process when any process's input
+    then None), or None; agreement the layer's options (an Agreement). The
+    first collective is an opening (cbn._collectives): every process
+    raises the same error when the options differ or any process's input
     was rejected. virtual: whether the shards carry virtual batches (the
-    same on every process).
+    same on every process once the options agree).
     """
-    if comm.Get_size() <= GATHER_MAX_PROCESSES:
-        return by_gather(comm, shard, frame, error, C, virtual)
-    return by_sums(comm, shard, frame, error, C, virtual)
+    if gathering(comm):
+        return by_gather(comm, shard, frame, error, agreement, C, virtual)
+    return by_sums(comm, shard, frame, error, agreement, C, virtual)
 
 
-def by_sums(comm, shard, frame, error, C, virtual):
+def by_sums(comm, shard, frame, error, agreement, C, virtual):
     """exchange by Allreduces of fixed-point sums: O(C) bytes per process."""
     size = comm.Get_size()
     if size > _sums.MAX_PROCESSES:
@@ -190,7 +179,7 @@ def by_sums(comm, shard, frame, error, C, virtual):
                          f"got {size}")
     if frame is not None and frame.tops.shape != ((3 if virtual else 2), C):
         frame = None   # made with(out) virtual batches: virtual_batch_size has changed
-    return _Rounds(comm, size, C, shard, error, virtual).run(frame)
+    return _Rounds(comm, size, C, shard, error, agreement, virtual).run(frame)
 
 
 @functools.lru_cache(maxsize=64)
@@ -200,23 +189,23 @@ def gather_layout(C, virtual):
                          **({"batches": 1, "within": C} if virtual else {}))
 
 
-def by_gather(comm, shard, frame, error, C, virtual):
-    """exchange by one Allgather of every process's count, mean and M2
+def by_gather(comm, shard, frame, error, agreement, C, virtual):
+    """exchange by an Allgather of every process's count, mean and M2
     (and virtual batches, W), merged in rank order on every process (so
-    with the same bits). Each process receives P rows of 2C + 3 values
-    where by_sums's message has 4C + 10 (and MPI moves up to twice a
+    with the same bits). Each process receives P rows of 2C + 11 values
+    where by_sums's message has 4C + 20 (and MPI moves up to twice a
     message): fewer bytes up to 3 processes, as many at 4; and no
-    fixed-point work. frame is returned unchanged."""
-    size, layout = comm.Get_size(), gather_layout(C, virtual)
+    fixed-point work. One collective while a row fits the opening, two
+    beyond. frame is returned unchanged."""
+    layout = gather_layout(C, virtual)
     values = {}
     if error is None:
         m = shard.moments
         values.update(count=m.count, mean=m.mean, m2=m.m2)
         if virtual:
             values.update(batches=shard.batches, within=shard.within)
-    rows = np.empty((size, layout.size))
-    comm.Allgather(layout.pack(comm.Get_rank(), error, **values), rows)
-    layout.raise_if_rejected(rows[:, :2].sum(axis=0), error, "x")   # rejected, rejected_rank
+    rows = allgather_opening(comm, layout, layout.pack(comm.Get_rank(), error, **values),
+                             agreement, error, "x")
     with np.errstate(invalid="ignore", over="ignore"):   # NaN and Inf channels stay so
         total = merge_all(Moments(layout.read(r, "count"), layout.read(r, "mean"),
                                   layout.read(r, "m2")) for r in rows)
@@ -229,11 +218,11 @@ def by_gather(comm, shard, frame, error, C, virtual):
 class _Rounds:
     """One exchange by sums: its rounds."""
 
-    def __init__(self, comm, size, C, shard, error, virtual):
+    def __init__(self, comm, size, C, shard, error, agreement, virtual):
         self.comm, self.size, self.C, self.virtual = comm, size, C, virtual
         self.rank = comm.Get_rank()
-        self.sum_op, self.max_op = reduction_ops(comm)
-        self.shard, self.error = shard, error
+        self.ops = reduction_ops()
+        self.shard, self.error, self.agreement = shard, error, agreement
 
     def run(self, frame):
         result = self._sum_round(frame, first=True)
@@ -284,9 +273,11 @@ class _Rounds:
             elif m.count > 0:
                 outside = True   # no frame: the sums cannot be sent
         values["outside"] = int(outside)
-        total = self._allreduce(layout.pack(self.rank, self.error, **values), self.sum_op)
-        if first:
-            layout.raise_if_rejected(total, self.error, "x")
+        row = layout.pack(self.rank, self.error, **values)
+        if first:   # options and rejections checked before the sizes can differ
+            total = allreduce_opening(self.comm, layout, row, self.agreement, self.error, "x")
+        else:
+            total = self._allreduce(row, self.ops.sum)
         count = float(layout.read(total, "count"))
         batches, outside = int(layout.read(total, "batches")), bool(layout.read(total, "outside"))
         fp = [int(v) for v in layout.read(total, "fingerprint")]
@@ -333,7 +324,7 @@ class _Rounds:
                 values["within"] = np.where(finite, shard.within, np.inf)
         else:
             values.update(high=-np.inf, negated_low=-np.inf)
-        top = self._allreduce(layout.pack(self.rank, None, **values), self.max_op)
+        top = self._allreduce(layout.pack(self.rank, None, **values), self.ops.max)
         count = layout.read(top, "count")
         high, low = layout.read(top, "high"), -layout.read(top, "negated_low")
         with np.errstate(invalid="ignore", over="ignore"):

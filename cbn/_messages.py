@@ -1,31 +1,37 @@
 """The rows SyncBatchNorm's collectives carry, by field name.
 
-Every row starts with two fields that let a rank whose input was rejected
-still join the collective, so that every rank can raise instead of the
-others waiting forever: ``rejected`` (1 on such a rank) and
-``rejected_rank`` (its rank). Summed over the processes they say how many
-were rejected and, when one was, which.
+Every row starts with a header of HEADER values. Two fields let a rank
+whose input was rejected still join the collective, so that every rank can
+raise instead of the others waiting forever: ``rejected`` (1 on such a
+rank) and ``rejected_rank`` (its rank); summed over the processes they say
+how many were rejected and, when one was, which. ``agreement`` holds the
+fingerprint of the rank's options (cbn._collectives: the opening).
 """
 import numpy as np
 
+from ._collectives import Agreement
+
 
 class MessageLayout:
-    """Named fields of fixed lengths in a row of one dtype.
+    """Named fields of fixed lengths in a row of one dtype, after the header.
 
     Parameters
     ----------
     dtype : numpy dtype
         The row's dtype (what the collective reduces).
     **lengths : int
-        Each field's number of values, in row order after ``rejected`` and
-        ``rejected_rank``; a field of length 1 reads as a scalar.
+        Each field's number of values, in row order after the header; a
+        field of length 1 reads as a scalar.
     """
+
+    HEADER = 2 + Agreement.FIELDS   # rejected, rejected_rank, agreement
 
     def __init__(self, dtype, **lengths):
         self.dtype = np.dtype(dtype)
         self.slices = {}
         start = 0
-        for name, length in dict(rejected=1, rejected_rank=1, **lengths).items():
+        header = dict(rejected=1, rejected_rank=1, agreement=Agreement.FIELDS)
+        for name, length in dict(header, **lengths).items():
             self.slices[name] = start if length == 1 else slice(start, start + length)
             start += length
         self.size = start

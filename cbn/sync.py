@@ -12,12 +12,14 @@ them; the backward needs one Allreduce of (sum(dy), sum(dy * (x - mean))).
 With virtual batches (ghost batch norm) each shard's runs of k rows are
 normalised on their own, with no exchange, and the one exchange carries
 what the running statistics need. Needs mpi4py (``pip install "cbn[mpi]"``);
-any object with mpi4py's Get_size/Get_rank/Allgather/Allreduce works as a
-communicator (Allreduce then receives ``op=np.add`` or ``op=np.maximum``,
-the NumPy ufunc that combines two buffers, instead of MPI.SUM or MPI.MAX).
+any object that follows the communicator protocol (cbn._collectives: mpi4py's
+Get_size/Get_rank/Allgather/Allreduce, with the ops it documents) works.
 
-A rank whose input is rejected still joins the collective, flagging the
-error, so every rank raises instead of the others waiting forever.
+Every operation opens with a message of one size whatever the options
+(cbn._collectives), so ranks that disagree on an option all raise the same
+ValueError instead of failing inside MPI; a rank whose input is rejected
+still joins the collective, flagging the error, so every rank raises
+instead of the others waiting forever.
 
 Copies share the communicator. A pickle keeps only the default one (the
 loading process's COMM_WORLD): another communicator is a handle into this
@@ -29,14 +31,15 @@ import sys
 import numpy as np
 
 from . import _ops
+from ._collectives import Agreement, allreduce_opening
 from ._commit import Changes
 from ._docs import LAYER_PARAMETERS, OPTIONS_AS_BATCHNORM
-from ._exchange import Shard, exchange, reduction_ops
+from ._exchange import Shard, exchange
 from ._layout import canonicalize
 from ._messages import MessageLayout
 from ._moments import Moments, merge_all
 from ._records import Piece, SavedForward
-from ._validation import check_out_overlap, describe
+from ._validation import check_bool, check_out_overlap, describe
 from .batchnorm import BatchNormBase
 from .renorm import BatchRenormBase
 
@@ -70,8 +73,9 @@ class _CommNotPickled:
 def _check_comm(comm):
     for method in ("Get_size", "Get_rank", "Allgather", "Allreduce"):
         if not callable(getattr(comm, method, None)):
-            raise TypeError(f"comm: expected an mpi4py communicator (with {method}), "
-                            f"got {describe(comm)}")
+            raise TypeError(f"comm: expected a communicator (an object with Get_size, "
+                            f"Get_rank, Allgather and Allreduce, as mpi4py's), got "
+                            f"{describe(comm)}, which has no {method}")
     return comm
 
 
@@ -190,10 +194,20 @@ class SyncBatchNorm(BatchNormBase):
         # eval mode communicates nothing, also without running statistics (as PyTorch)
         return self.training and self.comm.Get_size() > 1
 
+    def _agreement(self, operation):
+        """The options every rank's layer must share for operation (an Agreement)."""
+        return Agreement(operation, (
+            ("num_features", self.num_features), ("virtual_batch_size", self.virtual_batch_size),
+            ("dtype", self.dtype), ("param_dtype", self.param_dtype), ("layout", self.layout),
+            ("affine", self.affine), ("track_running_stats", self.track_running_stats),
+            ("momentum", self.momentum), ("eps", self.eps),
+            ("bias_correction", self.bias_correction), ("activation", self.activation)))
+
     def _exchange(self, error, shard):
         """The whole batch's statistics (see _exchange.exchange), with the frame
         of this layer's previous exchange."""
-        return exchange(self.comm, shard, self._exchange_frame, error, self.num_features,
+        return exchange(self.comm, shard, self._exchange_frame, error,
+                        self._agreement("forward"), self.num_features,
                         self.virtual_batch_size is not None)
 
     @staticmethod
@@ -342,9 +356,8 @@ class SyncBatchNorm(BatchNormBase):
         except (TypeError, ValueError) as exc:
             error = exc
         sent = layout.pack(self.comm.Get_rank(), error, sums=local.ravel())
-        total = np.empty_like(sent)
-        self.comm.Allreduce(sent, total, op=reduction_ops(self.comm)[0])
-        layout.raise_if_rejected(total, error, "dy")
+        total = allreduce_opening(self.comm, layout, sent, self._agreement("backward"), error,
+                                  "dy")
         dx = _ops.grad_input(saved.canon, dy, piece.stats[:2], piece.weight,
                              layout.read(total, "sums").reshape(2, C), piece.global_count, output,
                              piece.relu_coef)
@@ -357,7 +370,12 @@ class SyncBatchNorm(BatchNormBase):
 
 
 def allreduce_gradients(layers_or_arrays, comm=None, average=True):
-    """Sum (or average) gradients over every process, in place, in one Allreduce.
+    """Sum (or average) gradients over every process, in place.
+
+    One opening Allreduce (cbn._collectives) and, for more than about 500
+    values in all, a second for the rest; every rank must call it, and
+    ranks whose arrays differ in number or size, or whose average differs,
+    all raise the same ValueError.
 
     Parameters
     ----------
@@ -375,6 +393,34 @@ def allreduce_gradients(layers_or_arrays, comm=None, average=True):
         The arrays updated, every one or none of them.
     """
     comm = _check_comm(default_comm() if comm is None else comm)
+    error, arrays = None, []
+    try:   # a rejected argument still joins the collective, so that every rank raises
+        average = check_bool(average, "average")
+        arrays = _gradient_arrays(layers_or_arrays)
+    except (TypeError, ValueError) as exc:
+        error, arrays = exc, []
+    sizes = [a.size for a in arrays]
+    layout = MessageLayout(np.float64, values=sum(sizes))
+    sent = layout.pack(comm.Get_rank(), error)
+    if arrays:
+        sent[layout.HEADER:] = np.concatenate([a.ravel() for a in arrays])
+    agreement = None if error else Agreement("allreduce_gradients", (
+        ("layers_or_arrays", f"{sum(sizes)} values in {len(sizes)} arrays {sizes}"),
+        ("average", average)))
+    total = allreduce_opening(comm, layout, sent, agreement, error,
+                              "layers_or_arrays")[layout.HEADER:]
+    if average:
+        total /= comm.Get_size()
+    changes, start = Changes(), 0   # every array updated, or none (e.g. on KeyboardInterrupt)
+    for a in arrays:
+        changes.copy(a, total[start:start + a.size].reshape(a.shape))
+        start += a.size
+    changes.apply()
+    return arrays
+
+
+def _gradient_arrays(layers_or_arrays):
+    """The arrays allreduce_gradients updates, each checked."""
     arrays = []
     for item in layers_or_arrays:
         if isinstance(item, BatchNormBase):
@@ -392,16 +438,4 @@ def allreduce_gradients(layers_or_arrays, comm=None, average=True):
         else:
             raise TypeError(f"layers_or_arrays: expected cbn layers or float numpy arrays, got "
                             f"{describe(item)}")
-    if not arrays:
-        return arrays
-    sent = np.concatenate([a.ravel().astype(np.float64) for a in arrays])
-    total = np.empty_like(sent)
-    comm.Allreduce(sent, total, op=reduction_ops(comm)[0])
-    if average:
-        total /= comm.Get_size()
-    changes, start = Changes(), 0   # every array updated, or none (e.g. on KeyboardInterrupt)
-    for a in arrays:
-        changes.copy(a, total[start:start + a.size].reshape(a.shape))
-        start += a.size
-    changes.apply()
     return arrays

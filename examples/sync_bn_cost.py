@@ -64,7 +64,7 @@ def loopback_received_bytes():
 def worker(channels, rounds):
     from mpi4py import MPI
 
-    from cbn import _exchange
+    from cbn import _collectives, _exchange
     from cbn._moments import Moments
 
     comm = MPI.COMM_WORLD
@@ -72,8 +72,6 @@ def worker(channels, rounds):
     rng = np.random.default_rng(rank)
 
     class Counting:   # the buffers each collective is handed
-        ops = {np.add: MPI.SUM, np.maximum: MPI.MAX}   # a stand-in is handed NumPy's
-
         def __init__(self):
             self.bytes, self.calls = 0, 0
 
@@ -86,7 +84,7 @@ def worker(channels, rounds):
         def Allreduce(self, sendbuf, recvbuf, op):
             self.bytes += sendbuf.nbytes + recvbuf.nbytes
             self.calls += 1
-            comm.Allreduce(sendbuf, recvbuf, op=self.ops[op])
+            comm.Allreduce(sendbuf, recvbuf, op=op)
 
         def Allgather(self, sendbuf, recvbuf):
             self.bytes += sendbuf.nbytes + recvbuf.nbytes
@@ -99,14 +97,20 @@ def worker(channels, rounds):
         shard = _exchange.Shard(Moments(values.shape[1], mean,
                                         ((values - mean[:, None]) ** 2).sum(axis=1)), None, 0)
         counting = Counting()
-        state = {"frame": _exchange.by_sums(counting, shard, None, None, C, False).frame}
+        agreement = _collectives.Agreement("forward", (("num_features", C),))
+
+        def exchange(frame, gather):
+            # either path at any P: the opening's kind follows the same limit
+            _collectives.GATHER_MAX_PROCESSES = size if gather else 0
+            return _exchange.exchange(counting, shard, frame, None, agreement, C, False)
+
+        state = {"frame": exchange(None, gather=False).frame}
 
         def allreduce():
-            state["frame"] = _exchange.by_sums(counting, shard, state["frame"], None, C,
-                                               False).frame
+            state["frame"] = exchange(state["frame"], gather=False).frame
 
         def allgather():
-            _exchange.by_gather(counting, shard, None, None, C, False)
+            exchange(None, gather=True)
 
         for name, fn in (("allreduce", allreduce), ("allgather", allgather)):
             fn()   # warm

@@ -19,8 +19,8 @@ def exchange_path(request, monkeypatch):
     """SyncBatchNorm's forward exchange at any process count: by fixed-point
     sums (the Allgather limit set to 0) or by Allgather (set above every
     count in the tests)."""
-    from cbn import _exchange
-    monkeypatch.setattr(_exchange, "GATHER_MAX_PROCESSES", 0 if request.param == "sums" else 99)
+    from cbn import _collectives
+    monkeypatch.setattr(_collectives, "GATHER_MAX_PROCESSES", 0 if request.param == "sums" else 99)
     return request.param
 
 

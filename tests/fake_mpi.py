@@ -1,9 +1,12 @@
 """An in-process stand-in for an MPI communicator: one thread per rank.
 
-Implements the part of mpi4py's interface SyncBatchNorm uses (Get_size,
-Get_rank, Allgather, Allreduce with the NumPy ufunc SyncBatchNorm passes a
-stand-in, np.add or np.maximum), with the same semantics: every rank must call each
-collective, in the same order. MPI may combine the ranks' buffers in any
+Follows cbn's communicator protocol (README, "The communicator protocol"):
+Get_size, Get_rank, Allgather, and Allreduce with either kind of op cbn
+passes (mpi4py's MPI.SUM/MPI.MAX once mpi4py.MPI is imported, else np.add /
+np.maximum), with MPI's semantics: every rank must call each collective, in
+the same order. A collective whose buffers differ in size between ranks
+fails on every rank, as it would in MPI (there: an abort, a hang or
+wrong values); so does one whose buffers differ in dtype. MPI may combine the ranks' buffers in any
 order, and a different one on each rank: with ``rotate=True`` rank r adds
 them starting from its own, so that float sums differ in their last bits
 between ranks, as they may under MPI.
@@ -28,6 +31,9 @@ class FakeWorld:
         self._barrier.wait()
         values = list(self._slots)
         self._barrier.wait()
+        if len({(v.size, v.dtype) for v in values}) > 1:   # MPI's type signatures
+            raise RuntimeError(f"fake MPI: a collective with messages of different sizes or "
+                               f"types ({[(v.size, v.dtype.name) for v in values]})")
         return values[rank:] + values[:rank] if self.rotate else values
 
 
@@ -48,7 +54,19 @@ class FakeComm:
         recvbuf[...] = np.stack(rows).reshape(recvbuf.shape)
 
     def Allreduce(self, sendbuf, recvbuf, op=np.add):
-        recvbuf[...] = functools.reduce(op, self.world._exchange(self.rank, sendbuf))
+        recvbuf[...] = functools.reduce(_combine(op), self.world._exchange(self.rank, sendbuf))
+
+
+def _combine(op):
+    """a op b for either kind of op the protocol names."""
+    if isinstance(op, np.ufunc):
+        return op
+
+    def combine(a, b):
+        b = b.copy()
+        op.Reduce_local(a, b)   # mpi4py's: b = a op b
+        return b
+    return combine
 
 
 def run_ranks(size, fn, rotate=False):

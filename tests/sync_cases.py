@@ -54,3 +54,106 @@ def check_against_single_process(comm, layout, dtype, momentum, steps=2, virtual
         np.testing.assert_allclose(sync.running_var, single.running_var, **close)
     assert int(sync.num_batches_tracked) == steps
     return sync.state_dict()
+
+
+# ranks that disagree on an option: (option, its value on rank 0, on the
+# others); the issue's reproducer first (None against 2)
+DISAGREEMENTS = [
+    ("virtual_batch_size", None, 2), ("virtual_batch_size", 2, 4), ("num_features", 3, 4),
+    ("dtype", np.float32, np.float64), ("dtype", np.float16, np.float32),
+    ("layout", "NCHW", "NHWC"), ("affine", True, False), ("track_running_stats", True, False),
+    ("momentum", 0.1, None), ("momentum", 0.1, 0.2), ("eps", 1e-5, 1e-3),
+    ("bias_correction", False, True), ("activation", None, "relu"),
+]
+
+
+def disagreement_message(option, values):
+    """The message every rank must raise: values are each rank's."""
+    text = {np.float32: "float32", np.float64: "float64", np.float16: "float16"}
+    groups = {}
+    for rank, value in enumerate(values):
+        groups.setdefault(text.get(value, repr(value).strip("'")), []).append(rank)
+    parts = []
+    for value, ranks in groups.items():
+        named = ", ".join(str(r) for r in ranks[:4]) + (
+            f" and {len(ranks) - 4} more" if len(ranks) > 4 else "")
+        parts.append(f"{value} on rank{'s' if len(ranks) > 1 else ''} {named}")
+    return f"{option}: ranks disagree: " + ", ".join(parts)
+
+
+def _layer_and_input(comm, options, rng):
+    C = options.pop("num_features", 3)
+    bn = cbn.SyncBatchNorm(C, comm, **options)
+    shape = (4, C, 2, 2) if bn.layout == "NCHW" else (4, 2, 2, C)
+    return bn, (rng.standard_normal(shape) + 1).astype(bn.dtype)
+
+
+def _whole_state(bn):
+    return (bn.state_dict(), bn._last_forward, bn.grad_weight, bn.grad_bias)
+
+
+def _assert_same_state(before, after):
+    assert after[0].keys() == before[0].keys()
+    for key, value in before[0].items():
+        np.testing.assert_array_equal(after[0][key], value)
+    assert all(a is b for a, b in zip(after[1:], before[1:]))   # saved forward, gradients
+
+
+def forward_with_disagreeing_option(comm, option, first, others):
+    """Each rank's forward with option = first on rank 0, others elsewhere:
+    the message it raised (None if it did not), after checking that its
+    layer did not change."""
+    rank = comm.Get_rank()
+    bn, x = _layer_and_input(comm, {option: first if rank == 0 else others},
+                             np.random.default_rng(rank))
+    before = _whole_state(bn)
+    try:
+        bn(x)
+    except ValueError as exc:
+        _assert_same_state(before, _whole_state(bn))
+        return str(exc)
+    return None
+
+
+def backward_with_disagreeing_eps(comm):
+    """A forward on which every rank agrees, then rank 0 changes eps: every
+    rank's backward raises (the message), gradients untouched."""
+    rank = comm.Get_rank()
+    bn, x = _layer_and_input(comm, {}, np.random.default_rng(rank))
+    bn(x)
+    if rank == 0:
+        bn.eps = 1e-3
+    before = _whole_state(bn)
+    try:
+        bn.backward(np.ones_like(x))
+    except ValueError as exc:
+        _assert_same_state(before, _whole_state(bn))
+        return str(exc)
+    return None
+
+
+def operations_that_differ(comm):
+    """Rank 0 runs a forward while the others run the backward of the last one."""
+    rank = comm.Get_rank()
+    bn, x = _layer_and_input(comm, {}, np.random.default_rng(rank))
+    bn(x)
+    try:
+        bn(x) if rank == 0 else bn.backward(np.ones_like(x))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def gradients_that_differ(comm):
+    """allreduce_gradients with 3 values on rank 0, none on rank 1, 4 elsewhere:
+    the message, after checking that no array changed."""
+    rank = comm.Get_rank()
+    arrays = [np.arange(3.0)] if rank == 0 else [] if rank == 1 else [np.arange(4.0)]
+    copies = [a.copy() for a in arrays]
+    try:
+        cbn.allreduce_gradients(arrays, comm)
+    except ValueError as exc:
+        for a, c in zip(arrays, copies):
+            np.testing.assert_array_equal(a, c)
+        return str(exc)
+    return None

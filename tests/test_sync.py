@@ -9,7 +9,15 @@ import cbn
 from cbn._moments import Moments, merge_all
 from fake_mpi import FakeWorld, run_ranks
 from helpers import DTYPES, random_input
-from sync_cases import check_against_single_process
+from sync_cases import (
+    DISAGREEMENTS,
+    backward_with_disagreeing_eps,
+    check_against_single_process,
+    disagreement_message,
+    forward_with_disagreeing_option,
+    gradients_that_differ,
+    operations_that_differ,
+)
 
 
 def test_chan_merge_of_random_partitions_with_empty_parts(rng):
@@ -189,7 +197,7 @@ def test_allreduce_gradients_sums_or_averages_in_place():
 
 def test_bad_arguments():
     comm = FakeWorld(1).comm(0)
-    with pytest.raises(TypeError, match="comm: expected an mpi4py communicator"):
+    with pytest.raises(TypeError, match="comm: expected a communicator"):
         cbn.SyncBatchNorm(3, comm=object())
     with pytest.raises(ValueError, match="virtual_batch_size: expected a positive int"):
         cbn.SyncBatchNorm(3, comm, virtual_batch_size=0)
@@ -228,3 +236,67 @@ def test_precise_statistics_collect_every_process_in_training_mode(rng, virtual_
     for var in results:
         np.testing.assert_array_equal(var, results[0])   # the same bits on every rank
         np.testing.assert_allclose(var, whole.var(axis=1, ddof=1), rtol=1e-12)
+
+
+def _every_rank(size, fn):
+    results, _ = run_ranks(size, lambda rank, comm: fn(comm))
+    return results
+
+
+@pytest.mark.parametrize("size", [2, 3, 5])
+@pytest.mark.parametrize("option,first,others", DISAGREEMENTS)
+def test_ranks_that_disagree_on_an_option_all_raise_the_same_error(size, option, first, others,
+                                                                   exchange_path):
+    messages = _every_rank(size, lambda comm: forward_with_disagreeing_option(comm, option,
+                                                                               first, others))
+    assert messages == [disagreement_message(option, [first] + [others] * (size - 1))] * size
+
+
+def test_the_issue_s_message(exchange_path):
+    messages = _every_rank(2, lambda comm: forward_with_disagreeing_option(
+        comm, "virtual_batch_size", 2, 4))
+    assert messages == ["virtual_batch_size: ranks disagree: 2 on rank 0, 4 on rank 1"] * 2
+
+
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_backward_operation_and_gradients_disagreements_raise_on_every_rank(size, exchange_path):
+    assert _every_rank(size, backward_with_disagreeing_eps) == [
+        disagreement_message("eps", [0.001] + [1e-05] * (size - 1))] * size
+    assert _every_rank(size, operations_that_differ) == [
+        disagreement_message("operation", ["forward"] + ["backward"] * (size - 1))] * size
+    values = ["3 values in 1 arrays [3]", "0 values in 0 arrays []"]
+    values += ["4 values in 1 arrays [4]"] * (size - 2)
+    assert _every_rank(size, gradients_that_differ) == [
+        disagreement_message("layers_or_arrays", values)] * size
+
+
+class Forwarding:
+    """A communicator that forwards every call to another one (to count,
+    log or adapt): what the protocol promises works at every process count."""
+
+    def __init__(self, comm):
+        self.comm = comm
+
+    def __getattr__(self, name):
+        return getattr(self.comm, name)
+
+
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_a_forwarding_communicator_works_at_every_process_count(size):
+    results, _ = run_ranks(size, lambda rank, comm: check_against_single_process(
+        Forwarding(comm), "NCHW", np.float64, 0.1, steps=2))
+    for state in results[1:]:
+        for key, value in state.items():
+            np.testing.assert_array_equal(value, results[0][key])
+
+
+def test_the_ops_follow_mpi4py_being_imported_not_the_communicator_s_class(monkeypatch):
+    from cbn import _collectives
+
+    class FakeMPI:
+        SUM, MAX = object(), object()
+
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)
+    assert _collectives.reduction_ops() == (np.add, np.maximum)
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", FakeMPI)
+    assert _collectives.reduction_ops() == (FakeMPI.SUM, FakeMPI.MAX)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import cbn
-from cbn import _exchange, _sums
+from cbn import _collectives, _exchange, _sums
 from fake_mpi import CountingComm, run_ranks
 
 C = 5
@@ -18,7 +18,7 @@ C = 5
 
 @pytest.fixture
 def by_sums(monkeypatch):
-    monkeypatch.setattr(_exchange, "GATHER_MAX_PROCESSES", 0)
+    monkeypatch.setattr(_collectives, "GATHER_MAX_PROCESSES", 0)
 
 
 def shards(x, size):
@@ -67,18 +67,48 @@ def assert_same_bits_on_every_rank(results):
 @pytest.mark.parametrize("virtual_batch_size", [None, 2])
 def test_the_forward_exchange_sends_the_same_bytes_whatever_the_process_count(
         rng, virtual_batch_size):
-    fields = 3 if virtual_batch_size else 2
+    virtual = virtual_batch_size is not None
+    opening = _collectives.OPENING_VALUES * 8   # C = 5: every row fits the opening
     for size in range(2, 9):
         batches = [rng.standard_normal((4 * size, C, 3, 3)) * 2 + 3 for _ in range(4)]
         results = run_steps(size, batches, virtual_batch_size=virtual_batch_size)
         for _, _, _, sent in results:
-            if size <= _exchange.GATHER_MAX_PROCESSES:   # one row each, P received
-                gathered = (3 + 2 * C + (1 + C if virtual_batch_size else 0)) * 8
-                assert sent == [[("Allgather", gathered)]] * 4
+            if size <= _collectives.GATHER_MAX_PROCESSES:   # one row each, P received
+                assert sent == [[("Allgather", opening)]] * 4
                 continue
             # the first forward finds a frame (sums, maxima, sums), then one collective
-            assert [name for name, _ in sent[0]] == ["Allreduce"] * 3
-            assert sent[1:] == [[("Allreduce", (12 + 2 * fields * C) * 8)]] * 3
+            assert sent[0] == [("Allreduce", opening),
+                               ("Allreduce", _exchange.max_layout(C, virtual).size * 8),
+                               ("Allreduce", _exchange.sum_layout(C, virtual).size * 8)]
+            assert sent[1:] == [[("Allreduce", opening)]] * 3
+
+
+@pytest.mark.parametrize("virtual_batch_size", [None, 2])
+@pytest.mark.parametrize("size", [2, 5])
+def test_a_payload_longer_than_the_opening_follows_in_one_more_collective(
+        rng, size, virtual_batch_size):
+    wide = 300   # beyond the opening both ways (2C + 11 and 4C + 20 values)
+    layout = (_exchange.gather_layout(wide, virtual_batch_size is not None) if size <= 4
+              else _exchange.sum_layout(wide, virtual_batch_size is not None))
+    rest = (layout.size - _collectives.OPENING_VALUES) * 8
+    name = "Allgather" if size <= 4 else "Allreduce"
+
+    def rank_fn(rank, comm):
+        counting = CountingComm(comm)
+        bn = cbn.SyncBatchNorm(wide, counting, dtype=np.float64,
+                               virtual_batch_size=virtual_batch_size)
+        single = cbn.BatchNorm1d(wide, dtype=np.float64, virtual_batch_size=virtual_batch_size)
+        for _ in range(2):
+            before = len(counting.sent)
+            y = bn(np.array_split(x, size)[rank])
+            single(x)
+        np.testing.assert_allclose(bn.running_var, single.running_var, rtol=1e-12)
+        return counting.sent[before:], y
+
+    x = rng.standard_normal((4 * size, wide)) + 5
+    results, _ = run_ranks(size, rank_fn)
+    for sent, _ in results:
+        assert sent == [(name, _collectives.OPENING_VALUES * 8), (name, rest)]
 
 
 @pytest.mark.parametrize("size", [2, 3, 5, 8])

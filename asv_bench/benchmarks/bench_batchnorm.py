@@ -22,6 +22,8 @@ default call that allocates its output. cbn's time over its memory-traffic
 limit (the README's model) is `python -m cbn bench`'s job: it measures the
 floors in the same process, interleaved; here MemoryFloor times them.
 """
+import sys
+
 import numpy as np
 
 import cbn
@@ -179,8 +181,8 @@ class FusedReLU(_OneSamplePerProcess):
 
 class _IdenticalRanks:
     """A stand-in for P processes whose shards are this one's: what SyncBatchNorm
-    exchanges costs here minus the transfer (np.add: P times the row;
-    np.maximum: the row)."""
+    exchanges costs here minus the transfer (a sum: P times the row; a
+    maximum: the row; either kind of op cbn's communicator protocol names)."""
 
     def __init__(self, processes):
         self.processes = processes
@@ -195,7 +197,9 @@ class _IdenticalRanks:
         recvbuf[...] = sendbuf
 
     def Allreduce(self, sendbuf, recvbuf, op):
-        recvbuf[...] = sendbuf * self.processes if op is np.add else sendbuf
+        mpi = sys.modules.get("mpi4py.MPI")
+        summing = op is np.add or (mpi is not None and op is mpi.SUM)
+        recvbuf[...] = sendbuf * self.processes if summing else sendbuf
 
 
 class SyncForward(_OneSamplePerProcess):

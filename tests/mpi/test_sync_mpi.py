@@ -11,7 +11,15 @@ MPI = pytest.importorskip("mpi4py.MPI")
 
 import cbn  # noqa: E402
 from helpers import DTYPES  # noqa: E402
-from sync_cases import check_against_single_process  # noqa: E402
+from sync_cases import (  # noqa: E402
+    DISAGREEMENTS,
+    backward_with_disagreeing_eps,
+    check_against_single_process,
+    disagreement_message,
+    forward_with_disagreeing_option,
+    gradients_that_differ,
+    operations_that_differ,
+)
 
 COMM = MPI.COMM_WORLD
 
@@ -63,3 +71,44 @@ def test_a_mean_that_jumps_every_step_the_same_bits_on_every_rank(exchange_path)
     for mean, var in COMM.allgather((bn.running_mean, bn.running_var)):
         np.testing.assert_array_equal(mean, bn.running_mean)
         np.testing.assert_array_equal(var, bn.running_var)
+
+
+class Forwarding:
+    """Forwards every call to COMM_WORLD (as a wrapper that counts bytes, logs
+    or adapts another library's communicator does): not an mpi4py.MPI.Comm."""
+
+    def __getattr__(self, name):
+        return getattr(COMM, name)
+
+
+def test_a_forwarding_communicator_works(exchange_path):
+    state = check_against_single_process(Forwarding(), "NHWC", np.float64, None, steps=2)
+    for other in COMM.allgather(state):
+        for key, value in state.items():
+            np.testing.assert_array_equal(other[key], value)
+
+
+needs_two = pytest.mark.skipif(COMM.Get_size() < 2, reason="one process has no one to disagree with")
+
+
+@needs_two
+@pytest.mark.parametrize("option,first,others", DISAGREEMENTS)
+def test_ranks_that_disagree_on_an_option_all_raise_the_same_error(option, first, others,
+                                                                   exchange_path):
+    size = COMM.Get_size()
+    message = forward_with_disagreeing_option(Forwarding(), option, first, others)
+    assert COMM.allgather(message) == [disagreement_message(
+        option, [first] + [others] * (size - 1))] * size
+
+
+@needs_two
+def test_backward_operation_and_gradients_disagreements_raise_on_every_rank(exchange_path):
+    size = COMM.Get_size()
+    assert COMM.allgather(backward_with_disagreeing_eps(COMM)) == [
+        disagreement_message("eps", [0.001] + [1e-05] * (size - 1))] * size
+    assert COMM.allgather(operations_that_differ(COMM)) == [
+        disagreement_message("operation", ["forward"] + ["backward"] * (size - 1))] * size
+    values = ["3 values in 1 arrays [3]", "0 values in 0 arrays []"]
+    values += ["4 values in 1 arrays [4]"] * (size - 2)
+    assert COMM.allgather(gradients_that_differ(COMM)) == [
+        disagreement_message("layers_or_arrays", values)] * size
