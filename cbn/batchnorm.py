@@ -6,7 +6,6 @@ and running statistics that a NaN/Inf batch cannot poison.
 """
 import inspect
 import math
-import threading
 import warnings
 
 import numpy as np
@@ -18,7 +17,14 @@ from ._dtypes import check_dtype, check_param_dtype
 from ._layout import canonicalize, channel_axis, check_layout
 from ._moments import merge_all
 from ._records import ForwardParameters, Piece, SavedForward
-from ._state import INT64_MAX, checked_bound_vector, checked_count, layer_state, load_layer_state
+from ._state import (
+    INT64_MAX,
+    SharedState,
+    checked_bound_vector,
+    checked_count,
+    layer_state,
+    load_layer_state,
+)
 from ._validation import (
     check_batch_for_statistics,
     check_bool,
@@ -109,14 +115,16 @@ class BatchNormBase:
         self.activation = activation
         self.virtual_batch_size = virtual_batch_size
         C, dt = self.num_features, self._param_dtype
-        self._weight = np.ones(C, dt) if self.affine else None
-        self._bias = np.zeros(C, dt) if self.affine else None
-        if self.track_running_stats:
-            self._running_mean = np.zeros(C, dt)
-            self._running_var = np.ones(C, dt)
-            self._num_batches_tracked = 0
-        else:
-            self._running_mean = self._running_var = self._num_batches_tracked = None
+        tracked = self.track_running_stats
+        # parameters, buffers and the lock that serialises the calls that
+        # read and then replace them (training forwards, loads; eval
+        # forwards hold it only to copy what they normalise with, not in
+        # the kernels): shared with shallow copies, as in PyTorch
+        self._shared = SharedState(np.ones(C, dt) if self.affine else None,
+                                   np.zeros(C, dt) if self.affine else None,
+                                   np.zeros(C, dt) if tracked else None,
+                                   np.ones(C, dt) if tracked else None,
+                                   0 if tracked else None)
         self.grad_weight = None
         self.grad_bias = None
         self.training = True
@@ -124,19 +132,25 @@ class BatchNormBase:
         self._saved = None
         # set by cbn.precise_statistics while it collects population statistics
         self._collector = None
-        # serialises the calls that read and then replace state (training
-        # forwards, loads): concurrent ones lose no update; eval forwards
-        # hold it only to copy what they normalise with, not in the kernels
-        self._lock = threading.Lock()
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        del state["_lock"]
-        return state
+        return self.__dict__.copy()
 
     def __setstate__(self, state):
+        if "_shared" not in state:   # pickled by cbn before shallow copies shared state
+            state = dict(state)
+            state["_shared"] = SharedState(*(state.pop(f"_{key}") for key in (
+                "weight", "bias", "running_mean", "running_var", "num_batches_tracked")))
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+
+    # a shallow copy (copy.copy) shares _shared, and has its own mode, saved
+    # forward and gradients; a deep copy or a pickle gets its own of everything
+    _weight = property(lambda self: self._shared.weight)
+    _bias = property(lambda self: self._shared.bias)
+    _running_mean = property(lambda self: self._shared.running_mean)
+    _running_var = property(lambda self: self._shared.running_var)
+    _num_batches_tracked = property(lambda self: self._shared.num_batches_tracked)
+    _lock = property(lambda self: self._shared.lock)
 
     # ------------------------------------------------------------ attributes
 
@@ -202,7 +216,7 @@ class BatchNormBase:
                                  "got one built with track_running_stats=False")
         count = checked_count(value, "num_batches_tracked")
         with self._lock:
-            self._num_batches_tracked = count
+            self._shared.num_batches_tracked = count
 
     def _vector(name):
         attr = "_" + name
@@ -217,7 +231,7 @@ class BatchNormBase:
                                      f"{flag}=False")
             array = checked_bound_vector(self, name, value)
             with self._lock:
-                setattr(self, attr, array)
+                setattr(self._shared, name, array)
 
         return property(get, set_, doc=f"The layer's {name}: a (num_features,) array, or None.")
 
@@ -276,7 +290,7 @@ class BatchNormBase:
         if self.track_running_stats:
             changes.copy(self._running_mean, 0)
             changes.copy(self._running_var, 1)
-            changes.set(self, "_num_batches_tracked", 0)
+            changes.set(self._shared, "num_batches_tracked", 0)
 
     # ------------------------------------------------------------ forward
 
@@ -584,7 +598,7 @@ class BatchNormBase:
         """Stage new running statistics (copied into the layer's arrays) and count."""
         changes.copy(self._running_mean, mean)
         changes.copy(self._running_var, var)
-        changes.set(self, "_num_batches_tracked", num_batches_tracked)
+        changes.set(self._shared, "num_batches_tracked", num_batches_tracked)
 
     def _checked_backward(self, saved, dy, out):
         """The Output for a backward of saved (the last forward, read once by
@@ -630,18 +644,28 @@ class BatchNormBase:
 
         Every value is checked (shape, finiteness, running_var >= 0, a
         non-negative integer num_batches_tracked below 2**63) before anything
-        changes, then all are copied in one step; values are converted to
-        the layer's param_dtype, exactly: a narrower float (a bfloat16 or
-        float16 checkpoint) is widened, and values the conversion would
-        change (rounding, overflow) are refused. With strict, the keys must
-        match exactly, except that a missing num_batches_tracked (old
-        PyTorch checkpoints) keeps its value, as in PyTorch. The last
-        forward's backward is not affected.
+        changes, then all are copied in one step. Floating and integer
+        values of weight, bias and the running statistics are converted to
+        the layer's param_dtype as PyTorch's ``load_state_dict`` converts
+        them, rounding to nearest: a float64 checkpoint loads into a float32
+        layer, and a narrower float (a bfloat16, float16 or float8
+        checkpoint) is widened exactly. Refused, though PyTorch loads them:
+        values that overflow param_dtype (finite values that round to inf,
+        which PyTorch makes inf), non-finite values, a negative running_var
+        and a num_batches_tracked that is not an integer in [0, 2**63 - 1].
+        This is the one place cbn converts without being asked; the
+        attribute setters bind the array itself and take only param_dtype
+        ones. With strict, the keys must match exactly, except that a
+        missing num_batches_tracked (old PyTorch checkpoints) keeps its
+        value, as in PyTorch. The last forward's backward is not affected.
 
         Parameters
         ----------
         state_dict : dict
-            Values: anything ``np.asarray`` takes, under state_dict()'s keys.
+            Values, under state_dict()'s keys: anything ``np.asarray`` takes,
+            or torch tensors of any real dtype (bfloat16 and the float8
+            types included), also ones that require grad or live on another
+            device.
         strict : bool, default True
             Require exactly the layer's keys.
 
@@ -650,7 +674,7 @@ class BatchNormBase:
         IncompatibleKeys
             ``missing_keys`` and ``unexpected_keys`` (lists), as PyTorch's.
         """
-        changes, keys = load_layer_state(self, state_dict, strict)
+        changes, keys = load_layer_state(self, self._shared, state_dict, strict)
         with self._lock:
             changes.apply()
         return keys

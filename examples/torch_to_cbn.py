@@ -26,7 +26,7 @@ def main(print_=print):
         theirs.bias.normal_()
     for step in range(5):
         theirs(torch.randn(16, 8, 6, 6) * (1 + step) + step)
-    state = theirs.state_dict()  # tensors: cbn reads them with np.asarray
+    state = theirs.state_dict()  # tensors, of any dtype: load_state_dict converts them
 
     nchw = cbn.BatchNorm2d(8)
     nchw.load_state_dict(state)

@@ -94,10 +94,42 @@ def test_copies_are_independent(copier, rng):
     _assert_same(list(original.state_dict().values()), list(state.values()))
 
 
-def test_shallow_copy_shares_arrays():
-    original = cbn.BatchNorm2d(3)
+SHALLOW_COPIED = {
+    "BatchNorm1d": lambda: cbn.BatchNorm1d(3, bias_correction=True),
+    "BatchRenorm1d": lambda: cbn.BatchRenorm1d(3),
+    "SyncBatchNorm": lambda: cbn.SyncBatchNorm(3, FakeWorld(1).comm(0)),
+}
+
+
+@pytest.mark.parametrize("make", SHALLOW_COPIED.values(), ids=SHALLOW_COPIED.keys())
+def test_a_shallow_copy_shares_parameters_buffers_and_the_lock_as_pytorch(make, rng):
+    """README: a shallow copy shares weight, bias, running statistics, the
+    count and the lock; its mode, saved forward and gradients are its own."""
+    original = make()
     twin = copy.copy(original)
-    assert twin.running_mean is original.running_mean
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    original(x)
+    original.backward(x)
+    saved, grads = original._last_forward, (original.grad_weight, original.grad_bias)
+    before = original.running_mean.copy()
+    twin.eval()
+    assert original.training
+    twin.train()
+    twin(x * 3 + 1)   # moves the shared running mean and count
+    assert int(original.num_batches_tracked) == int(twin.num_batches_tracked) == 2
+    assert not np.array_equal(original.running_mean, before)
+    for key, value in twin.state_dict().items():
+        np.testing.assert_array_equal(original.state_dict()[key], value)
+    twin.backward(x)
+    assert original._last_forward is saved and twin._last_forward is not saved
+    assert (original.grad_weight, original.grad_bias) == grads
+    twin.weight = np.full(3, 2, np.float32)   # binding through either binds for both
+    assert original.weight is twin.weight
+    twin.load_state_dict({"running_var": np.full(3, 4.0)}, strict=False)
+    np.testing.assert_array_equal(original.running_var, 4.0)
+    assert original._state_lock is twin._state_lock
+    deep = copy.deepcopy(original)
+    assert deep._state_lock is not original._state_lock and deep.weight is not original.weight
 
 
 def _sync_step(layer, x):
@@ -138,3 +170,20 @@ def test_sync_batchnorm_with_the_default_world_pickles_it(rng):
         assert restored.comm is mpi.COMM_WORLD
         x = random_input(rng, (4, 3, 5), np.float32)
         _assert_same(_sync_step(restored, x), _sync_step(layer, x))
+
+
+def test_a_layer_pickled_before_shared_state_loads():
+    """Layers pickled by cbn 0.1 kept weight, bias, running statistics and the
+    count as attributes of their own."""
+    layer = cbn.BatchNorm1d(3)
+    layer.load_state_dict({"running_mean": np.arange(3.0), "num_batches_tracked": 7},
+                          strict=False)
+    old = {k: v for k, v in layer.__dict__.items() if k != "_shared"}
+    for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        old[f"_{key}"] = getattr(layer._shared, key)
+    loaded = object.__new__(cbn.BatchNorm1d)
+    loaded.__setstate__(old)
+    for key, value in layer.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key], value)
+    loaded(np.ones((2, 3), np.float32))
+    assert int(loaded.num_batches_tracked) == 8

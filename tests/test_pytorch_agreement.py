@@ -78,7 +78,7 @@ def test_state_dict_moves_both_ways(rng):
     theirs = torch.nn.BatchNorm2d(3)
     theirs(torch.randn(4, 3, 5, 5) * 2 + 1)
     ours = cbn.BatchNorm2d(3)
-    ours.load_state_dict(theirs.state_dict())  # tensors go through np.asarray
+    ours.load_state_dict(theirs.state_dict())  # tensors, read as they are
     back = torch.nn.BatchNorm2d(3)
     back.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
     for key, value in theirs.state_dict().items():

@@ -138,6 +138,38 @@ def check_missing_count():
     assert int(bn.num_batches_tracked) == 7
 
 
+@claim("`load_state_dict` converts floating and integer values to `param_dtype`, rounding to nearest as PyTorch's copy does; it refuses values that would overflow it, non-finite values, a negative `running_var` and a `num_batches_tracked` that is not a non-negative integer within int64.")
+def check_state_dict_conversion():
+    bn = cbn.BatchNorm1d(3)
+    bn.load_state_dict({"weight": [0.1, 0.2, 0.3], "running_mean": np.array([1, 2, 2 ** 24 + 1])},
+                       strict=False)
+    np.testing.assert_array_equal(bn.weight, np.float32([0.1, 0.2, 0.3]))
+    np.testing.assert_array_equal(bn.running_mean, np.float32([1, 2, 2 ** 24]))
+    before = bn.state_dict()
+    for key, value in [("bias", [1e39, 0, 0]), ("bias", [np.nan, 0, 0]),
+                       ("running_var", [-1.0, 1, 1]), ("num_batches_tracked", -1),
+                       ("num_batches_tracked", 2 ** 63), ("num_batches_tracked", 2.5)]:
+        with pytest.raises(ValueError, match=re.escape(f"state_dict[{key!r}]")):
+            bn.load_state_dict({key: value}, strict=False)
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+@claim("A shallow copy shares weight, bias, running statistics, the count and the lock; its mode, saved forward and gradients are its own.")
+def check_shallow_copy():
+    bn = cbn.BatchNorm1d(3)
+    twin = copy.copy(bn)
+    x = np.random.default_rng(9).standard_normal((4, 3)).astype(np.float32)
+    bn(x)
+    bn.backward(x)
+    twin.eval()
+    assert bn.training and twin._last_forward is None and twin.grad_weight is None
+    twin.train()(x + 1)
+    assert int(bn.num_batches_tracked) == 2 and bn._state_lock is twin._state_lock
+    assert all(getattr(bn, k) is getattr(twin, k)
+               for k in ("weight", "bias", "running_mean", "running_var"))
+
+
 @claim("like PyTorch, `functional.batch_norm` ignores it in eval mode")
 def check_momentum_eval():
     x = np.ones((2, 3), np.float32)
