@@ -143,14 +143,6 @@ class BatchNormBase:
                 "weight", "bias", "running_mean", "running_var", "num_batches_tracked")))
         self.__dict__.update(state)
 
-    # a shallow copy (copy.copy) shares _shared, and has its own mode, saved
-    # forward and gradients; a deep copy or a pickle gets its own of everything
-    _weight = property(lambda self: self._shared.weight)
-    _bias = property(lambda self: self._shared.bias)
-    _running_mean = property(lambda self: self._shared.running_mean)
-    _running_var = property(lambda self: self._shared.running_var)
-    _num_batches_tracked = property(lambda self: self._shared.num_batches_tracked)
-    _lock = property(lambda self: self._shared.lock)
 
     # ------------------------------------------------------------ attributes
 
@@ -206,31 +198,29 @@ class BatchNormBase:
     @property
     def num_batches_tracked(self):
         """Training batches seen (a 0-d int64 array, as PyTorch's buffer), or None."""
-        n = self._num_batches_tracked
+        n = self._shared.num_batches_tracked
         return None if n is None else np.array(n, dtype=np.int64)
 
     @num_batches_tracked.setter
     def num_batches_tracked(self, value):
-        if self._num_batches_tracked is None:
+        if self._shared.num_batches_tracked is None:
             raise AttributeError("num_batches_tracked: expected a layer with running statistics, "
                                  "got one built with track_running_stats=False")
         count = checked_count(value, "num_batches_tracked")
-        with self._lock:
+        with self._shared.lock:
             self._shared.num_batches_tracked = count
 
     def _vector(name):
-        attr = "_" + name
-
         def get(self):
-            return getattr(self, attr)
+            return getattr(self._shared, name)
 
         def set_(self, value):
-            if getattr(self, attr) is None:
+            if getattr(self._shared, name) is None:
                 flag = "affine" if name in ("weight", "bias") else "track_running_stats"
                 raise AttributeError(f"{name}: expected a layer with {name}, got one built with "
                                      f"{flag}=False")
             array = checked_bound_vector(self, name, value)
-            with self._lock:
+            with self._shared.lock:
                 setattr(self._shared, name, array)
 
         return property(get, set_, doc=f"The layer's {name}: a (num_features,) array, or None.")
@@ -273,7 +263,7 @@ class BatchNormBase:
         """Set running_mean to 0, running_var to 1, num_batches_tracked to 0 (when tracked)."""
         changes = Changes()
         self._stage_reset_running_stats(changes)
-        with self._lock:
+        with self._shared.lock:
             changes.apply()
 
     def reset_parameters(self):
@@ -281,15 +271,15 @@ class BatchNormBase:
         changes = Changes()
         self._stage_reset_running_stats(changes)
         if self.affine:
-            changes.copy(self._weight, 1)
-            changes.copy(self._bias, 0)
-        with self._lock:
+            changes.copy(self._shared.weight, 1)
+            changes.copy(self._shared.bias, 0)
+        with self._shared.lock:
             changes.apply()
 
     def _stage_reset_running_stats(self, changes):
         if self.track_running_stats:
-            changes.copy(self._running_mean, 0)
-            changes.copy(self._running_var, 1)
+            changes.copy(self._shared.running_mean, 0)
+            changes.copy(self._shared.running_var, 1)
             changes.set(self._shared, "num_batches_tracked", 0)
 
     # ------------------------------------------------------------ forward
@@ -363,12 +353,12 @@ class BatchNormBase:
         output = canon.output(out, orders=(x,))
         if (self.training and self.track_running_stats) or self._collector is not None:
             # reads, computes from and replaces shared state: one call at a time
-            with self._lock:
+            with self._shared.lock:
                 # held throughout: only the weight (kept for backward) and what
                 # an eval piece keeps need copies
                 return self._forward(x, canon, output, k, batch_stats, overwritten,
                                      self._parameters(copy_all=not batch_stats), self._collector)
-        with self._lock:   # a consistent snapshot; the kernels run without the lock
+        with self._shared.lock:   # a consistent snapshot; the kernels run without the lock
             parameters = self._parameters()
         return self._forward(x, canon, output, k, batch_stats, overwritten, parameters, None)
 
@@ -376,12 +366,12 @@ class BatchNormBase:
         """A ForwardParameters (call with the lock held): copies, or with
         copy_all=False the layer's own bias and running statistics (for a
         caller that holds the lock until it is done with them)."""
-        weight = None if self._weight is None else self._weight.copy()
+        s = self._shared
+        weight = None if s.weight is None else s.weight.copy()
         if not copy_all:
-            return ForwardParameters(weight, self._bias, self._running_mean, self._running_var,
-                                     self._eps)
-        return ForwardParameters(weight, _copy(self._bias), _copy(self._running_mean),
-                                 _copy(self._running_var), self._eps)
+            return ForwardParameters(weight, s.bias, s.running_mean, s.running_var, self._eps)
+        return ForwardParameters(weight, _copy(s.bias), _copy(s.running_mean),
+                                 _copy(s.running_var), self._eps)
 
     def _forward(self, x, canon, output, k, batch_stats, overwritten, parameters, observer):
         """forward() once its arguments are checked: compute, warn, then commit."""
@@ -418,7 +408,7 @@ class BatchNormBase:
         the same as an average with weight m / (1 - (1 - m)^t) for step t,
         which makes the first step's weight 1 (the initial values drop out).
         """
-        t = self._num_batches_tracked + 1
+        t = self._shared.num_batches_tracked + 1
         m = self._momentum
         if m is None:
             return 1.0 / t
@@ -466,7 +456,8 @@ class BatchNormBase:
     def _updated_running_stats(self, mean, var, var_scale):
         """(new running mean, new running var, kept mask or None): PyTorch's
         r <- (1 - m) r + m * batch, see _ops.moved_running_stats."""
-        return _ops.moved_running_stats(self._running_mean, self._running_var, mean, var,
+        s = self._shared
+        return _ops.moved_running_stats(s.running_mean, s.running_var, mean, var,
                                         self._step_momentum(), var_scale)
 
     def _stage_running_update(self, changes, mean, var, var_scale=1.0):
@@ -476,14 +467,15 @@ class BatchNormBase:
         new_mean, new_var, kept = self._updated_running_stats(mean, var, var_scale)
         if kept is not None:
             self._warn_kept(kept, np.isfinite(mean) & np.isfinite(var))
-        self._stage_running_stats(changes, new_mean, new_var, self._num_batches_tracked + 1)
+        self._stage_running_stats(changes, new_mean, new_var, self._shared.num_batches_tracked + 1)
 
     def _check_count_room(self):
         """A training step must be countable in PyTorch's int64 buffer."""
-        if self.training and self.track_running_stats and self._num_batches_tracked >= INT64_MAX:
+        count = self._shared.num_batches_tracked
+        if self.training and self.track_running_stats and count >= INT64_MAX:
             raise ValueError(f"num_batches_tracked: expected a count below 2**63 - 1, so that "
                              f"this training step can be counted in PyTorch's int64 buffer, got "
-                             f"{self._num_batches_tracked}")
+                             f"{count}")
 
     def _warn_kept(self, kept, finite_batch):
         """One RuntimeWarning naming the channels whose running statistics
@@ -566,7 +558,7 @@ class BatchNormBase:
     @property
     def _state_lock(self):
         """The lock that serialises the calls that read and then replace state."""
-        return self._lock
+        return self._shared.lock
 
     @property
     def _last_forward(self):
@@ -592,12 +584,13 @@ class BatchNormBase:
     def _running_snapshot(self):
         """Copies of (running_mean, running_var) and num_batches_tracked (an
         int), taken with the state lock held by the caller."""
-        return self._running_mean.copy(), self._running_var.copy(), self._num_batches_tracked
+        s = self._shared
+        return s.running_mean.copy(), s.running_var.copy(), s.num_batches_tracked
 
     def _stage_running_stats(self, changes, mean, var, num_batches_tracked):
         """Stage new running statistics (copied into the layer's arrays) and count."""
-        changes.copy(self._running_mean, mean)
-        changes.copy(self._running_var, var)
+        changes.copy(self._shared.running_mean, mean)
+        changes.copy(self._shared.running_var, var)
         changes.set(self._shared, "num_batches_tracked", num_batches_tracked)
 
     def _checked_backward(self, saved, dy, out):
@@ -636,7 +629,7 @@ class BatchNormBase:
             ``weight``, ``bias`` (when affine), ``running_mean``,
             ``running_var`` and ``num_batches_tracked`` (when tracked).
         """
-        with self._lock:
+        with self._shared.lock:
             return layer_state(self)
 
     def load_state_dict(self, state_dict, strict=True):
@@ -675,7 +668,7 @@ class BatchNormBase:
             ``missing_keys`` and ``unexpected_keys`` (lists), as PyTorch's.
         """
         changes, keys = load_layer_state(self, self._shared, state_dict, strict)
-        with self._lock:
+        with self._shared.lock:
             changes.apply()
         return keys
 
