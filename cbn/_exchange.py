@@ -23,7 +23,8 @@ Frames. The shift and the fixed-point windows (per channel) must be the same
 on every process: they are the frame, and a frame comes from an earlier
 exchange's totals, which every process holds bitwise. In the steady state a
 forward uses the previous forward's frame (its mean as the shift, windows
-2**8 above its sums): one Allreduce of 32 bytes per channel. The totals carry
+2**8 above its sums): one Allreduce of 32 bytes per channel (in the
+opening of cbn._collectives while it fits there). The totals carry
 a fingerprint of the frame each process used. More rounds follow, each a
 collective of O(C) bytes, when
   - a process had no frame or another one (the first forward, a copied or

@@ -3,21 +3,25 @@
 Data-parallel training gives each process a shard of the batch; plain batch
 norm would normalise each shard with its own statistics. SyncBatchNorm
 exchanges per-channel statistics once per forward (cbn._exchange): up to
-four processes one Allgather of every shard's float64 (count, mean, M2),
-merged in rank order; beyond, one Allreduce of fixed-point sums shifted by
+four processes an Allgather of every shard's float64 (count, mean, M2),
+merged in rank order; beyond, an Allreduce of fixed-point sums shifted by
 the previous forward's mean, whose size does not depend on the number of
 processes. Either way every process gets the same bits, as exact as one
 process's statistics on the whole batch, and normalises its shard with
-them; the backward needs one Allreduce of (sum(dy), sum(dy * (x - mean))).
+them; the backward sums (sum(dy), sum(dy * (x - mean))) over the processes.
+Each is one collective while its message fits the opening
+(cbn._collectives: ~250 channels by Allgather, ~120 by sums), two beyond;
+the backward beyond four processes always takes two.
 With virtual batches (ghost batch norm) each shard's runs of k rows are
 normalised on their own, with no exchange, and the one exchange carries
 what the running statistics need. Needs mpi4py (``pip install "cbn[mpi]"``);
 any object that follows the communicator protocol (cbn._collectives: mpi4py's
 Get_size/Get_rank/Allgather/Allreduce, with the ops it documents) works.
 
-Every operation opens with a message of one size whatever the options
-(cbn._collectives), so ranks that disagree on an option all raise the same
-ValueError instead of failing inside MPI; a rank whose input is rejected
+Every operation opens with a message of one size and type whatever the
+options (cbn._collectives), so ranks that disagree on an option, or run
+different operations, all raise the same ValueError instead of failing
+inside MPI; a rank whose input is rejected
 still joins the collective, flagging the error, so every rank raises
 instead of the others waiting forever.
 
@@ -31,7 +35,7 @@ import sys
 import numpy as np
 
 from . import _ops
-from ._collectives import Agreement, allreduce_opening
+from ._collectives import agreement, allreduce_opening
 from ._commit import Changes
 from ._docs import LAYER_PARAMETERS, OPTIONS_AS_BATCHNORM
 from ._exchange import Shard, exchange
@@ -101,8 +105,10 @@ of one value per channel raises ValueError on every rank."""
 _SYNC_PARAMETERS = """\
 num_features : int
     C, the number of channels.
-comm : mpi4py communicator, optional
-    The processes whose shards make up the batch; mpi4py's COMM_WORLD by default.
+comm : communicator, optional
+    The processes whose shards make up the batch: an mpi4py communicator or
+    any object that follows the communicator protocol (API reference,
+    "Synchronized statistics"); mpi4py's COMM_WORLD by default.
 """ + LAYER_PARAMETERS.split("\n", 2)[2] + "\n" + OPTIONS_AS_BATCHNORM
 
 
@@ -173,7 +179,7 @@ class SyncBatchNorm(BatchNormBase):
         ----------
         bn : BatchNorm1d, BatchNorm2d or BatchNorm3d
             The layer to copy (not a batch renormalization layer).
-        comm : mpi4py communicator, optional
+        comm : communicator, optional
             As for the constructor.
 
         Returns
@@ -196,7 +202,7 @@ class SyncBatchNorm(BatchNormBase):
 
     def _agreement(self, operation):
         """The options every rank's layer must share for operation (an Agreement)."""
-        return Agreement(operation, (
+        return agreement(operation, (
             ("num_features", self.num_features), ("virtual_batch_size", self.virtual_batch_size),
             ("dtype", self.dtype), ("param_dtype", self.param_dtype), ("layout", self.layout),
             ("affine", self.affine), ("track_running_stats", self.track_running_stats),
@@ -327,7 +333,7 @@ class SyncBatchNorm(BatchNormBase):
     # ------------------------------------------------------------ backward
 
     def backward(self, dy, out=None):
-        """Gradient of this shard's input, with one Allreduce of (sum(dy), sum(dy * (x - mean))).
+        """Gradient of this shard's input, with (sum(dy), sum(dy * (x - mean))) summed over ranks.
 
         grad_weight and grad_bias are this shard's share (all-reduce them).
 
@@ -382,8 +388,9 @@ def allreduce_gradients(layers_or_arrays, comm=None, average=True):
     layers_or_arrays : iterable
         The cbn layers (their grad_weight and grad_bias) and/or writable
         float numpy arrays.
-    comm : mpi4py communicator, optional
-        The processes; mpi4py's COMM_WORLD by default.
+    comm : communicator, optional
+        The processes (mpi4py's, or one that follows the communicator
+        protocol); mpi4py's COMM_WORLD by default.
     average : bool, default True
         Divide the sums (taken in float64) by the number of processes.
 
@@ -404,10 +411,10 @@ def allreduce_gradients(layers_or_arrays, comm=None, average=True):
     sent = layout.pack(comm.Get_rank(), error)
     if arrays:
         sent[layout.HEADER:] = np.concatenate([a.ravel() for a in arrays])
-    agreement = None if error else Agreement("allreduce_gradients", (
+    options = None if error else agreement("allreduce_gradients", (
         ("layers_or_arrays", f"{sum(sizes)} values in {len(sizes)} arrays {sizes}"),
         ("average", average)))
-    total = allreduce_opening(comm, layout, sent, agreement, error,
+    total = allreduce_opening(comm, layout, sent, options, error,
                               "layers_or_arrays")[layout.HEADER:]
     if average:
         total /= comm.Get_size()

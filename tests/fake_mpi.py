@@ -87,6 +87,9 @@ def run_ranks(size, fn, rotate=False):
         t.start()
     for t in threads:
         t.join(120)
+    hung = [rank for rank, t in enumerate(threads) if t.is_alive()]
+    if hung:   # (their results would read as None, as if they had returned it)
+        raise RuntimeError(f"fake MPI: ranks {hung} did not finish within 120 s: a hang")
     for exc in errors:
         if exc is not None:
             raise exc

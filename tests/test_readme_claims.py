@@ -170,6 +170,55 @@ def check_shallow_copy():
                for k in ("weight", "bias", "running_mean", "running_var"))
 
 
+@claim("The ops follow one rule, whatever the communicator's class: cbn passes `mpi4py.MPI.SUM` and `mpi4py.MPI.MAX` when `mpi4py.MPI` has been imported in the process, else `np.add` and `np.maximum`.")
+def check_communicator_ops():
+    import sys
+
+    from fake_mpi import FakeWorld
+
+    class Recording:   # not an mpi4py communicator: the ops must not depend on that
+        def __init__(self):
+            self.comm, self.ops = FakeWorld(1).comm(0), []
+
+        def __getattr__(self, name):
+            return getattr(self.comm, name)
+
+        def Get_size(self):   # beyond 4, where the opening is an Allreduce
+            return 5
+
+        def Allreduce(self, sendbuf, recvbuf, op):
+            self.ops.append(op)
+            recvbuf[...] = sendbuf
+
+    class FakeMPI:
+        SUM, MAX = object(), object()
+
+    saved = sys.modules.pop("mpi4py.MPI", None)
+    try:
+        for module, expected in ((None, np.add), (FakeMPI, FakeMPI.SUM)):
+            if module is not None:
+                sys.modules["mpi4py.MPI"] = module
+            comm = Recording()
+            cbn.allreduce_gradients([np.ones(3)], comm)
+            assert comm.ops == [expected] * 2   # the opening, then the float64 values
+    finally:
+        sys.modules.pop("mpi4py.MPI", None)
+        if saved is not None:
+            sys.modules["mpi4py.MPI"] = saved
+
+
+@claim("Every operation opens with a message of one size and type whatever the options, so ranks that disagree on `num_features`, `virtual_batch_size`, dtype, `param_dtype`, layout, `affine`, `track_running_stats`, `momentum`, `eps`, `bias_correction` or `activation` all raise the same `ValueError`, with nothing changed on any rank.")
+def check_disagreeing_ranks():
+    from fake_mpi import run_ranks
+    from sync_cases import disagreement_message, forward_with_disagreeing_option
+
+    for option, first, others in [("num_features", 3, 4), ("virtual_batch_size", None, 2),
+                                  ("eps", 1e-5, 1e-3)]:
+        messages, _ = run_ranks(3, lambda rank, comm: forward_with_disagreeing_option(
+            comm, option, first, others))   # each checks its layer did not change
+        assert messages == [disagreement_message(option, [first, others, others])] * 3
+
+
 @claim("like PyTorch, `functional.batch_norm` ignores it in eval mode")
 def check_momentum_eval():
     x = np.ones((2, 3), np.float32)
