@@ -53,10 +53,13 @@ def main(argv=None):
     elif args.command == "info":
         print(_info.report())
     elif args.command == "bench":
-        if args.threads is not None and args.threads < 1:
-            parser.error("--threads: expected a positive integer")
-        if args.repeats < 1:
-            parser.error("--repeats: expected a positive integer")
+        # every argument checked before anything runs: a bad one is a usage
+        # error now, not a traceback after minutes of timing
+        try:
+            _bench.check_run(args.threads, args.shapes, args.ops, args.layouts, args.dtypes,
+                             args.repeats, args.json)
+        except ValueError as exc:   # one line, argparse's exit status for usage errors
+            bench.exit(2, f"{bench.prog}: error: {exc}\n")
         _bench.run(threads=args.threads, shapes=args.shapes, ops=args.ops, layouts=args.layouts,
                    dtypes=args.dtypes, repeats=args.repeats, json_path=args.json,
                    with_torch=not args.no_torch)

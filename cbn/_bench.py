@@ -18,7 +18,9 @@ import numpy as np
 
 from . import _runtime
 from ._dtypes import check_dtype, is_bfloat16, is_two_byte
+from ._layout import channel_axis
 from ._threads import get_num_threads, set_num_threads
+from ._validation import check_batch_for_statistics
 from ._version import __version__
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
@@ -38,6 +40,11 @@ def parse_shape(text):
         shape = tuple(int(s) for s in text.lower().split("x"))
     except ValueError:
         shape = ()
+    return check_shape(shape, text)
+
+
+def check_shape(shape, text):
+    """shape if it is 2 to 5 positive integers; ValueError naming text otherwise."""
     if not 2 <= len(shape) <= 5 or min(shape) < 1:
         raise ValueError(f"expected 2 to 5 positive integers joined by 'x' (e.g. 32x64x56x56 "
                          f"or 256x1024), got {text!r}")
@@ -83,14 +90,31 @@ class Case:
         return x, dy
 
 
+def _layer(case):
+    """The cbn layer that runs case.op, in the mode the op runs it in."""
+    bn = _LAYERS[len(case.shape)](case.shape[1], dtype=case.dtype, layout=case.layout)
+    if case.op == "eval":
+        bn.eval()
+    return bn
+
+
+def check_case(case):
+    """ValueError, with the layer's own message, where cbn's layer would refuse
+    case's input: a batch of one value per channel for the ops that use batch
+    statistics (the shape and dtype are the bench's own). Checked on a
+    stand-in of the input's shape with no memory of its own (zero strides),
+    so that a case is refused before anything is allocated."""
+    if case.op != "eval":
+        x = np.broadcast_to(np.zeros((), case.dtype), case.array_shape)
+        check_batch_for_statistics(x, channel_axis(case.layout, x.ndim))
+
+
 def cbn_call(case, x, dy, out=True):
     """A callable running case.op with cbn (writing into preallocated outputs if out)."""
-    C = case.shape[1]
-    bn = _LAYERS[len(case.shape)](C, dtype=case.dtype, layout=case.layout)
+    bn = _layer(case)
     y = np.empty_like(x) if out else None
     dx = np.empty_like(x) if out else None
     if case.op == "eval":
-        bn.eval()
         return lambda: bn(x, out=y)
     if case.op == "train":
         return lambda: bn(x, out=y)
@@ -289,8 +313,12 @@ def measure(case, threads=None, repeats=11, with_numpy=True, with_torch=True, se
     return medians, samples
 
 
+def _cpus():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def machine():
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = _cpus()
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -307,6 +335,8 @@ def machine():
 
 def available_dtypes(dtypes):
     """dtypes without bfloat16 when ml_dtypes is not installed."""
+    if "bfloat16" not in dtypes:   # importing ml_dtypes takes a second or two: only when asked
+        return list(dtypes)
     try:
         check_dtype("bfloat16")
     except ImportError:
@@ -324,6 +354,93 @@ def cases(shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES):
                     yield Case(op, shape, layout, dtype)
 
 
+def _memory_bytes():
+    """The machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _repeated(values):
+    """The first value that occurs twice in values, or None."""
+    seen = []
+    for value in values:
+        if value in seen:
+            return value
+        seen.append(value)
+    return None
+
+
+def check_json_path(path):
+    """ValueError where path cannot be opened for writing, tried as run() will
+    (but appending, so that an existing file is left as it is)."""
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--json: expected a file that can be written, got {path!r} "
+                         f"({exc.strerror})") from None
+    if not existed:
+        os.remove(path)
+
+
+def check_run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES, repeats=11,
+              json_path=None):
+    """Refuse, before anything runs, the arguments that run() would fail on part
+    way through or that would run nothing: a ValueError naming the command-line
+    argument."""
+    if threads is not None:
+        cpus = _cpus()
+        # the floors run an OpenMP team of exactly this many threads, however
+        # small the input: past the CPUs it times the scheduler, not memory,
+        # and past the system's thread limit the team cannot start (a crash)
+        if not 1 <= threads <= cpus:
+            raise ValueError(f"--threads: expected a positive integer at most the {cpus} CPU(s) "
+                             f"available, got {threads}")
+    if repeats < 1:
+        raise ValueError(f"--repeats: expected a positive integer, got {repeats}")
+    if json_path is not None:
+        check_json_path(json_path)
+    for name, values, show in (("--shapes", shapes or (), shape_name), ("--ops", ops, str),
+                               ("--layouts", layouts, str), ("--dtypes", dtypes, str)):
+        if not values and name != "--shapes":   # no shapes: the suite
+            raise ValueError(f"{name}: expected at least one value, got none")
+        twice = _repeated(values)
+        if twice is not None:   # a repeated value would time its cases twice
+            raise ValueError(f"{name}: expected each value once, got {show(twice)} more than once")
+    for shape in shapes or ():   # parsed already on the command line; not from Python
+        try:
+            check_shape(shape, shape_name(shape))
+        except ValueError as exc:
+            raise ValueError(f"--shapes: {exc}") from None
+    runnable = available_dtypes(dtypes)
+    if not runnable:
+        raise ValueError(f"--dtypes: expected one this installation can run, got only "
+                         f"{' '.join(dtypes)} (bfloat16 needs ml_dtypes: "
+                         f"pip install 'cbn[bfloat16]')")
+    memory = _memory_bytes() or np.iinfo(np.intp).max
+    for shape in shapes or SHAPES:
+        planned = list(cases([shape], ops, layouts, runnable))
+        if shapes and not planned:   # the suite's (N, C) shape is skipped quietly under NHWC
+            raise ValueError(f"--layouts: expected NCHW among them for the 2-D shape "
+                             f"{shape_name(shape)} ((N, C) inputs have one layout), got "
+                             f"{' '.join(layouts)}")
+        for case in planned:
+            # at least x, dy, both outputs and the copy floor's buffer are held at once
+            need = 5 * math.prod(case.shape) * case.dtype.itemsize
+            if need > memory:
+                raise ValueError(f"--shapes: expected a shape whose arrays fit in memory "
+                                 f"({memory / 2**30:.1f} GiB), got {shape_name(shape)}: "
+                                 f"{case.name} needs at least {need / 2**30:.1f} GiB")
+            try:
+                check_case(case)
+            except ValueError as exc:
+                raise ValueError(f"--shapes: {shape_name(shape)} with --ops {case.op}: "
+                                 f"{str(exc).removeprefix('x: ')}") from None
+
+
 def half_over_float32(results, dtype_name):
     """cbn's time for dtype_name over its float32 time, per (op, shape, layout) run in both."""
     f32 = {(r["op"], tuple(r["shape"]), r["layout"]): r["median_s"]["cbn"] for r in results
@@ -339,6 +456,7 @@ def _fmt(seconds):
 def run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES, repeats=11,
         json_path=None, with_torch=True, out=print):
     """Print a table per case; return (and optionally save) all results."""
+    check_run(threads, shapes, ops, layouts, dtypes, repeats, json_path)
     threads = get_num_threads() if threads is None else threads
     info = machine()
     try:
@@ -390,7 +508,7 @@ def run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES, repe
                 f"{math.exp(np.mean(np.log(narrow))):.2f}, max {max(narrow):.2f} over "
                 f"{len(narrow)} cases")
     report = {"machine": info, "threads": threads, "repeats": repeats, "results": results}
-    if json_path:
+    if json_path is not None:
         with open(json_path, "w") as f:
             json.dump(report, f, indent=1)
         out(f"wrote {json_path}")

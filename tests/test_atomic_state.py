@@ -107,11 +107,15 @@ class InterruptAtLine:
 
 def interrupt_everywhere(make, call, observe):
     """For every line k of call(obj), run it on a fresh object interrupted at
-    line k; observe(obj) must then equal its value before or after a whole call."""
+    line k; observe(obj) must then equal its value before or after a whole call.
+    Returns the first k the call ran through uninterrupted: k - 1 points were
+    interrupted (1: none, and nothing was tested)."""
     reference = make()
     before = observe(reference)
     call(reference)
     after = observe(reference)
+    # else a half-done call would look like both, and pass
+    assert after != before, "expected a call that changes what observe sees, got none"
     k = 0
     while True:
         k += 1
@@ -137,7 +141,7 @@ def fingerprint(bn):
     'old'/'new', and whether the layer's lock was left held (never)."""
     arrays, saved = state(bn)
     values = tuple((k, None if v is None else v.tobytes()) for k, v in sorted(arrays.items()))
-    return values, saved is bn.__dict__.get("_fingerprint_saved"), bn._lock.locked()
+    return values, saved is bn.__dict__.get("_fingerprint_saved"), bn._state_lock.locked()
 
 
 def traced_case(kind, call, training):
@@ -157,7 +161,8 @@ def traced_case(kind, call, training):
 CALLS = {
     "forward-train": (True, lambda bn, rng: bn(input_for(bn, rng))),
     "forward-eval": (False, lambda bn, rng: bn(input_for(bn, rng))),
-    "backward": (True, lambda bn, rng: bn.backward(np.ones_like(input_for(bn, rng)))),
+    # a dy other than make_layer's ones: its gradients would be those already there
+    "backward": (True, lambda bn, rng: bn.backward(input_for(bn, rng))),
     "backward-eval": (False, lambda bn, rng: bn.backward(np.ones_like(input_for(bn, rng)))),
     "load_state_dict": (True, lambda bn, rng: bn.load_state_dict(
         {k: v + 1 for k, v in bn.state_dict().items()})),
@@ -187,9 +192,9 @@ def test_an_interrupt_at_any_line_of_precise_statistics_leaves_all_or_nothing():
 
     def observe(layers):
         return [(bn.running_mean.tobytes(), bn.running_var.tobytes(), int(bn.num_batches_tracked),
-                 bn._collector is None, bn._lock.locked()) for bn in layers]
+                 bn._collector is None, bn._state_lock.locked()) for bn in layers]
 
-    interrupt_everywhere(make, run, observe)
+    assert interrupt_everywhere(make, run, observe) > 1
 
 
 def test_an_interrupt_at_any_line_of_the_functional_update_leaves_all_or_nothing():
@@ -201,7 +206,8 @@ def test_an_interrupt_at_any_line_of_the_functional_update_leaves_all_or_nothing
     def run(stats):
         F.batch_norm(x, *stats, training=True, momentum=0.3)
 
-    interrupt_everywhere(make, run, lambda stats: (stats[0].tobytes(), stats[1].tobytes()))
+    assert interrupt_everywhere(make, run, lambda stats: (stats[0].tobytes(),
+                                                          stats[1].tobytes())) > 1
 
 
 # ---------------------------------------------------------------- warnings as errors
@@ -342,7 +348,7 @@ def test_eval_kernels_run_without_the_lock(monkeypatch):
     normalize = cbn._ops.normalize
 
     def watched(*args, **kwargs):
-        held_during_kernel.append(bn._lock.locked())
+        held_during_kernel.append(bn._state_lock.locked())
         return normalize(*args, **kwargs)
 
     monkeypatch.setattr(cbn._ops, "normalize", watched)
@@ -396,7 +402,7 @@ def test_layers_with_their_lock_survive_copy_and_pickle():
         bn = make_layer(kind)
         for clone in (copy.deepcopy(bn), pickle.loads(pickle.dumps(bn)) if kind != "SyncBatchNorm"
                       else copy.deepcopy(bn)):
-            assert clone._lock is not bn._lock
+            assert clone._state_lock is not bn._state_lock
             clone(input_for(clone, np.random.default_rng(0)))
 
 
@@ -488,7 +494,7 @@ def test_allreduce_gradients_updates_every_array_or_none():
     def run(items):
         cbn.allreduce_gradients(items, TwoIdenticalRanks(), average=False)
 
-    interrupt_everywhere(make, run, lambda items: [a.tobytes() for a in items])
+    assert interrupt_everywhere(make, run, lambda items: [a.tobytes() for a in items]) > 1
 
 
 @pytest.mark.parametrize("virtual_batch_size", [None, 2])

@@ -1,14 +1,33 @@
 """python -m cbn info / bench run and report what they measure."""
 import json
+import os
 import subprocess
 import sys
 
+import pytest
+
 import cbn
+from cbn._bench import OPS
 
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "cbn", *args], capture_output=True, text=True,
                           timeout=300)
+
+
+def refused(*args):
+    """The one error line of python -m cbn bench *args: a usage error (exit 2)
+    before anything ran (no table, nothing on stdout), not a traceback."""
+    result = run("bench", "--no-torch", "--repeats", "1", "--dtypes", "float32", *args)
+    assert result.returncode == 2, (args, result.stdout, result.stderr)
+    assert result.stdout == "" and "Traceback" not in result.stderr, (args, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr
+    return errors[0]
+
+
+def _cpus():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def test_info_reports_build_and_threads():
@@ -38,16 +57,79 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
 
 
 def test_bench_rejects_bad_arguments():
-    assert run("bench", "--threads", "0").returncode == 2
-    assert run("bench", "--ops", "sideways").returncode == 2
+    assert "--threads" in refused("--threads", "0")
+    # the floors start exactly this many threads: past the system's limit, a crash
+    assert "--threads" in refused("--threads", str(_cpus() + 1))
+    assert "--threads" in refused("--threads", "100000")
+    assert "--repeats" in refused("--shapes", "4x4", "--repeats", "0")
+    assert "--ops" in refused("--ops", "sideways")
 
 
 def test_a_bad_shape_is_a_usage_error_naming_it():
-    for shape in ("foo", "4x0x5x5", "4", "1x2x3x4x5x6", "4x-3"):
-        result = run("bench", "--shapes", shape)
-        assert result.returncode == 2, (shape, result.stderr)
-        assert "--shapes" in result.stderr and repr(shape) in result.stderr, result.stderr
-        assert "Traceback" not in result.stderr
+    for shape in ("foo", "4x0x5x5", "0x4", "4", "1x2x3x4x5x6", "4x-3"):
+        line = refused("--shapes", shape)
+        assert "--shapes" in line and repr(shape) in line, line
+
+
+def test_bench_refuses_one_value_per_channel_for_the_ops_with_batch_statistics():
+    training = [op for op in OPS if op != "eval"]
+    assert training   # every op but eval normalises with the batch's statistics
+    for op in training:
+        line = refused("--shapes", "8x4x5x5", "1x4x1x1", "--ops", "eval", op)
+        assert f"--shapes: 1x4x1x1 with --ops {op}" in line and "per channel" in line, line
+    for shape in ("1x4", "1x4x1", "1x4x1x1x1"):   # with every layer
+        line = refused("--shapes", shape, "--layouts", "NHWC", "NCHW")
+        assert f"--shapes: {shape} with --ops" in line and "per channel" in line, line
+    # eval normalises with the running statistics: one value per channel is fine
+    result = run("bench", "--shapes", "1x4", "--ops", "eval", "--repeats", "1", "--threads", "1",
+                 "--dtypes", "float32", "--no-torch")
+    assert result.returncode == 0 and "eval 1x4 float32" in result.stdout, result.stderr
+
+
+def test_bench_refuses_a_shape_no_layout_runs():
+    line = refused("--shapes", "2x4", "--layouts", "NHWC")
+    assert "--layouts" in line and "2x4" in line and "NHWC" in line, line
+
+
+def test_bench_refuses_a_shape_too_large_for_memory():
+    for shape in ("1000000x1000000", "99999999999x99999999999x9999999"):
+        line = refused("--shapes", shape)
+        assert "--shapes" in line and shape in line and "memory" in line, line
+
+
+def test_bench_refuses_repeated_values():
+    assert "--shapes" in refused("--shapes", "4x4", "4X4")
+    assert "--ops" in refused("--ops", "eval", "eval")
+    assert "--layouts" in refused("--layouts", "NHWC", "NCHW", "NHWC")
+    assert "--dtypes" in refused("--dtypes", "float32", "float32")
+
+
+def test_bench_refuses_a_json_file_it_cannot_write(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for path in (tmp_path / "missing" / "bench.json", tmp_path, a_file / "bench.json", ""):
+        line = refused("--shapes", "4x4", "--json", str(path))
+        assert "--json" in line and repr(str(path)) in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root writes into read-only directories")
+def test_bench_refuses_a_json_file_in_a_read_only_directory(tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        line = refused("--shapes", "4x4", "--json", str(tmp_path / "bench.json"))
+    finally:
+        tmp_path.chmod(0o700)
+    assert "--json" in line and "Permission denied" in line, line
+
+
+def test_a_refused_bench_leaves_the_json_file_as_it_was(tmp_path):
+    kept = tmp_path / "kept.json"
+    kept.write_text("earlier")
+    assert "--shapes" in refused("--shapes", "1x4", "--json", str(kept))
+    assert "--shapes" in refused("--shapes", "1x4", "--json", str(tmp_path / "new.json"))
+    assert kept.read_text() == "earlier" and not (tmp_path / "new.json").exists()
 
 
 def test_version():

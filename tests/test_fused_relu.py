@@ -4,7 +4,7 @@ import pytest
 
 import cbn
 import reference as ref
-from helpers import DTYPES, channel_axis, random_input
+from helpers import DTYPES, channel_axis, random_input, tol
 
 
 CASES = [("NCHW", (6, 4, 5, 7)), ("NHWC", (6, 5, 7, 4)), ("NCHW", (9, 5)), ("NCHW", (16, 40, 12, 12)),
@@ -58,14 +58,43 @@ def test_eval_forward_and_backward(layout, shape, rng):
 
 
 def test_nan_passes_forward_and_stops_gradient(rng):
+    """A NaN output of the ReLU passes no gradient (as torch.relu's backward):
+    batch norm's backward gets g = dy * (y > 0), 0 where y is NaN; checked
+    against the float64 reference given that g."""
     x = random_input(rng, (5, 2, 4), np.float32)
     x[1, 0, 2] = np.nan
+    dy = random_input(rng, x.shape, np.float32)
+    rtol, atol = tol(np.float32)
     bn = cbn.BatchNorm1d(2, activation="relu")
+    bn.weight[...] = [1.5, 0.75]
+    # training: the NaN makes channel 0's batch statistics, so all its outputs, NaN
     with pytest.warns(RuntimeWarning):
         y = bn(x)
-    assert np.all(np.isnan(y[:, 0]))
-    dx = bn.backward(np.ones_like(x))
-    assert np.all(np.isfinite(dx[:, 1]))
+    assert np.all(np.isnan(y[:, 0])) and not np.any(np.isnan(y[:, 1]))
+    dx = bn.backward(dy)
+    g = np.where(y > 0, dy, 0)
+    dx_ref, dw_ref, db_ref = ref.train_backward(g, x, 1, bn.weight)
+    # sum(g) of channel 0: 0, where a gradient let through would be sum(dy[:, 0])
+    assert bn.grad_bias[0] == 0
+    np.testing.assert_allclose(bn.grad_bias, db_ref, rtol=rtol, atol=atol)
+    # channel 0's dx is NaN, as the reference's (and PyTorch's): its statistics
+    # are, whatever g is. (Its grad_weight, sum(g * xhat), is 0 * NaN summed:
+    # NaN in both, but no part of the ReLU's contract; channel 1's is checked.)
+    np.testing.assert_allclose(dx, dx_ref, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(bn.grad_weight[1], dw_ref[1], rtol=rtol, atol=atol)
+    # eval: finite running statistics, so only the NaN's own output is NaN, and
+    # its dx is g * weight * invstd = 0
+    bn.eval()
+    y = bn(x)
+    assert np.isnan(y[1, 0, 2]) and np.count_nonzero(np.isnan(y)) == 1
+    dx = bn.backward(dy)
+    g = np.where(y > 0, dy, 0)
+    dx_ref, dw_ref, db_ref = ref.eval_backward(g, x, 1, bn.running_mean, bn.running_var,
+                                               bn.weight)
+    assert dx[1, 0, 2] == 0
+    np.testing.assert_allclose(dx, dx_ref, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(bn.grad_bias, db_ref, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(bn.grad_weight[1], dw_ref[1], rtol=rtol, atol=atol)
 
 
 def test_renorm_and_virtual_batches_combine_with_relu(rng):
