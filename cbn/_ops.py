@@ -16,18 +16,24 @@ from ._moments import Moments
 from ._threads import threads_for
 
 
-def _checked_range(overflowed, result, inputs, what):
-    """The kernels flag 2-byte outputs that are +-inf; warn when one of them
-    came from finite inputs (it was past the type's range). Only flagged
-    calls pay for the check."""
+def _checked_range(overflowed, result, what, sums=None):
+    """Warn when the kernels flagged a 2-byte output that is +-inf though the
+    values it was computed from elementwise were finite (they tell that
+    before an in-place output writes over its inputs): past the type's range.
+
+    sums: with batch statistics, backward's per-channel sums (2, C). An
+    infinite dy makes its channel's sums, so every dx of the channel, +-inf
+    or NaN, whatever that dx's own dy and x: only a +-inf in a channel whose
+    sums are finite (all its inputs finite) was past the range. Only flagged
+    calls pay for that check."""
     if not overflowed:
         return
-    beyond = np.isinf(result)
-    for a in inputs:
-        if not np.may_share_memory(a, result):   # (written over in place: not known)
-            beyond &= np.isfinite(a)
-    if beyond.any():
-        warn_beyond_range(result.dtype, what)
+    if sums is not None:
+        finite = np.isfinite(sums).all(axis=0)
+        others = (0,) + tuple(range(2, result.ndim))   # views: (N, C, S) or (M, C)
+        if not (np.isinf(result).any(axis=others) & finite).any():
+            return
+    warn_beyond_range(result.dtype, what)
 
 
 def train_forward(canon, weight, bias, eps, output, relu=False):
@@ -44,7 +50,7 @@ def train_forward(canon, weight, bias, eps, output, relu=False):
     coef = np.empty((3, C), param_dtype_for(view.dtype)) if relu else None
     overflowed = _forward.train_forward(view, output.view, weight, bias, eps, stats, coef,
                                         threads_for(view.size))
-    _checked_range(overflowed, output.view, (view,), "y")
+    _checked_range(overflowed, output.view, "y")
     return output.result(), stats, coef
 
 
@@ -58,7 +64,7 @@ def normalize(canon, mean, var, eps, weight, bias, output, relu=False, count=0.0
     coef = np.empty((3, view.shape[1]), param_dtype_for(view.dtype)) if relu else None
     overflowed = _forward.normalize(view, output.view, weight, bias, eps, mean, var, count, coef,
                                     threads_for(view.size))
-    _checked_range(overflowed, output.view, (view,), "y")
+    _checked_range(overflowed, output.view, "y")
     return output.result(), coef
 
 
@@ -79,11 +85,13 @@ def backward(canon, dy, stats, weight, batch_stats, output, param_grads=True, re
     """
     view = canon.view
     dyv = canon.like(dy)
-    grads = np.empty((2, view.shape[1]), param_dtype_for(view.dtype)) if param_grads else None
+    # (with batch statistics the range check of 2-byte dx needs the sums, in grads)
+    grads = (np.empty((2, view.shape[1]), param_dtype_for(view.dtype))
+             if param_grads or (batch_stats and view.dtype.itemsize == 2) else None)
     overflowed = _backward.backward(dyv, view, output.view, stats, weight, batch_stats, grads,
                                     relu, threads_for(view.size))
-    _checked_range(overflowed, output.view, (view, dyv), "dx")
-    return output.result(), grads
+    _checked_range(overflowed, output.view, "dx", grads if batch_stats else None)
+    return output.result(), grads if param_grads else None
 
 
 def grad_sums(canon, dy, mean, relu=None):
@@ -149,5 +157,5 @@ def grad_input(canon, dy, stats, weight, sums, count, output, relu=None):
     dyv = canon.like(dy)
     overflowed = _backward.grad_input(dyv, view, output.view, stats, weight, sums, float(count),
                                       relu, threads_for(view.size))
-    _checked_range(overflowed, output.view, (view, dyv), "dx")
+    _checked_range(overflowed, output.view, "dx", sums)
     return output.result()

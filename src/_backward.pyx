@@ -180,7 +180,7 @@ cdef bint run_with_scratch(Kernel kernel, Job* job) except -1:
     """run_typed(kernel) with its scratch: unless it only applies given sums, the
     sums (when not given) and partial sums per piece, channels-last row
     buffers; and 4*C coefficients. Returns whether an output is +-inf
-    (2-byte data: see run_and_free)."""
+    from finite inputs (2-byte data: see run_and_free)."""
     cdef bint reduces = kernel != GRAD_INPUT
     cdef bint own_sums = job.tables.sums == NULL
     cdef Py_ssize_t C = job.x.C
@@ -215,8 +215,10 @@ def backward(dy, x, dx, stats, weight, bint batch_stats, grads, relu_coef, int n
     stats = [mean, invstd], float64 (2, C). batch_stats: they are the batch's own
     (training); otherwise they are fixed (eval) and dx = g * weight * invstd.
     g and relu_coef as for grad_sums; weight and grads of the type computed in.
-    Returns whether some value of dx is +-inf (2-byte x only: past the
-    type's range, or from an infinite input).
+    Returns whether some value of dx is +-inf though the dy (and with batch
+    statistics the x) it was computed from is finite (2-byte x only: past
+    the type's range, or with batch statistics in a channel whose sums an
+    infinite dy made infinite or NaN; the caller tells which).
     """
     cdef Job job
     cdef cnp.ndarray xa = begin(&job, x, nthreads)

@@ -176,7 +176,7 @@ cdef Py_ssize_t row_values(const Job* job) noexcept:
 cdef bint run_with_scratch(Kernel kernel, Job* job) except -1:
     """run_typed(kernel) with its scratch; the coefficients go to the caller's
     relu_coef when given (begin_affine), else to scratch. Returns whether an
-    output is +-inf (2-byte data: see run_and_free)."""
+    output is +-inf from finite inputs (2-byte data: see run_and_free)."""
     cdef bint reduces = kernel != NORMALIZE
     cdef void* block = allocate(job, partial_doubles(job) if reduces else 0,
                                 3 if job.tables.coef == NULL else 0,
@@ -214,8 +214,8 @@ def normalize(x, y, weight, bias, double eps, mean, var, double count, relu_coef
     float32 or float64 (the same), e.g. the running statistics. x: float32,
     float64, float16 or bfloat16; y has its dtype, weight, bias and relu_coef
     that of the type computed in (float64 for float64 x, else float32).
-    Returns whether some value of y is +-inf (2-byte x only: past the
-    type's range, or from an infinite input).
+    Returns whether some value of y is +-inf though its x is finite (2-byte
+    x only: past the type's range).
 
     Ten parameters, one per argument (as PyTorch's batch_norm): bundling mean
     and var would cost every eval forward a copy into a table.

@@ -53,7 +53,8 @@ cdef struct Job:
     int kind                # x's data type (CBN_F32, CBN_F64, CBN_F16, CBN_BF16; dy and out's too)
     Py_ssize_t itemsize     # bytes per value of x
     bint f32                # computed in float32 (every kind but CBN_F64), else float64
-    int* overflow           # set to 1 when a 2-byte output stored is +-inf (see run_and_free)
+    int* overflow           # set to 1 when a 2-byte output stored is +-inf from finite
+                            # inputs (see run_and_free)
     bint channels_first     # x is (N, C, S) runs (else (M, C) rows)
     bint batch_stats        # backward: stats are x's own (training), not fixed (eval)
     double eps
@@ -170,8 +171,11 @@ cdef inline bint run_and_free(KernelF32 run_f32, KernelF64 run_f64, int kernel, 
                               void* block) except -1:
     """A module's one type dispatch: kernel computed in float or double,
     without the GIL; then the scratch block (from allocate) is freed.
-    Returns whether an output of 2-byte data is +-inf: past the type's
-    range, or from an infinite input (the caller tells which)."""
+    Returns whether an output of 2-byte data is +-inf though the values it
+    was computed from elementwise are finite (the loops tell that before an
+    in-place output writes over them): past the type's range, or, in
+    training-mode backward, in a channel whose sums an infinite dy made
+    infinite or NaN (the caller tells which)."""
     cdef int overflow = 0
     job.overflow = &overflow
     try:

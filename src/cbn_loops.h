@@ -120,8 +120,9 @@ typedef struct {
                                 runs of one channel; 1: runs of consecutive channels) */
     int flags;               /* CBN_STREAM, CBN_RELU, CBN_FIXED */
     int kind;                /* the data type: CBN_F32, CBN_F64, CBN_F16, CBN_BF16 */
-    int *overflow;           /* 2-byte outputs: set to 1 when a value stored is +-inf
-                                (past the type's range, or from infinite inputs); may be NULL */
+    int *overflow;           /* 2-byte outputs: set to 1 when a value stored is +-inf though
+                                the values it was computed from elementwise are finite
+                                (cbn_loops_impl.h); may be NULL */
 } cbn_block;
 
 /* ---------------------------------------------------------------- instances */

@@ -33,9 +33,10 @@
  * z > 0, the same arithmetic as the forward, so the same decision. NaN passes
  * through the forward (as torch.relu) and stops the gradient (as its backward).
  *
- * Outputs of 2-byte data that are +-inf once stored (past the type's range,
- * or from infinite inputs) are counted per loop (FN(out_*) keep the tally)
- * and reported through the block's overflow flag.
+ * Outputs of 2-byte data that are +-inf once stored though the values they
+ * were computed from elementwise are finite (past the type's range) are
+ * counted per loop (FN(out_*) keep the tally) and reported through the
+ * block's overflow flag.
  */
 #if CBN_IMPL_KIND == CBN_F32
 #define ELEM float
@@ -274,11 +275,24 @@ TARGET_ATTRS static inline void FN(stream8)(DATA *p, VEC v)
 /* ---------------------------------------------------------------- outputs, and their range */
 
 /* Every output value goes through FN(out_vec), FN(out_stream) or FN(out1),
- * which store it and, for 2-byte data, tally the lanes whose value is +-inf
- * once stored: |v| >= OVERFLOW_LIMIT (infinite ones included: bfloat16's
- * range is float32's, so its overflows happen in the float32 arithmetic).
- * FN(report) sets the block's flag when any was; the caller tells values
- * past the range from infinite inputs. */
+ * which store it and, for 2-byte data, tally the values that are +-inf once
+ * stored: |v| >= OVERFLOW_LIMIT (infinite ones included: bfloat16's range is
+ * float32's, so its overflows happen in the float32 arithmetic), unless
+ * excused: a value the output was computed from elementwise (x; dy, and x
+ * with batch statistics) is +-inf, so its +-inf is that input's, not past
+ * the range. That is told here, before an in-place output writes over its
+ * inputs; FN(report) sets the block's flag when any value counted. (An
+ * infinite dy also makes a training-mode channel's sums, so all its dx,
+ * +-inf or NaN: the caller excuses those channels.)
+ *
+ * An input x's excuse, FN(excuse)(x) = x * 0, is +-0 where x is finite and
+ * NaN where it is +-inf; the tally takes v + excuse, which is v or NaN, and
+ * NaN is never >= the limit (a multiply-add, where an infinity mask costs
+ * three operations). The vector loops keep the largest |v + excuse| per lane
+ * (FN(keep_peak): one max, which passes NaN over) and compare it with the
+ * limit once, in FN(report). So the tally and its excuse cost a float16
+ * eval forward (one thread) no measurable time, where ORing in per vector a
+ * mask of |v| >= limit and one of infinite inputs took it 35% longer. */
 #if HALF
 TARGET_ATTRS static inline IVEC FN(beyond)(VEC v)
 {
@@ -288,33 +302,66 @@ TARGET_ATTRS static inline int FN(beyond1)(ELEM v)
 {
     return __builtin_fabsf(v) >= OVERFLOW_LIMIT;   /* (v < 0 ? -v : v) became a branch */
 }
+TARGET_ATTRS static inline VEC FN(excuse)(VEC x) { return x * FN(splat)(0); }
+TARGET_ATTRS static inline ELEM FN(excuse1)(ELEM x) { return x * 0; }
+
+/* *peak = max(*peak, |v|) per lane, NaN v passed over (maxps returns its
+ * second operand when either is NaN) */
+TARGET_ATTRS static inline void FN(keep_peak)(VEC *peak, VEC v)
+{
+    const VEC a = (VEC)((UVEC)v & 0x7fffffffu);
+#if CBN_X86 && VEC_BYTES == 32
+    *peak = (VEC)_mm256_max_ps((__m256)a, (__m256)*peak);
+#elif CBN_X86
+    *peak = (VEC)_mm_max_ps((__m128)a, (__m128)*peak);
 #else
+    *peak = (VEC)FN(select)(a > *peak, (UVEC)a, (UVEC)*peak);
+#endif
+}
+#else  /* (no tally: these compile to nothing) */
 TARGET_ATTRS static inline IVEC FN(beyond)(VEC v) { (void)v; return (IVEC){0}; }
 TARGET_ATTRS static inline int FN(beyond1)(ELEM v) { (void)v; return 0; }
+TARGET_ATTRS static inline VEC FN(excuse)(VEC x) { (void)x; return FN(splat)(0); }
+TARGET_ATTRS static inline ELEM FN(excuse1)(ELEM x) { (void)x; return 0; }
+TARGET_ATTRS static inline void FN(keep_peak)(VEC *peak, VEC v) { (void)peak; (void)v; }
 #endif
 
-TARGET_ATTRS static inline void FN(out_vec)(DATA *p, VEC v, IVEC *over)
+/* dx's excuse: with batch statistics dy's or x's, (x + dy * 0) * 0 (not
+ * (x + dy) * 0: a sum of finite values can overflow); fixed (eval) dy's
+ * alone: dx = g * k_dy, which x can only gate to 0 (nor is x read then,
+ * without a ReLU) */
+TARGET_ATTRS static inline VEC FN(dx_excuse)(VEC dy, VEC x, int fixed)
 {
-    *over |= FN(beyond)(v);
+    return fixed ? FN(excuse)(dy) : FN(excuse)(x + FN(excuse)(dy));
+}
+TARGET_ATTRS static inline ELEM FN(dx_excuse1)(ELEM dy, ELEM x, int fixed)
+{
+    return fixed ? FN(excuse1)(dy) : FN(excuse1)(x + FN(excuse1)(dy));
+}
+
+TARGET_ATTRS static inline void FN(out_vec)(DATA *p, VEC v, VEC excuse, VEC *peak)
+{
+    FN(keep_peak)(peak, v + excuse);
     FN(store)(p, v);
 }
 
-TARGET_ATTRS static inline void FN(out_stream)(DATA *p, VEC v, IVEC *over)
+TARGET_ATTRS static inline void FN(out_stream)(DATA *p, VEC v, VEC excuse, VEC *peak)
 {
-    *over |= FN(beyond)(v);
+    FN(keep_peak)(peak, v + excuse);
     STREAM_STORE(p, v);
 }
 
 /* (a scalar tally of its own: setting a lane of the vector one would move it
  * through memory for every value) */
-TARGET_ATTRS static inline void FN(out1)(DATA *p, ELEM v, int *over1)
+TARGET_ATTRS static inline void FN(out1)(DATA *p, ELEM v, ELEM excuse, int *over1)
 {
-    *over1 |= FN(beyond1)(v);
+    *over1 |= FN(beyond1)(v + excuse);
     FN(put)(p, v);
 }
 
-TARGET_ATTRS static inline void FN(report)(const cbn_block *b, IVEC over, int over1)
+TARGET_ATTRS static inline void FN(report)(const cbn_block *b, VEC peak, int over1)
 {
+    const IVEC over = FN(beyond)(peak);
     ELEM_INT any = over1;
     for (ptrdiff_t j = 0; j < LANES; j++) any |= over[j];
     if (HALF && any && b->overflow != NULL) CBN_SET_FLAG(b->overflow);
@@ -587,6 +634,23 @@ TARGET_ATTRS static inline ELEM FN(grad_input1)(ELEM dy, ELEM x, const ELEM *k, 
     return fixed ? g * k[ts] : g * k[ts] + (x - k[0]) * k[2 * ts] + k[3 * ts];
 }
 
+/* o = affine1(*q), grad_input1(*g, *q) at one value, with its excuse */
+TARGET_ATTRS static inline void FN(affine_out1)(DATA *o, const DATA *q, ELEM shift, ELEM scale,
+                                                ELEM offset, int relu, int *over1)
+{
+    const ELEM x = FN(get)(q);
+    FN(out1)(o, FN(affine1)(x, shift, scale, offset, relu), FN(excuse1)(x), over1);
+}
+
+TARGET_ATTRS static inline void FN(grad_input_out1)(DATA *o, const DATA *g, const DATA *q,
+                                                    const ELEM *k, const ELEM *relu,
+                                                    ptrdiff_t ts, int fixed, int *over1)
+{
+    const ELEM dy = FN(get)(g), x = FN(get)(q);
+    FN(out1)(o, FN(grad_input1)(dy, x, k, relu, ts, fixed),
+             FN(dx_excuse1)(dy, x, fixed), over1);
+}
+
 /* A channel's n coefficients (read ts apart), as scalars and as splat
  * vectors: loaded once per channel, not reloaded after every store */
 typedef struct {
@@ -620,7 +684,7 @@ TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coe
     const int relu = b.flags & CBN_RELU, stream = b.flags & CBN_STREAM;
     const int far_x = FN(far_runs)(b.x_stride, n, b.count);
     const int far_out = !stream && FN(far_runs)(b.out_stride, n, b.count);
-    IVEC over = {0};
+    VEC peak = FN(splat)(0);
     int over1 = 0;
     FN(coefs) k;
     for (ptrdiff_t r = 0; r < b.count; r++) {
@@ -633,21 +697,24 @@ TARGET_ATTRS static void FN(runs_affine)(const cbn_block *block, const ELEM *coe
         if (far_out) FN(prefetch_next)(o, r, b.count, b.out_stride, n, 1);
         FN(stream_span)(o, n, stream, &head, &end);
         for (; i < head; i++)
-            FN(out1)(o + i, FN(affine1)(FN(get)(q + i), k.s[0], k.s[1], k.s[2], relu), &over1);
-        for (; i < end; i += LANES)
-            FN(out_stream)(o + i, FN(affine)(FN(load)(q + i), k.v[0], k.v[1], k.v[2], relu),
-                           &over);
+            FN(affine_out1)(o + i, q + i, k.s[0], k.s[1], k.s[2], relu, &over1);
+        for (; i < end; i += LANES) {
+            const VEC x = FN(load)(q + i);
+            FN(out_stream)(o + i, FN(affine)(x, k.v[0], k.v[1], k.v[2], relu), FN(excuse)(x),
+                           &peak);
+        }
         for (; i + 2 * LANES <= n; i += 2 * LANES) {
-            FN(out_vec)(o + i, FN(affine)(FN(load)(q + i), k.v[0], k.v[1], k.v[2], relu), &over);
-            FN(out_vec)(o + i + LANES,
-                        FN(affine)(FN(load)(q + i + LANES), k.v[0], k.v[1], k.v[2], relu),
-                        &over);
+            const VEC x0 = FN(load)(q + i), x1 = FN(load)(q + i + LANES);
+            FN(out_vec)(o + i, FN(affine)(x0, k.v[0], k.v[1], k.v[2], relu), FN(excuse)(x0),
+                        &peak);
+            FN(out_vec)(o + i + LANES, FN(affine)(x1, k.v[0], k.v[1], k.v[2], relu),
+                        FN(excuse)(x1), &peak);
         }
         for (; i < n; i++)
-            FN(out1)(o + i, FN(affine1)(FN(get)(q + i), k.s[0], k.s[1], k.s[2], relu), &over1);
+            FN(affine_out1)(o + i, q + i, k.s[0], k.s[1], k.s[2], relu, &over1);
     }
     if (stream) CBN_SFENCE();
-    FN(report)(&b, over, over1);
+    FN(report)(&b, peak, over1);
 }
 
 /* Scalar math: grad_input1 for every value of the block's runs, run r with
@@ -663,7 +730,7 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
     const int far_dy = FN(far_runs)(b.dy_stride, n, b.count);
     const int far_x = FN(far_runs)(b.x_stride, n, b.count);
     const int far_out = !stream && FN(far_runs)(b.out_stride, n, b.count);
-    IVEC over = {0};
+    VEC peak = FN(splat)(0);
     int over1 = 0;
     FN(coefs) k, z;   /* {shift, k_dy, k_x, k_0} and the ReLU's {shift, scale, offset} */
     for (ptrdiff_t r = 0; r < b.count; r++) {
@@ -682,20 +749,22 @@ TARGET_ATTRS static void FN(runs_grad_input)(const cbn_block *block, const ELEM 
         if (far_out) FN(prefetch_next)(o, r, b.count, b.out_stride, n, 1);
         FN(stream_span)(o, n, stream, &head, &end);
         for (; i < head; i++)
-            FN(out1)(o + i, FN(grad_input1)(FN(get)(g + i), FN(get)(q + i), k.s, zs, 1, fixed),
-                     &over1);
-        for (; i < end; i += LANES)
-            FN(out_stream)(o + i, FN(grad_input)(FN(load)(g + i), FN(load)(q + i), &k, zv, fixed),
-                           &over);
-        for (; i + LANES <= n; i += LANES)
-            FN(out_vec)(o + i, FN(grad_input)(FN(load)(g + i), FN(load)(q + i), &k, zv, fixed),
-                        &over);
+            FN(grad_input_out1)(o + i, g + i, q + i, k.s, zs, 1, fixed, &over1);
+        for (; i < end; i += LANES) {
+            const VEC dy = FN(load)(g + i), x = FN(load)(q + i);
+            FN(out_stream)(o + i, FN(grad_input)(dy, x, &k, zv, fixed),
+                           FN(dx_excuse)(dy, x, fixed), &peak);
+        }
+        for (; i + LANES <= n; i += LANES) {
+            const VEC dy = FN(load)(g + i), x = FN(load)(q + i);
+            FN(out_vec)(o + i, FN(grad_input)(dy, x, &k, zv, fixed),
+                        FN(dx_excuse)(dy, x, fixed), &peak);
+        }
         for (; i < n; i++)
-            FN(out1)(o + i, FN(grad_input1)(FN(get)(g + i), FN(get)(q + i), k.s, zs, 1, fixed),
-                     &over1);
+            FN(grad_input_out1)(o + i, g + i, q + i, k.s, zs, 1, fixed, &over1);
     }
     if (stream) CBN_SFENCE();
-    FN(report)(&b, over, over1);
+    FN(report)(&b, peak, over1);
 }
 
 /* ---------------------------------------------------------------- rows (channels-last) */
@@ -708,7 +777,7 @@ TARGET_ATTRS static void FN(rows_affine)(const cbn_block *block, const ELEM *res
     const ptrdiff_t C = b.length, ts = b.table_stride;
     const int relu = b.flags & CBN_RELU, stream = b.flags & CBN_STREAM;
     const ELEM *restrict shift = k, *restrict scale = k + ts, *restrict offset = k + 2 * ts;
-    IVEC over = {0};
+    VEC peak = FN(splat)(0);
     int over1 = 0;
     for (ptrdiff_t r = 0; r < b.count; r++) {
         const DATA *restrict q = (const DATA *)b.x + r * b.x_stride;
@@ -718,24 +787,55 @@ TARGET_ATTRS static void FN(rows_affine)(const cbn_block *block, const ELEM *res
             ptrdiff_t head, end;
             FN(stream_span)(o, C, stream, &head, &end);
             for (; c < head; c++)
-                FN(out1)(o + c, FN(affine1)(FN(get)(q + c), shift[c], scale[c], offset[c], relu),
-                         &over1);
-            for (; c < end; c += LANES)
-                FN(out_stream)(o + c, FN(affine)(FN(load)(q + c), FN(loadc)(shift + c),
-                                                 FN(loadc)(scale + c), FN(loadc)(offset + c),
-                                                 relu),
-                               &over);
+                FN(affine_out1)(o + c, q + c, shift[c], scale[c], offset[c], relu, &over1);
+            for (; c < end; c += LANES) {
+                const VEC x = FN(load)(q + c);
+                FN(out_stream)(o + c, FN(affine)(x, FN(loadc)(shift + c), FN(loadc)(scale + c),
+                                                 FN(loadc)(offset + c), relu),
+                               FN(excuse)(x), &peak);
+            }
         }
-        for (; c + LANES <= C; c += LANES)
-            FN(out_vec)(o + c, FN(affine)(FN(load)(q + c), FN(loadc)(shift + c),
-                                          FN(loadc)(scale + c), FN(loadc)(offset + c), relu),
-                        &over);
+        for (; c + LANES <= C; c += LANES) {
+            const VEC x = FN(load)(q + c);
+            FN(out_vec)(o + c, FN(affine)(x, FN(loadc)(shift + c), FN(loadc)(scale + c),
+                                          FN(loadc)(offset + c), relu),
+                        FN(excuse)(x), &peak);
+        }
         for (; c < C; c++)
-            FN(out1)(o + c, FN(affine1)(FN(get)(q + c), shift[c], scale[c], offset[c], relu),
-                     &over1);
+            FN(affine_out1)(o + c, q + c, shift[c], scale[c], offset[c], relu, &over1);
     }
     if (stream) CBN_SFENCE();
-    FN(report)(&b, over, over1);
+    FN(report)(&b, peak, over1);
+}
+
+/* dx of a row's vectors, from c while c + LANES <= C (those before end
+ * streamed); returns where they stop. Inlined with relu_on and fixed
+ * constants: a loop per case (one loop testing both per vector took 15-25%
+ * longer in an eval backward, and the compiler no longer made the cases
+ * itself once the tally's excuse was added) */
+TARGET_ATTRS static inline __attribute__((always_inline)) ptrdiff_t FN(row_grad_input)(
+    DATA *restrict o, const DATA *restrict g, const DATA *restrict q, ptrdiff_t c, ptrdiff_t C,
+    ptrdiff_t end, const ELEM *k, const ELEM *relu, ptrdiff_t ts, int relu_on, int fixed,
+    VEC *peak)
+{
+    const ELEM *restrict shift = k, *restrict k_dy = k + ts, *restrict k_x = k + 2 * ts;
+    const ELEM *restrict k_0 = k + 3 * ts;
+    const ELEM *rs = relu, *ra = relu_on ? relu + ts : NULL, *rb = relu_on ? relu + 2 * ts : NULL;
+    for (; c + LANES <= C; c += LANES) {
+        const VEC qv = FN(load)(q + c), dy = FN(load)(g + c);
+        VEC gv = dy;
+        if (relu_on)
+            gv = FN(gate)(gv, (qv - FN(loadc)(rs + c)) * FN(loadc)(ra + c) + FN(loadc)(rb + c));
+        VEC v = fixed ? gv * FN(loadc)(k_dy + c)
+                      : gv * FN(loadc)(k_dy + c)
+                            + (qv - FN(loadc)(shift + c)) * FN(loadc)(k_x + c)
+                            + FN(loadc)(k_0 + c);
+        if (c < end)
+            FN(out_stream)(o + c, v, FN(dx_excuse)(dy, qv, fixed), peak);
+        else
+            FN(out_vec)(o + c, v, FN(dx_excuse)(dy, qv, fixed), peak);
+    }
+    return c;
 }
 
 /* Scalar math: grad_input1 for every value of the block's rows, channel c's
@@ -745,10 +845,7 @@ TARGET_ATTRS static void FN(rows_grad_input)(const cbn_block *block, const ELEM 
     const cbn_block b = *block;  /* a copy: stores through ELEM pointers cannot alias it */
     const ptrdiff_t C = b.length, ts = b.table_stride;
     const int stream = b.flags & CBN_STREAM, fixed = b.flags & CBN_FIXED;
-    const ELEM *restrict shift = k, *restrict k_dy = k + ts, *restrict k_x = k + 2 * ts;
-    const ELEM *restrict k_0 = k + 3 * ts;
-    const ELEM *rs = relu, *ra = relu ? relu + ts : NULL, *rb = relu ? relu + 2 * ts : NULL;
-    IVEC over = {0};
+    VEC peak = FN(splat)(0);
     int over1 = 0;
     for (ptrdiff_t r = 0; r < b.count; r++) {
         const DATA *restrict g = (const DATA *)b.dy + r * b.dy_stride;
@@ -757,30 +854,20 @@ TARGET_ATTRS static void FN(rows_grad_input)(const cbn_block *block, const ELEM 
         ptrdiff_t c = 0, head, end;
         FN(stream_span)(o, C, stream, &head, &end);
         for (; c < head; c++)
-            FN(out1)(o + c, FN(grad_input1)(FN(get)(g + c), FN(get)(q + c), k + c,
-                                            relu ? relu + c : NULL, ts, fixed),
-                     &over1);
-        for (; c + LANES <= C; c += LANES) {
-            VEC qv = FN(load)(q + c), gv = FN(load)(g + c);
-            if (relu)
-                gv = FN(gate)(gv, (qv - FN(loadc)(rs + c)) * FN(loadc)(ra + c)
-                                      + FN(loadc)(rb + c));
-            VEC v = fixed ? gv * FN(loadc)(k_dy + c)
-                          : gv * FN(loadc)(k_dy + c)
-                                + (qv - FN(loadc)(shift + c)) * FN(loadc)(k_x + c)
-                                + FN(loadc)(k_0 + c);
-            if (c < end)
-                FN(out_stream)(o + c, v, &over);
-            else
-                FN(out_vec)(o + c, v, &over);
-        }
+            FN(grad_input_out1)(o + c, g + c, q + c, k + c, relu ? relu + c : NULL, ts, fixed,
+                                &over1);
+        if (relu)
+            c = fixed ? FN(row_grad_input)(o, g, q, c, C, end, k, relu, ts, 1, 1, &peak)
+                      : FN(row_grad_input)(o, g, q, c, C, end, k, relu, ts, 1, 0, &peak);
+        else
+            c = fixed ? FN(row_grad_input)(o, g, q, c, C, end, k, relu, ts, 0, 1, &peak)
+                      : FN(row_grad_input)(o, g, q, c, C, end, k, relu, ts, 0, 0, &peak);
         for (; c < C; c++)
-            FN(out1)(o + c, FN(grad_input1)(FN(get)(g + c), FN(get)(q + c), k + c,
-                                            relu ? relu + c : NULL, ts, fixed),
-                     &over1);
+            FN(grad_input_out1)(o + c, g + c, q + c, k + c, relu ? relu + c : NULL, ts, fixed,
+                                &over1);
     }
     if (stream) CBN_SFENCE();
-    FN(report)(&b, over, over1);
+    FN(report)(&b, peak, over1);
 }
 
 /* Row reductions into per-channel accumulators of type ELEM, vectors of

@@ -10,7 +10,8 @@
  * Included once per data type with CBN_IMPL_KIND set (see cbn_loops_impl.h:
  * DATA is the data's storage type, ELEM the type computed in; 2-byte data
  * are converted one value at a time by cbn_half.h, and outputs past their
- * range reported through the block's overflow flag).
+ * range, +-inf from finite inputs, reported through the block's overflow
+ * flag).
  */
 #if CBN_IMPL_KIND == CBN_F32
 #define ELEM float
@@ -41,15 +42,36 @@
 #endif
 #define HALF (CBN_IMPL_KIND == CBN_F16 || CBN_IMPL_KIND == CBN_BF16)
 
-/* *p = v; *over set when v is +-inf once stored (2-byte data) */
-static inline void FN(out1)(DATA *p, ELEM v, int *over)
+/* *p = v; *over set when v is +-inf once stored (2-byte data) unless
+ * excused: a value v was computed from elementwise (x; dy, and x with batch
+ * statistics) is +-inf, told before an in-place output writes over it */
+static inline void FN(out1)(DATA *p, ELEM v, int excused, int *over)
 {
 #if HALF
-    *over |= fabsf(v) >= OVERFLOW_LIMIT;
+    *over |= (fabsf(v) >= OVERFLOW_LIMIT) & !excused;
 #else
+    (void)excused;
     (void)over;
 #endif
     PUT(p, v);
+}
+
+/* v is +-inf (2-byte data; else 0, the tally's excuse unused) */
+static inline int FN(infinite1)(ELEM v)
+{
+#if HALF
+    return isinf(v) != 0;
+#else
+    (void)v;
+    return 0;
+#endif
+}
+
+/* dx's excuse: dy +-inf, or with batch statistics x (fixed, eval: dx =
+ * g * k_dy, which x can only gate to 0) */
+static inline int FN(dx_excused)(ELEM dy, ELEM x, int fixed)
+{
+    return FN(infinite1)(dy) || (!fixed && FN(infinite1)(x));
 }
 
 static inline void FN(report)(const cbn_block *b, int over)
@@ -156,8 +178,11 @@ static void FN(runs_affine)(const cbn_block *b, const ELEM *coef)
         const ELEM *k = coef + r * b->table_step;
         const DATA *q = (const DATA *)b->x + r * b->x_stride;
         DATA *o = (DATA *)b->out + r * b->out_stride;
-        for (ptrdiff_t i = 0; i < b->length; i++)
-            FN(out1)(o + i, FN(affine1)(GET(q + i), k[0], k[ts], k[2 * ts], relu), &over);
+        for (ptrdiff_t i = 0; i < b->length; i++) {
+            const ELEM x = GET(q + i);
+            FN(out1)(o + i, FN(affine1)(x, k[0], k[ts], k[2 * ts], relu), FN(infinite1)(x),
+                     &over);
+        }
     }
     FN(report)(b, over);
 }
@@ -175,8 +200,11 @@ static void FN(runs_grad_input)(const cbn_block *b, const ELEM *coef, const ELEM
         const DATA *g = (const DATA *)b->dy + r * b->dy_stride;
         const DATA *q = (const DATA *)b->x + r * b->x_stride;
         DATA *o = (DATA *)b->out + r * b->out_stride;
-        for (ptrdiff_t i = 0; i < b->length; i++)
-            FN(out1)(o + i, FN(grad_input1)(GET(g + i), GET(q + i), k, relu, ts, fixed), &over);
+        for (ptrdiff_t i = 0; i < b->length; i++) {
+            const ELEM dy = GET(g + i), x = GET(q + i);
+            FN(out1)(o + i, FN(grad_input1)(dy, x, k, relu, ts, fixed),
+                     FN(dx_excused)(dy, x, fixed), &over);
+        }
     }
     FN(report)(b, over);
 }
@@ -190,8 +218,11 @@ static void FN(rows_affine)(const cbn_block *b, const ELEM *k)
     for (ptrdiff_t r = 0; r < b->count; r++) {
         const DATA *q = (const DATA *)b->x + r * b->x_stride;
         DATA *o = (DATA *)b->out + r * b->out_stride;
-        for (ptrdiff_t c = 0; c < b->length; c++)
-            FN(out1)(o + c, FN(affine1)(GET(q + c), k[c], k[ts + c], k[2 * ts + c], relu), &over);
+        for (ptrdiff_t c = 0; c < b->length; c++) {
+            const ELEM x = GET(q + c);
+            FN(out1)(o + c, FN(affine1)(x, k[c], k[ts + c], k[2 * ts + c], relu),
+                     FN(infinite1)(x), &over);
+        }
     }
     FN(report)(b, over);
 }
@@ -207,9 +238,11 @@ static void FN(rows_grad_input)(const cbn_block *b, const ELEM *k, const ELEM *r
         const DATA *g = (const DATA *)b->dy + r * b->dy_stride;
         const DATA *q = (const DATA *)b->x + r * b->x_stride;
         DATA *o = (DATA *)b->out + r * b->out_stride;
-        for (ptrdiff_t c = 0; c < b->length; c++)
-            FN(out1)(o + c, FN(grad_input1)(GET(g + c), GET(q + c), k + c, relu ? relu + c : NULL,
-                                            ts, fixed), &over);
+        for (ptrdiff_t c = 0; c < b->length; c++) {
+            const ELEM dy = GET(g + c), x = GET(q + c);
+            FN(out1)(o + c, FN(grad_input1)(dy, x, k + c, relu ? relu + c : NULL, ts, fixed),
+                     FN(dx_excused)(dy, x, fixed), &over);
+        }
     }
     FN(report)(b, over);
 }
