@@ -219,6 +219,22 @@ def check_disagreeing_ranks():
         assert messages == [disagreement_message(option, [first, others, others])] * 3
 
 
+@claim("infinite inputs give infinite outputs without it, also in place (`bn(x, out=x)`, `bn.backward(dy, out=dy)`): the kernels tell the two apart before they write over the input.")
+def check_infinite_inputs_in_place():
+    x = np.array([[np.inf, 1], [2, 2], [-np.inf, 3]], np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bn = cbn.BatchNorm1d(2, dtype=np.float16).eval()
+        kept = x.copy()
+        assert np.isposinf(bn(x, out=x)[0, 0]) and np.isneginf(x[2, 0])
+        bn(kept)   # a forward that keeps its input, for the backward
+        dy = np.array([[np.inf, 1], [2, 2], [3, 3]], np.float16)
+        assert np.isposinf(bn.backward(dy, out=dy)[0, 0])
+    with pytest.warns(RuntimeWarning, match="beyond float16's range"):
+        bn.weight = np.full(2, 4.0, np.float32)
+        bn(np.full((2, 2), 6e4, np.float16))
+
+
 @claim("like PyTorch, `functional.batch_norm` ignores it in eval mode")
 def check_momentum_eval():
     x = np.ones((2, 3), np.float32)
