@@ -41,13 +41,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 # up to this many processes the openings, and SyncBatchNorm's forward
-# exchange, are Allgathers: they move no more bytes than an Allreduce, and
-# took 40-70% of its time (examples/sync_bn_cost.py, README)
+# exchange, are Allgathers: before the opening they moved no more bytes than
+# the Allreduce and took 40-70% of its time (examples/sync_bn_cost.py, README)
 GATHER_MAX_PROCESSES = 4
 # values (8 bytes each) in every operation's first message: a forward's
-# payload up to ~250 channels by Allgather, ~120 by sums (2 KB more than
-# the smallest messages, less than one more collective's latency costs on
-# any network: README, "The exchange")
+# payload up to 250 channels by Allgather, 122 by sums (up to 4 KB more
+# than the smallest messages: less than one more collective's latency
+# costs on a network, README "The communicator protocol")
 OPENING_VALUES = 512
 # the disagreement round: each rank's options as text, this many of
 # SLOT_BYTES each (longer texts are cut there; the fingerprint is not)
@@ -83,7 +83,7 @@ def _text(value):
 @functools.lru_cache(maxsize=256)
 def agreement(operation, options):
     """The Agreement for operation and options (a tuple of (name, value)
-    pairs), made once per distinct set: hashing them costs ~20 us."""
+    pairs), made once per distinct set (making one costs ~5 us)."""
     return Agreement(operation, options)
 
 
@@ -105,9 +105,10 @@ class Agreement:
     def __init__(self, operation, options):
         self.items = (("operation", operation),) + tuple((n, _text(v)) for n, v in options)
         text = "\n".join(f"{n}={v}" for n, v in self.items).encode()
-        parts = np.frombuffer(hashlib.blake2b(text, digest_size=8).digest(), np.uint16)
-        h = parts.astype(np.int64) + 1   # in [1, 2**16]: P * h**2 summed stays exact
-        self.fields = np.concatenate([[1], np.stack([h, h * h], axis=1).ravel()])
+        digest = hashlib.blake2b(text, digest_size=8).digest()
+        # in [1, 2**16]: P * h**2 summed stays exact
+        h = [int.from_bytes(digest[i:i + 2], "little") + 1 for i in range(0, 8, 2)]
+        self.fields = np.array([1] + [v for part in h for v in (part, part * part)], np.int64)
 
     def row(self):
         """This rank's options as text, for the disagreement round."""
@@ -178,6 +179,7 @@ def gathering(comm):
 
 
 def _open(comm, layout, row, agreement, error, argument):
+    assert row.dtype.itemsize == 8   # float64 or int64: one int64 value each
     """The opening collective for row: (opened, n) where opened holds the
     first n values of every rank's row as (P, n) rows when gathering, else
     their sum as one row; raises on every rank as _check_opened.

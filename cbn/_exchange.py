@@ -193,11 +193,10 @@ def gather_layout(C, virtual):
 def by_gather(comm, shard, frame, error, agreement, C, virtual):
     """exchange by an Allgather of every process's count, mean and M2
     (and virtual batches, W), merged in rank order on every process (so
-    with the same bits). Each process receives P rows of 2C + 11 values
-    where by_sums's message has 4C + 20 (and MPI moves up to twice a
-    message): fewer bytes up to 3 processes, as many at 4; and no
-    fixed-point work. One collective while a row fits the opening, two
-    beyond. frame is returned unchanged."""
+    with the same bits). Each process receives P rows of 2C + 12 values
+    where by_sums's message has 4C + 21 (and MPI moves up to twice a
+    message), and no fixed-point work. One collective while a row fits
+    the opening (C <= 250), two beyond. frame is returned unchanged."""
     layout = gather_layout(C, virtual)
     values = {}
     if error is None:

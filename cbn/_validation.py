@@ -54,7 +54,7 @@ def check_momentum(momentum, allow_none=True):
         return None
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise TypeError(f"momentum: expected {expected}, got {describe(momentum)}")
-    momentum = float(momentum)
+    momentum = float(momentum) + 0.0   # -0.0 is 0.0 (one text on every rank: cbn._collectives)
     if not (0.0 <= momentum <= 1.0):  # also rejects nan
         raise ValueError(f"momentum: expected {expected}, got {momentum}")
     return momentum

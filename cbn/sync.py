@@ -30,12 +30,13 @@ loading process's COMM_WORLD): another communicator is a handle into this
 process's MPI, so an unpickled layer raises until ``layer.comm`` is set.
 """
 import copy
+import hashlib
 import sys
 
 import numpy as np
 
 from . import _ops
-from ._collectives import agreement, allreduce_opening
+from ._collectives import Agreement, agreement, allreduce_opening
 from ._commit import Changes
 from ._docs import LAYER_PARAMETERS, OPTIONS_AS_BATCHNORM
 from ._exchange import Shard, exchange
@@ -209,6 +210,18 @@ class SyncBatchNorm(BatchNormBase):
             ("momentum", self.momentum), ("eps", self.eps),
             ("bias_correction", self.bias_correction), ("activation", self.activation)))
 
+    def _backward_agreement(self, piece):
+        """What every rank's backward must share: the forward it
+        differentiates, told by that forward's statistics (the same bits on
+        every rank), and so its channels. Not the options the forward read
+        (momentum, eps): one rank may have changed them since, and the
+        backward does not read them."""
+        forward = hashlib.blake2b(piece.stats[:2].tobytes(), digest_size=6)
+        forward.update(repr(piece.global_count).encode())
+        return Agreement("backward", (
+            ("num_features", self.num_features),
+            ("last_forward", f"the one with statistics {forward.hexdigest()}")))
+
     def _exchange(self, error, shard):
         """The whole batch's statistics (see _exchange.exchange), with the frame
         of this layer's previous exchange."""
@@ -260,7 +273,7 @@ class SyncBatchNorm(BatchNormBase):
             output = canon.output(out, orders=(x,))   # a bad out is refused before the collective
             if x.size:
                 local = _ops.moments(canon)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, Warning) as exc:   # (a warning filter set to "error")
             error = exc
         exchanged = self._exchange(error, None if error else Shard(local, None, 0))
         total = exchanged.total
@@ -307,7 +320,7 @@ class SyncBatchNorm(BatchNormBase):
             y, pieces = self._normalize_virtual_batches(x, canon, k, output,
                                                         self.activation == "relu",
                                                         self._parameters(copy_all=False))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, Warning) as exc:   # (a warning filter set to "error")
             error = exc
         moments = [p.moments() for p in pieces]
         shard = None if error else Shard(merge_all(moments) or Moments.empty(C),
@@ -359,11 +372,11 @@ class SyncBatchNorm(BatchNormBase):
             output = self._checked_backward(saved, dy, out)
             if dy.size:
                 local = _ops.grad_sums(saved.canon, dy, piece.stats[0], piece.relu_coef)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, Warning) as exc:
             error = exc
         sent = layout.pack(self.comm.Get_rank(), error, sums=local.ravel())
-        total = allreduce_opening(self.comm, layout, sent, self._agreement("backward"), error,
-                                  "dy")
+        total = allreduce_opening(self.comm, layout, sent, self._backward_agreement(piece),
+                                  error, "dy")
         dx = _ops.grad_input(saved.canon, dy, piece.stats[:2], piece.weight,
                              layout.read(total, "sums").reshape(2, C), piece.global_count, output,
                              piece.relu_coef)
@@ -378,10 +391,12 @@ class SyncBatchNorm(BatchNormBase):
 def allreduce_gradients(layers_or_arrays, comm=None, average=True):
     """Sum (or average) gradients over every process, in place.
 
-    One opening Allreduce (cbn._collectives) and, for more than about 500
-    values in all, a second for the rest; every rank must call it, and
-    ranks whose arrays differ in number or size, or whose average differs,
-    all raise the same ValueError.
+    A collective: every rank must call it. Up to 4 processes one opening
+    Allgather (cbn._collectives) while there are at most 501 values in all,
+    else a second collective for the rest; beyond 4 processes always two
+    (the opening, then an Allreduce of the values). Ranks whose arrays
+    differ in number or size, or whose average differs, all raise the same
+    ValueError; a rank whose argument is rejected makes every rank raise.
 
     Parameters
     ----------

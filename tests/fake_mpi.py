@@ -6,7 +6,8 @@ passes (mpi4py's MPI.SUM/MPI.MAX once mpi4py.MPI is imported, else np.add /
 np.maximum), with MPI's semantics: every rank must call each collective, in
 the same order. A collective whose buffers differ in size between ranks
 fails on every rank, as it would in MPI (there: an abort, a hang or
-wrong values); so does one whose buffers differ in dtype. MPI may combine the ranks' buffers in any
+wrong values); so do buffers of different dtypes, ranks in different
+collectives, and Allreduces with different ops. MPI may combine the ranks' buffers in any
 order, and a different one on each rank: with ``rotate=True`` rank r adds
 them starting from its own, so that float sums differ in their last bits
 between ranks, as they may under MPI.
@@ -26,14 +27,18 @@ class FakeWorld:
     def comm(self, rank):
         return FakeComm(self, rank)
 
-    def _exchange(self, rank, value):
-        self._slots[rank] = np.array(value, copy=True)
+    def _exchange(self, rank, value, kind):
+        """Every rank's value; kind names the collective (and its op): ranks
+        in different collectives fail, as do messages whose type signatures
+        (size, dtype) differ."""
+        self._slots[rank] = (kind, np.array(value, copy=True))
         self._barrier.wait()
-        values = list(self._slots)
+        slots = list(self._slots)
         self._barrier.wait()
-        if len({(v.size, v.dtype) for v in values}) > 1:   # MPI's type signatures
-            raise RuntimeError(f"fake MPI: a collective with messages of different sizes or "
-                               f"types ({[(v.size, v.dtype.name) for v in values]})")
+        signatures = [(k, v.size, v.dtype.name) for k, v in slots]
+        if len(set(signatures)) > 1:
+            raise RuntimeError(f"fake MPI: ranks in collectives that do not match: {signatures}")
+        values = [v for _, v in slots]
         return values[rank:] + values[:rank] if self.rotate else values
 
 
@@ -48,13 +53,15 @@ class FakeComm:
         return self.rank
 
     def Allgather(self, sendbuf, recvbuf):
-        rows = self.world._exchange(self.rank, sendbuf)
+        rows = self.world._exchange(self.rank, sendbuf, "Allgather")
         if self.world.rotate:   # back in rank order, as Allgather delivers them
             rows = rows[-self.rank:] + rows[:-self.rank] if self.rank else rows
         recvbuf[...] = np.stack(rows).reshape(recvbuf.shape)
 
     def Allreduce(self, sendbuf, recvbuf, op=np.add):
-        recvbuf[...] = functools.reduce(_combine(op), self.world._exchange(self.rank, sendbuf))
+        kind = ("Allreduce", getattr(op, "__name__", repr(op)))   # np.add's name, MPI.SUM's repr
+        values = self.world._exchange(self.rank, sendbuf, kind)
+        recvbuf[...] = functools.reduce(_combine(op), values)
 
 
 def _combine(op):

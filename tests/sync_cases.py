@@ -1,5 +1,7 @@
 """Checks of SyncBatchNorm against single-process BatchNorm on the concatenated
 batch, run on every rank of a communicator (an in-process fake or MPI)."""
+import copy
+
 import numpy as np
 
 import cbn
@@ -60,6 +62,7 @@ def check_against_single_process(comm, layout, dtype, momentum, steps=2, virtual
 # others); the issue's reproducer first (None against 2)
 DISAGREEMENTS = [
     ("virtual_batch_size", None, 2), ("virtual_batch_size", 2, 4), ("num_features", 3, 4),
+    ("num_features", 100, 300),   # rows longer than the opening, of other sizes
     ("dtype", np.float32, np.float64), ("dtype", np.float16, np.float32),
     ("layout", "NCHW", "NHWC"), ("affine", True, False), ("track_running_stats", True, False),
     ("momentum", 0.1, None), ("momentum", 0.1, 0.2), ("eps", 1e-5, 1e-3),
@@ -115,21 +118,34 @@ def forward_with_disagreeing_option(comm, option, first, others):
     return None
 
 
-def backward_with_disagreeing_eps(comm):
-    """A forward on which every rank agrees, then rank 0 changes eps: every
+def backward_of_different_forwards(comm):
+    """Two forwards on every rank; rank 0 then differentiates the first (a
+    copy taken between them keeps it) and the others the second: every
     rank's backward raises (the message), gradients untouched."""
     rank = comm.Get_rank()
     bn, x = _layer_and_input(comm, {}, np.random.default_rng(rank))
     bn(x)
-    if rank == 0:
-        bn.eps = 1e-3
-    before = _whole_state(bn)
+    stale = copy.copy(bn)
+    bn(x * 2 + 1)
+    layer = stale if rank == 0 else bn
+    before = _whole_state(layer)
     try:
-        bn.backward(np.ones_like(x))
+        layer.backward(np.ones_like(x))
     except ValueError as exc:
-        _assert_same_state(before, _whole_state(bn))
+        _assert_same_state(before, _whole_state(layer))
         return str(exc)
     return None
+
+
+def backward_after_the_options_changed(comm):
+    """Rank 0 changes eps and momentum between a forward and its backward,
+    which reads neither: the backward runs (dx), the same as the others'."""
+    rank = comm.Get_rank()
+    bn, x = _layer_and_input(comm, {}, np.random.default_rng(rank))
+    bn(x)
+    if rank == 0:
+        bn.eps, bn.momentum = 1e-3, 0.5
+    return bn.backward(np.ones_like(x))
 
 
 def operations_that_differ(comm):
@@ -144,11 +160,12 @@ def operations_that_differ(comm):
     return None
 
 
-def gradients_that_differ(comm):
-    """allreduce_gradients with 3 values on rank 0, none on rank 1, 4 elsewhere:
-    the message, after checking that no array changed."""
+def gradients_that_differ(comm, sizes=(3, 0, 4)):
+    """allreduce_gradients with sizes[0] values on rank 0, sizes[1] on rank 1,
+    sizes[2] elsewhere: the message, after checking that no array changed."""
     rank = comm.Get_rank()
-    arrays = [np.arange(3.0)] if rank == 0 else [] if rank == 1 else [np.arange(4.0)]
+    n = sizes[min(rank, 2)]
+    arrays = [np.arange(float(n))] if n else []
     copies = [a.copy() for a in arrays]
     try:
         cbn.allreduce_gradients(arrays, comm)
@@ -157,3 +174,43 @@ def gradients_that_differ(comm):
             np.testing.assert_array_equal(a, c)
         return str(exc)
     return None
+
+
+def gradients_rejected_on_one_rank(comm):
+    """A read-only array on rank 1: (the exception's type, message) on every
+    rank, after checking that no rank's arrays changed."""
+    rank = comm.Get_rank()
+    arrays = [np.arange(4.0), np.arange(3.0)]
+    if rank == 1:
+        arrays[1].flags.writeable = False
+    copies = [a.copy() for a in arrays]
+    try:
+        cbn.allreduce_gradients(arrays, comm)
+    except ValueError as exc:
+        for a, c in zip(arrays, copies):
+            np.testing.assert_array_equal(a, c)
+        return type(exc).__name__, str(exc)
+    return None
+
+
+def check_backward_and_gradient_cases(every_rank, size):
+    """The disagreements of backward and allreduce_gradients, and what must
+    not be one; every_rank(fn) runs fn(comm) on every rank and returns the
+    results in rank order."""
+    messages = every_rank(backward_of_different_forwards)
+    assert len(set(messages)) == 1 and messages[0].startswith(
+        "last_forward: ranks disagree: the one with statistics "), messages
+    dx = every_rank(backward_after_the_options_changed)
+    assert all(d.shape == dx[0].shape for d in dx)
+    assert every_rank(operations_that_differ) == [
+        disagreement_message("operation", ["forward"] + ["backward"] * (size - 1))] * size
+    for sizes in ((3, 0, 4), (400, 600, 600)):   # the second: beyond the opening
+        values = [f"{n} values in {1 if n else 0} arrays {[n] if n else []}"
+                  for n in sizes[:2] + sizes[2:] * (size - 2)]
+        assert every_rank(lambda comm: gradients_that_differ(comm, sizes)) == [
+            disagreement_message("layers_or_arrays", values)] * size
+    rejected = every_rank(gradients_rejected_on_one_rank)
+    assert rejected[1][1].startswith("layers_or_arrays: expected writable arrays")
+    assert all(r == ("ValueError", "layers_or_arrays: expected valid inputs on every rank, got "
+                     "one rejected on rank 1; nothing was computed")
+               for rank, r in enumerate(rejected) if rank != 1)

@@ -1,6 +1,7 @@
 """SyncBatchNorm without MPI: the merge, and the layer over an in-process
 communicator (tests/mpi runs the same checks under mpiexec)."""
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -11,12 +12,10 @@ from fake_mpi import FakeWorld, run_ranks
 from helpers import DTYPES, random_input
 from sync_cases import (
     DISAGREEMENTS,
-    backward_with_disagreeing_eps,
     check_against_single_process,
+    check_backward_and_gradient_cases,
     disagreement_message,
     forward_with_disagreeing_option,
-    gradients_that_differ,
-    operations_that_differ,
 )
 
 
@@ -260,14 +259,7 @@ def test_the_issue_s_message(exchange_path):
 
 @pytest.mark.parametrize("size", [2, 3, 5])
 def test_backward_operation_and_gradients_disagreements_raise_on_every_rank(size, exchange_path):
-    assert _every_rank(size, backward_with_disagreeing_eps) == [
-        disagreement_message("eps", [0.001] + [1e-05] * (size - 1))] * size
-    assert _every_rank(size, operations_that_differ) == [
-        disagreement_message("operation", ["forward"] + ["backward"] * (size - 1))] * size
-    values = ["3 values in 1 arrays [3]", "0 values in 0 arrays []"]
-    values += ["4 values in 1 arrays [4]"] * (size - 2)
-    assert _every_rank(size, gradients_that_differ) == [
-        disagreement_message("layers_or_arrays", values)] * size
+    check_backward_and_gradient_cases(lambda fn: _every_rank(size, fn), size)
 
 
 class Forwarding:
@@ -300,3 +292,28 @@ def test_the_ops_follow_mpi4py_being_imported_not_the_communicator_s_class(monke
     assert _collectives.reduction_ops() == (np.add, np.maximum)
     monkeypatch.setitem(sys.modules, "mpi4py.MPI", FakeMPI)
     assert _collectives.reduction_ops() == (FakeMPI.SUM, FakeMPI.MAX)
+
+
+@pytest.mark.parametrize("size", [2, 5])
+def test_a_warning_turned_error_before_the_exchange_makes_every_rank_raise(size, exchange_path):
+    """Virtual batches are normalised before the exchange: a float16 output
+    past the range on rank 0, under a filter set to "error", must not leave
+    the other ranks waiting."""
+    def rank_fn(rank, comm):
+        bn = cbn.SyncBatchNorm(2, comm, dtype=np.float16, virtual_batch_size=2)
+        x = np.random.default_rng(rank).standard_normal((4, 2)).astype(np.float16)
+        if rank == 0:   # virtual batches of 2 rows: xhat = +-1, and y = 1e4 past 65504
+            bn.weight = np.full(2, 1e4, np.float32)
+            bn.bias = np.full(2, 6e4, np.float32)
+        try:
+            bn(x)
+        except (RuntimeWarning, ValueError) as exc:
+            return type(exc).__name__, str(exc)
+        return None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results, _ = run_ranks(size, rank_fn)
+    assert results[0][0] == "RuntimeWarning" and "beyond float16's range" in results[0][1]
+    assert all(r == ("ValueError", "x: expected valid inputs on every rank, got one rejected "
+                     "on rank 0; nothing was computed") for r in results[1:])

@@ -13,12 +13,10 @@ import cbn  # noqa: E402
 from helpers import DTYPES  # noqa: E402
 from sync_cases import (  # noqa: E402
     DISAGREEMENTS,
-    backward_with_disagreeing_eps,
     check_against_single_process,
+    check_backward_and_gradient_cases,
     disagreement_message,
     forward_with_disagreeing_option,
-    gradients_that_differ,
-    operations_that_differ,
 )
 
 COMM = MPI.COMM_WORLD
@@ -103,12 +101,5 @@ def test_ranks_that_disagree_on_an_option_all_raise_the_same_error(option, first
 
 @needs_two
 def test_backward_operation_and_gradients_disagreements_raise_on_every_rank(exchange_path):
-    size = COMM.Get_size()
-    assert COMM.allgather(backward_with_disagreeing_eps(COMM)) == [
-        disagreement_message("eps", [0.001] + [1e-05] * (size - 1))] * size
-    assert COMM.allgather(operations_that_differ(COMM)) == [
-        disagreement_message("operation", ["forward"] + ["backward"] * (size - 1))] * size
-    values = ["3 values in 1 arrays [3]", "0 values in 0 arrays []"]
-    values += ["4 values in 1 arrays [4]"] * (size - 2)
-    assert COMM.allgather(gradients_that_differ(COMM)) == [
-        disagreement_message("layers_or_arrays", values)] * size
+    check_backward_and_gradient_cases(lambda fn: COMM.allgather(fn(Forwarding())),
+                                      COMM.Get_size())
