@@ -160,29 +160,9 @@ def operations_that_differ(comm):
     return None
 
 
-def gradients_that_differ(comm, sizes=(3, 0, 4)):
-    """allreduce_gradients with sizes[0] values on rank 0, sizes[1] on rank 1,
-    sizes[2] elsewhere: the message, after checking that no array changed."""
-    rank = comm.Get_rank()
-    n = sizes[min(rank, 2)]
-    arrays = [np.arange(float(n))] if n else []
-    copies = [a.copy() for a in arrays]
-    try:
-        cbn.allreduce_gradients(arrays, comm)
-    except ValueError as exc:
-        for a, c in zip(arrays, copies):
-            np.testing.assert_array_equal(a, c)
-        return str(exc)
-    return None
-
-
-def gradients_rejected_on_one_rank(comm):
-    """A read-only array on rank 1: (the exception's type, message) on every
-    rank, after checking that no rank's arrays changed."""
-    rank = comm.Get_rank()
-    arrays = [np.arange(4.0), np.arange(3.0)]
-    if rank == 1:
-        arrays[1].flags.writeable = False
+def _allreduce_gradients_refused(comm, arrays):
+    """(the exception's type, message) where allreduce_gradients(arrays)
+    raised, after checking that no array changed; None where it did not."""
     copies = [a.copy() for a in arrays]
     try:
         cbn.allreduce_gradients(arrays, comm)
@@ -191,6 +171,22 @@ def gradients_rejected_on_one_rank(comm):
             np.testing.assert_array_equal(a, c)
         return type(exc).__name__, str(exc)
     return None
+
+
+def gradients_that_differ(comm, sizes=(3, 0, 4)):
+    """allreduce_gradients with sizes[0] values on rank 0, sizes[1] on rank 1,
+    sizes[2] elsewhere: the message."""
+    n = sizes[min(comm.Get_rank(), 2)]
+    refused = _allreduce_gradients_refused(comm, [np.arange(float(n))] if n else [])
+    return refused and refused[1]
+
+
+def gradients_rejected_on_one_rank(comm):
+    """A read-only array on rank 1: (the exception's type, message)."""
+    arrays = [np.arange(4.0), np.arange(3.0)]
+    if comm.Get_rank() == 1:
+        arrays[1].flags.writeable = False
+    return _allreduce_gradients_refused(comm, arrays)
 
 
 def check_backward_and_gradient_cases(every_rank, size):
