@@ -261,19 +261,21 @@ class BatchNormBase:
 
     def reset_running_stats(self):
         """Set running_mean to 0, running_var to 1, num_batches_tracked to 0 (when tracked)."""
-        changes = Changes()
-        self._stage_reset_running_stats(changes)
+        # (staged under the lock: a setter, maybe a shallow copy's, could
+        # otherwise bind new arrays between staging and the copies into them)
         with self._shared.lock:
+            changes = Changes()
+            self._stage_reset_running_stats(changes)
             changes.apply()
 
     def reset_parameters(self):
         """Reset the running statistics, and set weight to 1 and bias to 0 (when affine)."""
-        changes = Changes()
-        self._stage_reset_running_stats(changes)
-        if self.affine:
-            changes.copy(self._shared.weight, 1)
-            changes.copy(self._shared.bias, 0)
-        with self._shared.lock:
+        with self._shared.lock:   # (staged under it, as in reset_running_stats)
+            changes = Changes()
+            self._stage_reset_running_stats(changes)
+            if self.affine:
+                changes.copy(self._shared.weight, 1)
+                changes.copy(self._shared.bias, 0)
             changes.apply()
 
     def _stage_reset_running_stats(self, changes):
@@ -667,8 +669,8 @@ class BatchNormBase:
         IncompatibleKeys
             ``missing_keys`` and ``unexpected_keys`` (lists), as PyTorch's.
         """
-        changes, keys = load_layer_state(self, self._shared, state_dict, strict)
-        with self._shared.lock:
+        with self._shared.lock:   # (staged under it, as in reset_running_stats)
+            changes, keys = load_layer_state(self, self._shared, state_dict, strict)
             changes.apply()
         return keys
 
