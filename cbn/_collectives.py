@@ -27,11 +27,16 @@ disagree on (num_features, virtual_batch_size). So every operation (a
 training forward, its backward, allreduce_gradients) starts with a message
 of OPENING_VALUES values, whatever the options: the header — whether this
 rank's input was rejected, and a fingerprint of its options — then the
-start of the payload. A longer payload follows in a second collective, sent
-only once every rank knows that the options, and so the payload's size,
-agree. Ranks whose fingerprints differ instead exchange their options as
-text, in a collective of a fixed size, and every rank raises the same
-ValueError naming the first option that differs and its value on each rank.
+start of the payload. It is one kind and one dtype whatever the operation,
+so that ranks in different operations still meet in a well-formed
+collective: an int64 Allgather of the rows' bytes up to
+GATHER_MAX_PROCESSES processes, an int64 SUM Allreduce beyond (which
+carries a float64 row's header only). What the opening did not carry
+follows in a second collective, sent only once every rank knows that the
+options, and so the payload's size, agree. Ranks whose fingerprints differ
+instead exchange their options as text, in a collective of a fixed size,
+and every rank raises the same ValueError naming the first option that
+differs and its value on each rank.
 """
 import functools
 import hashlib
@@ -179,16 +184,12 @@ def gathering(comm):
 
 
 def _open(comm, layout, row, agreement, error, argument):
-    assert row.dtype.itemsize == 8   # float64 or int64: one int64 value each
     """The opening collective for row: (opened, n) where opened holds the
     first n values of every rank's row as (P, n) rows when gathering, else
-    their sum as one row; raises on every rank as _check_opened.
-
-    One kind and one dtype whatever the operation, so that ranks in
-    different operations still meet in a well-formed collective: an
-    Allgather of int64 (the row's bytes, whatever its dtype) when
-    gathering, else an int64 SUM Allreduce, which carries a float row's
-    header only (its values are integers) and an int64 row's payload too."""
+    their sum as one row; raises on every rank as _check_opened. An int64
+    Allgather of the row's bytes, or an int64 SUM Allreduce that carries a
+    float row's header only (its values are integers)."""
+    assert row.dtype.itemsize == 8   # float64 or int64: one int64 value each
     if agreement is not None:
         row[layout.slices["agreement"]] = agreement.fields
     first = np.zeros(OPENING_VALUES, np.int64)
