@@ -21,9 +21,9 @@ Get_size/Get_rank/Allgather/Allreduce, with the ops it documents) works.
 Every operation opens with a message of one size and type whatever the
 options (cbn._collectives), so ranks that disagree on an option, or run
 different operations, all raise the same ValueError instead of failing
-inside MPI; a rank whose input is rejected
-still joins the collective, flagging the error, so every rank raises
-instead of the others waiting forever.
+inside MPI; a rank whose input is rejected still joins the collective,
+flagging the error, so every rank raises instead of the others waiting
+forever.
 
 Copies share the communicator. A pickle keeps only the default one (the
 loading process's COMM_WORLD): another communicator is a handle into this
