@@ -19,7 +19,7 @@ import numpy as np
 from . import _runtime
 from ._dtypes import check_dtype, is_bfloat16, is_two_byte
 from ._layout import channel_axis
-from ._threads import get_num_threads, set_num_threads
+from ._threads import available_cpus, get_num_threads, set_num_threads
 from ._validation import check_batch_for_statistics
 from ._version import __version__
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -90,14 +90,6 @@ class Case:
         return x, dy
 
 
-def _layer(case):
-    """The cbn layer that runs case.op, in the mode the op runs it in."""
-    bn = _LAYERS[len(case.shape)](case.shape[1], dtype=case.dtype, layout=case.layout)
-    if case.op == "eval":
-        bn.eval()
-    return bn
-
-
 def check_case(case):
     """ValueError, with the layer's own message, where cbn's layer would refuse
     case's input: a batch of one value per channel for the ops that use batch
@@ -111,10 +103,12 @@ def check_case(case):
 
 def cbn_call(case, x, dy, out=True):
     """A callable running case.op with cbn (writing into preallocated outputs if out)."""
-    bn = _layer(case)
+    C = case.shape[1]
+    bn = _LAYERS[len(case.shape)](C, dtype=case.dtype, layout=case.layout)
     y = np.empty_like(x) if out else None
     dx = np.empty_like(x) if out else None
     if case.op == "eval":
+        bn.eval()
         return lambda: bn(x, out=y)
     if case.op == "train":
         return lambda: bn(x, out=y)
@@ -313,12 +307,8 @@ def measure(case, threads=None, repeats=11, with_numpy=True, with_torch=True, se
     return medians, samples
 
 
-def _cpus():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def machine():
-    cpus = _cpus()
+    cpus = available_cpus()
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -392,7 +382,7 @@ def check_run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES
     way through or that would run nothing: a ValueError naming the command-line
     argument."""
     if threads is not None:
-        cpus = _cpus()
+        cpus = available_cpus()
         # the floors run an OpenMP team of exactly this many threads, however
         # small the input: past the CPUs it times the scheduler, not memory,
         # and past the system's thread limit the team cannot start (a crash)

@@ -124,13 +124,19 @@ class Agreement:
         return row.view(np.int64).ravel()
 
 
+def same_everywhere(count, sums):
+    """Whether count ranks each sent the same h, from the pairs (sum(h),
+    sum(h**2)) of sums (summed over the ranks): iff count * sum(h**2) ==
+    sum(h)**2 for each (Cauchy-Schwarz), exact in Python's integers."""
+    s = [int(v) for v in sums]
+    return all(count * s[i + 1] == s[i] * s[i] for i in range(0, len(s), 2))
+
+
 def agreed(summed):
     """Whether the ranks that sent their options' fields (summed over the
-    ranks: n of them, and sum(h), sum(h**2) per part) sent the same: each h
-    is the same iff n * sum(h**2) == sum(h)**2 (Cauchy-Schwarz), exact in
-    Python's integers."""
-    n, *s = summed.astype(np.int64).tolist()
-    return all(n * s[i + 1] == s[i] * s[i] for i in range(0, len(s), 2))
+    ranks: n of them, then the pairs of their hash's parts) sent the same."""
+    n, *pairs = summed.astype(np.int64).tolist()
+    return same_everywhere(n, pairs)
 
 
 def disagreement(comm, agreement):

@@ -45,7 +45,13 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _sums
-from ._collectives import allgather_opening, allreduce_opening, gathering, reduction_ops
+from ._collectives import (
+    allgather_opening,
+    allreduce_opening,
+    gathering,
+    reduction_ops,
+    same_everywhere,
+)
 from ._messages import MessageLayout
 from ._moments import Moments, merge_all
 
@@ -280,11 +286,9 @@ class _Rounds:
             total = self._allreduce(row, self.ops.sum)
         count = float(layout.read(total, "count"))
         batches, outside = int(layout.read(total, "batches")), bool(layout.read(total, "outside"))
-        fp = [int(v) for v in layout.read(total, "fingerprint")]
-        # every process sent the same h (h > 0: it had a frame) iff
-        # P * sum(h**2) == sum(h)**2 (Cauchy-Schwarz), exact in Python's integers
-        if not (frame is not None and all(fp[i] > 0 and self.size * fp[i + 1] == fp[i] * fp[i]
-                                          for i in (0, 2, 4))):
+        fp = layout.read(total, "fingerprint")
+        # every process had a frame (h > 0) and the same one
+        if not (frame is not None and (fp[0::2] > 0).all() and same_everywhere(self.size, fp)):
             return _Sums(count, 0, batches, sums=None, outside=True, mean=None, m2=None,
                          errors=None, following=None, precise=False)
         nonempty = int(layout.read(total, "nonempty"))

@@ -1,11 +1,10 @@
 """What ``python -m cbn info`` prints."""
-import os
 import platform
 
 import numpy as np
 
 from . import _runtime
-from ._threads import get_num_threads, num_threads_source
+from ._threads import available_cpus, get_num_threads, num_threads_source
 from ._version import __version__
 
 
@@ -15,7 +14,7 @@ def report():
         f"python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}",
         f"OpenMP: {_openmp_state()}",
         f"threads: {get_num_threads()} (from {num_threads_source()}); CPUs available: "
-        f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}",
+        f"{available_cpus()}",
         f"vector loops: {_runtime.loops_isa()}",
         f"built with: {_runtime.build_flags()}",
     ]

@@ -97,6 +97,11 @@ def num_threads_source():
     return "OpenMP default"
 
 
+def available_cpus():
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def threads_for(size):
     """Threads for a kernel over ``size`` values."""
     if size < 2 * MIN_ELEMENTS_PER_THREAD:

@@ -143,7 +143,6 @@ class BatchNormBase:
                 "weight", "bias", "running_mean", "running_var", "num_batches_tracked")))
         self.__dict__.update(state)
 
-
     # ------------------------------------------------------------ attributes
 
     @property

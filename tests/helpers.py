@@ -60,3 +60,14 @@ def layer_with_random_state(cls, shape, layout, dtype, rng):
     bn.running_mean[...] = rng.standard_normal(C)
     bn.running_var[...] = rng.uniform(0.5, 2.0, C)
     return bn, axis
+
+
+def torch_bfloat16_batchnorm(torch, C):
+    """torch.nn.BatchNorm2d(C) in bfloat16, with random weight, bias and
+    running statistics (a checkpoint worth loading)."""
+    module = torch.nn.BatchNorm2d(C).to(torch.bfloat16)
+    with torch.no_grad():
+        for t in (module.weight, module.bias, module.running_mean):
+            t.copy_(torch.randn(C))
+        module.running_var.copy_(torch.rand(C) + 0.5)
+    return module

@@ -21,7 +21,7 @@ import cbn
 import reference as ref
 from cbn import functional as F
 from fake_mpi import run_ranks
-from helpers import channel_axis
+from helpers import channel_axis, torch_bfloat16_batchnorm
 from sync_cases import check_against_single_process
 
 HALF_DTYPES = ["float16", "bfloat16"]
@@ -410,11 +410,7 @@ def test_any_shape_and_scale_is_within_an_ulp(name, layout, n, c, s, scale, cent
 def test_a_pytorch_bfloat16_model_loads_and_agrees(rng):
     torch = pytest.importorskip("torch")
     ml_dtypes = pytest.importorskip("ml_dtypes")
-    tbn = torch.nn.BatchNorm2d(4).to(torch.bfloat16)
-    with torch.no_grad():
-        for t in (tbn.weight, tbn.bias, tbn.running_mean):
-            t.copy_(torch.randn(4))
-        tbn.running_var.copy_(torch.rand(4) + 0.5)
+    tbn = torch_bfloat16_batchnorm(torch, 4)
     state = {k: v.view(torch.int16).numpy().view(ml_dtypes.bfloat16) if v.is_floating_point()
              else v.numpy() for k, v in tbn.state_dict().items()}
     bn = cbn.BatchNorm2d(4, dtype=ml_dtypes.bfloat16)

@@ -174,14 +174,12 @@ def check_shallow_copy():
 def check_communicator_ops():
     import sys
 
-    from fake_mpi import FakeWorld
+    from fake_mpi import FakeWorld, Forwarding
 
-    class Recording:   # not an mpi4py communicator: the ops must not depend on that
+    class Recording(Forwarding):   # not an mpi4py communicator: the ops must not depend on that
         def __init__(self):
-            self.comm, self.ops = FakeWorld(1).comm(0), []
-
-        def __getattr__(self, name):
-            return getattr(self.comm, name)
+            super().__init__(FakeWorld(1).comm(0))
+            self.ops = []
 
         def Get_size(self):   # beyond 4, where the opening is an Allreduce
             return 5

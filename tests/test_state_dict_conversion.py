@@ -13,7 +13,7 @@ import pytest
 
 import cbn
 from fake_mpi import FakeWorld
-from helpers import random_input
+from helpers import random_input, torch_bfloat16_batchnorm
 
 F32_MAX = float(np.finfo(np.float32).max)
 F32_HALF_ULP_AT_MAX = 2.0 ** 103   # half the spacing of float32 at its largest value
@@ -250,12 +250,7 @@ def test_a_tensor_with_its_negative_bit_set_loads():
 def test_a_pytorch_bfloat16_state_dict_loads_into_a_bfloat16_layer_as_it_is():
     torch = pytest.importorskip("torch")
     ml_dtypes = pytest.importorskip("ml_dtypes")
-    theirs = torch.nn.BatchNorm2d(3).to(torch.bfloat16)
-    with torch.no_grad():
-        for t in (theirs.weight, theirs.bias, theirs.running_mean):
-            t.copy_(torch.randn(3))
-        theirs.running_var.copy_(torch.rand(3) + 0.5)
-    state = theirs.state_dict()
+    state = torch_bfloat16_batchnorm(torch, 3).state_dict()
     for bn in (cbn.BatchNorm2d(3, dtype=ml_dtypes.bfloat16), cbn.BatchNorm2d(3)):
         assert bn.load_state_dict(state) == ([], [])
         for key in VECTOR_KEYS:   # widened exactly

@@ -8,7 +8,7 @@ import pytest
 
 import cbn
 from cbn._moments import Moments, merge_all
-from fake_mpi import FakeWorld, run_ranks
+from fake_mpi import FakeWorld, Forwarding, run_ranks
 from helpers import DTYPES, random_input
 from sync_cases import (
     DISAGREEMENTS,
@@ -260,17 +260,6 @@ def test_the_issue_s_message(exchange_path):
 @pytest.mark.parametrize("size", [2, 3, 5])
 def test_backward_operation_and_gradients_disagreements_raise_on_every_rank(size, exchange_path):
     check_backward_and_gradient_cases(lambda fn: _every_rank(size, fn), size)
-
-
-class Forwarding:
-    """A communicator that forwards every call to another one (to count,
-    log or adapt): what the protocol promises works at every process count."""
-
-    def __init__(self, comm):
-        self.comm = comm
-
-    def __getattr__(self, name):
-        return getattr(self.comm, name)
 
 
 @pytest.mark.parametrize("size", [2, 3, 5])

@@ -10,6 +10,7 @@ import pytest
 MPI = pytest.importorskip("mpi4py.MPI")
 
 import cbn  # noqa: E402
+from fake_mpi import Forwarding  # noqa: E402
 from helpers import DTYPES  # noqa: E402
 from sync_cases import (  # noqa: E402
     DISAGREEMENTS,
@@ -71,16 +72,8 @@ def test_a_mean_that_jumps_every_step_the_same_bits_on_every_rank(exchange_path)
         np.testing.assert_array_equal(var, bn.running_var)
 
 
-class Forwarding:
-    """Forwards every call to COMM_WORLD (as a wrapper that counts bytes, logs
-    or adapts another library's communicator does): not an mpi4py.MPI.Comm."""
-
-    def __getattr__(self, name):
-        return getattr(COMM, name)
-
-
 def test_a_forwarding_communicator_works(exchange_path):
-    state = check_against_single_process(Forwarding(), "NHWC", np.float64, None, steps=2)
+    state = check_against_single_process(Forwarding(COMM), "NHWC", np.float64, None, steps=2)
     for other in COMM.allgather(state):
         for key, value in state.items():
             np.testing.assert_array_equal(other[key], value)
@@ -94,12 +87,12 @@ needs_two = pytest.mark.skipif(COMM.Get_size() < 2, reason="one process has no o
 def test_ranks_that_disagree_on_an_option_all_raise_the_same_error(option, first, others,
                                                                    exchange_path):
     size = COMM.Get_size()
-    message = forward_with_disagreeing_option(Forwarding(), option, first, others)
+    message = forward_with_disagreeing_option(Forwarding(COMM), option, first, others)
     assert COMM.allgather(message) == [disagreement_message(
         option, [first] + [others] * (size - 1))] * size
 
 
 @needs_two
 def test_backward_operation_and_gradients_disagreements_raise_on_every_rank(exchange_path):
-    check_backward_and_gradient_cases(lambda fn: COMM.allgather(fn(Forwarding())),
+    check_backward_and_gradient_cases(lambda fn: COMM.allgather(fn(Forwarding(COMM))),
                                       COMM.Get_size())
