@@ -22,7 +22,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNEL_MODULES = ["_forward", "_backward", "_runtime", "_sums"]
+KERNEL_MODULES = ["_forward", "_backward", "_runtime", "_sums", "_call"]
 
 OPENMP_PROBE = textwrap.dedent(
     """

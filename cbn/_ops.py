@@ -16,7 +16,7 @@ from ._moments import Moments
 from ._threads import threads_for
 
 
-def _checked_range(overflowed, result, what, sums=None):
+def checked_range(overflowed, result, what, sums=None):
     """Warn when the kernels flagged a 2-byte output that is +-inf though the
     values it was computed from elementwise were finite (they tell that
     before an in-place output writes over its inputs): past the type's range.
@@ -50,7 +50,7 @@ def train_forward(canon, weight, bias, eps, output, relu=False):
     coef = np.empty((3, C), param_dtype_for(view.dtype)) if relu else None
     overflowed = _forward.train_forward(view, output.view, weight, bias, eps, stats, coef,
                                         threads_for(view.size))
-    _checked_range(overflowed, output.view, "y")
+    checked_range(overflowed, output.view, "y")
     return output.result(), stats, coef
 
 
@@ -64,7 +64,7 @@ def normalize(canon, mean, var, eps, weight, bias, output, relu=False, count=0.0
     coef = np.empty((3, view.shape[1]), param_dtype_for(view.dtype)) if relu else None
     overflowed = _forward.normalize(view, output.view, weight, bias, eps, mean, var, count, coef,
                                     threads_for(view.size))
-    _checked_range(overflowed, output.view, "y")
+    checked_range(overflowed, output.view, "y")
     return output.result(), coef
 
 
@@ -90,7 +90,7 @@ def backward(canon, dy, stats, weight, batch_stats, output, param_grads=True, re
              if param_grads or (batch_stats and view.dtype.itemsize == 2) else None)
     overflowed = _backward.backward(dyv, view, output.view, stats, weight, batch_stats, grads,
                                     relu, threads_for(view.size))
-    _checked_range(overflowed, output.view, "dx", grads if batch_stats else None)
+    checked_range(overflowed, output.view, "dx", grads if batch_stats else None)
     return output.result(), grads if param_grads else None
 
 
@@ -157,5 +157,5 @@ def grad_input(canon, dy, stats, weight, sums, count, output, relu=None):
     dyv = canon.like(dy)
     overflowed = _backward.grad_input(dyv, view, output.view, stats, weight, sums, float(count),
                                       relu, threads_for(view.size))
-    _checked_range(overflowed, output.view, "dx", sums)
+    checked_range(overflowed, output.view, "dx", sums)
     return output.result()

@@ -94,3 +94,23 @@ class SavedForward(NamedTuple):
     pieces: tuple
     batch_stats: bool
     overwritten: bool
+
+
+def saved_forward(record):
+    """The SavedForward of a forward that took the compiled call path, from
+    its record (a ``_call.CompiledForward``), made once."""
+    from ._layout import canonicalize
+    if record.converted is not None:
+        return record.converted
+    canon = canonicalize(record.x, record.layout)
+    if record.batch_stats:
+        piece = Piece(canon, record.weight, stats=record.stats, relu_coef=record.relu_coef)
+    else:
+        table = record.parameters   # [running_mean, running_var, weight, bias]
+        affine = record.affine
+        parameters = ForwardParameters(table[2] if affine else None, table[3] if affine else None,
+                                       table[0], table[1], record.eps)
+        piece = Piece(canon, parameters.weight, eval_parameters=parameters,
+                      relu_coef=record.relu_coef)
+    record.converted = SavedForward(canon, (piece,), record.batch_stats, record.overwritten)
+    return record.converted

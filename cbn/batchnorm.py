@@ -10,13 +10,13 @@ import warnings
 
 import numpy as np
 
-from . import _ops
+from . import _call, _ops
 from ._commit import Changes
 from ._docs import EXAMPLE_SHAPES, LAYER_EXAMPLE, LAYER_OPTIONS, LAYER_PARAMETERS, layer_doc
 from ._dtypes import check_dtype, check_param_dtype
 from ._layout import canonicalize, channel_axis, check_layout
 from ._moments import merge_all
-from ._records import ForwardParameters, Piece, SavedForward
+from ._records import ForwardParameters, Piece, SavedForward, saved_forward
 from ._state import (
     INT64_MAX,
     SharedState,
@@ -39,6 +39,14 @@ from ._validation import (
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormBase"]
 
 ACTIVATIONS = (None, "relu")
+
+# What the compiled call path (_call.pyx) does in C: a subclass that
+# overrides any of these takes the Python path.
+_COMPILED_STEPS = ("forward", "backward", "_check_input", "_check_batch", "_parameters",
+                   "_forward", "_normalize_batch", "_running_targets",
+                   "_updated_running_stats", "_stage_running_update", "_step_momentum",
+                   "_stage_forward", "_stage_running_stats", "_check_count_room",
+                   "_checked_backward")
 
 
 def _copy(array):
@@ -86,8 +94,14 @@ class BatchNormBase:
     _DOC_NOTES = ""
     _DOC_EXAMPLE = LAYER_EXAMPLE
 
+    # Whether forward and backward try the compiled path first (_call.pyx):
+    # the layers whose steps are this class's.
+    _COMPILED_PATH = True
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        cls._COMPILED_PATH = all(getattr(cls, name) is getattr(BatchNormBase, name)
+                                 for name in _COMPILED_STEPS)
         if cls.__doc__ is None or "\nParameters\n" in cls.__doc__:
             return   # python -OO, or a docstring of its own
         example = ""
@@ -134,7 +148,9 @@ class BatchNormBase:
         self._collector = None
 
     def __getstate__(self):
-        return self.__dict__.copy()
+        state = self.__dict__.copy()
+        state["_saved"] = self._last_forward   # (a compiled path's record converted)
+        return state
 
     def __setstate__(self, state):
         if "_shared" not in state:   # pickled by cbn before shallow copies shared state
@@ -342,6 +358,10 @@ class BatchNormBase:
         numpy.ndarray
             The output (``out`` when given).
         """
+        if self._COMPILED_PATH:
+            y = _call.forward(self, x, out)
+            if y is not None:
+                return y
         axis = self._check_input(x)
         batch_stats = self.training or not self.track_running_stats
         # virtual batches are a training device (as in tf-keras): eval mode
@@ -519,7 +539,11 @@ class BatchNormBase:
         numpy.ndarray
             dx (``out`` when given).
         """
-        saved = self._saved
+        if self._COMPILED_PATH:
+            dx = _call.backward(self, dy, out)
+            if dx is not None:
+                return dx
+        saved = self._last_forward
         output = self._checked_backward(saved, dy, out)
         canon, pieces, batch_stats, _ = saved
         if len(pieces) == 1 and pieces[0].rows is None:
@@ -564,7 +588,10 @@ class BatchNormBase:
     @property
     def _last_forward(self):
         """The SavedForward of the last forward, or None."""
-        return self._saved
+        saved = self._saved
+        if type(saved) is _call.CompiledForward:
+            return saved_forward(saved)
+        return saved
 
     @property
     def _observer(self):

@@ -76,11 +76,19 @@ cdef inline cnp.ndarray begin(Job* job, object x, int nthreads):
     cdef int kind = input_kind(x, "x")
     cdef cnp.ndarray xa = checked(x, "x", cnp.PyArray_NDIM(x), cnp.PyArray_TYPE(x), False)
     memset(job, 0, sizeof(Job))
-    job.x = tensor(xa)
+    plan(job, tensor(xa), kind, cnp.PyArray_NDIM(xa) == 3, checked_threads(nthreads))
+    return xa
+
+
+cdef inline void plan(Job* job, Tensor x, int kind, bint channels_first,
+                      int nthreads) noexcept:
+    """Fill a zeroed job's x, its type, layout (x is an (N, C, S) view if
+    channels_first, else (M, C)), pieces and work units, and the thread count."""
+    job.x = x
     job.kind = kind
     job.itemsize = kind_itemsize(kind)
     job.f32 = kind != CBN_F64
-    job.channels_first = cnp.PyArray_NDIM(xa) == 3
+    job.channels_first = channels_first
     job.pieces = (channel_parts(job.x.N, job.x.C, job.x.S) if job.channels_first
                   else row_parts(job.x.N))
     if job.channels_first:
@@ -88,10 +96,9 @@ cdef inline cnp.ndarray begin(Job* job, object x, int nthreads):
         job.unit_groups = (job.x.C + job.unit_channels - 1) // job.unit_channels
         job.units = job.x.N * job.unit_groups
     else:
-        job.block_rows = row_block(job.x.C, cnp.PyArray_ITEMSIZE(xa))
+        job.block_rows = row_block(job.x.C, job.itemsize)
         job.units = (job.x.N + job.block_rows - 1) // job.block_rows
-    job.nthreads = checked_threads(nthreads)
-    return xa
+    job.nthreads = nthreads
 
 
 cdef inline Tensor operand(object a, str name, cnp.ndarray x):
@@ -103,8 +110,16 @@ cdef inline Tensor output(object a, str name, cnp.ndarray x, int flags):
     """A writable array of x's shape and dtype; flags plus CBN_STREAM where
     its size makes streaming stores pay (_plan.streams)."""
     cdef cnp.ndarray arr = checked_like(a, name, x, True)
-    cdef Tensor t = tensor(arr)
-    if streams(cnp.PyArray_NBYTES(arr), run_bytes(t, cnp.PyArray_ITEMSIZE(arr))):
+    return output_tensor(tensor(arr), cnp.PyArray_DATA(arr), cnp.PyArray_ITEMSIZE(arr), flags)
+
+
+cdef inline Tensor output_tensor(Tensor like, void* data, Py_ssize_t itemsize,
+                                 int flags) noexcept:
+    """An output with like's geometry at data; flags plus CBN_STREAM where its
+    size makes streaming stores pay (_plan.streams)."""
+    cdef Tensor t = like
+    t.data = data
+    if streams(t.N * t.C * t.S * itemsize, run_bytes(t, itemsize)):
         flags |= CBN_STREAM
     t.flags = flags
     return t

@@ -43,3 +43,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def python_path():
+    """The layers take their Python path only during the test (their compiled
+    call path, src/_call.pyx, switched off)."""
+    from cbn import _call
+    _call.set_enabled(False)
+    yield
+    _call.set_enabled(True)

@@ -339,9 +339,10 @@ def test_concurrent_training_forwards_lose_no_update(kind):
     assert int(bn.num_batches_tracked) == start + steps
 
 
-def test_eval_kernels_run_without_the_lock(monkeypatch):
+def test_eval_kernels_run_without_the_lock(monkeypatch, python_path):
     """Eval forwards on one shared layer run in parallel: the layer's lock is
-    held only to copy what they normalise with, never during the kernels."""
+    held only to copy what they normalise with, never during the kernels
+    (the Python path; the compiled one: test_compiled_path.py)."""
     bn = make_layer("BatchNorm2d").eval()
     x = input_for(bn, np.random.default_rng(0))
     held_during_kernel = []
