@@ -101,7 +101,7 @@ class BuildExtWithOpenMP(build_ext):
                 "cbn: building WITHOUT OpenMP - kernels run on one thread. "
                 "Install a compiler with OpenMP support (e.g. gcc) for parallel kernels."
             )
-        compile_args = ["-O3"] if self.compiler.compiler_type != "msvc" else ["/O2"]
+        compile_args = ["-O3", "-fno-math-errno"] if self.compiler.compiler_type != "msvc" else ["/O2"]
         if os.environ.get("CBN_MARCH_NATIVE", "") not in ("", "0"):
             compile_args.append("-march=native")
         if openmp:

@@ -15,6 +15,7 @@
 # shared between extension modules of this package without a pxd in it.)
 cimport numpy as cnp
 from cython cimport floating
+from libc.float cimport DBL_MAX, FLT_MAX
 from libc.math cimport isfinite, sqrt
 from libc.string cimport memcpy
 
@@ -120,12 +121,65 @@ cdef inline void channel_training(const floating* compute, const Job* job, Py_ss
     set_channel_stats(compute, job, c, merged(job, c))
 
 
-cdef inline void channel_given_stats(const floating* compute, const Job* job, Py_ssize_t c) noexcept nogil:
-    """Coefficients from stats = [mean, var] (given); job.count values behind
-    them (for sqrt(M2), the bound set_shift needs), or 0 when they are not x's."""
-    cdef double var = job.tables.stats[job.x.C + c]
-    normalize_coefficients(compute, job, c, job.tables.stats[c], inverse_std(var, job.eps),
-                           sqrt(var * job.count))
+cdef inline void one_piece_training(const floating* compute, const Job* job) noexcept nogil:
+    """channel_training for every channel when each is reduced in one piece
+    (a merge of one partial result is that result), as one loop over the
+    channels that the compiler vectorises: per channel, two square roots and
+    two divisions otherwise cost ~10 ns in a call of their own."""
+    cdef Py_ssize_t C = job.x.C, c
+    cdef Py_ssize_t stride = 3 if job.channels_first else 1
+    cdef const double* means = job.partials + 1
+    cdef const double* m2s = job.partials + (2 if job.channels_first else 1 + C)
+    cdef double count = job.partials[0], mean, m2, var, invstd, a, limit
+    cdef double* stats = job.tables.stats
+    cdef floating* coef = <floating*>job.tables.coef
+    cdef const floating* weight = <const floating*>job.tables.weight
+    cdef const floating* bias = <const floating*>job.tables.bias
+    cdef floating shift
+    if floating is float:
+        limit = FLT_MAX
+    else:
+        limit = DBL_MAX
+    for c in range(C):   # set_channel_stats and normalize_coefficients, inlined
+        mean = means[c * stride]
+        m2 = m2s[c * stride]
+        var = m2 / count
+        invstd = 1.0 / sqrt(var + job.eps)
+        stats[c] = mean
+        stats[C + c] = invstd
+        stats[2 * C + c] = var
+        a = (1.0 if weight == NULL else <double>weight[c]) * invstd
+        shift = 0 if sqrt(m2) > 0.5 * limit else <floating>mean
+        coef[c] = shift
+        coef[C + c] = <floating>min(max(a, -limit), limit) if a == a else <floating>a
+        coef[2 * C + c] = <floating>((0.0 if bias == NULL else <double>bias[c])
+                                     + (<double>shift - mean) * a)
+
+
+cdef inline void given_stats_coefficients(const floating* compute, const Job* job) noexcept nogil:
+    """Coefficients from stats = [mean, var] (given) for every channel, in one
+    loop the compiler vectorises; job.count values behind them (for
+    sqrt(M2), the bound set_shift needs), or 0 when they are not x's."""
+    cdef Py_ssize_t C = job.x.C, c
+    cdef const double* stats = job.tables.stats
+    cdef floating* coef = <floating*>job.tables.coef
+    cdef const floating* weight = <const floating*>job.tables.weight
+    cdef const floating* bias = <const floating*>job.tables.bias
+    cdef double mean, var, a, limit
+    cdef floating shift
+    if floating is float:
+        limit = FLT_MAX
+    else:
+        limit = DBL_MAX
+    for c in range(C):   # normalize_coefficients, inlined
+        mean = stats[c]
+        var = stats[C + c]
+        a = (1.0 if weight == NULL else <double>weight[c]) * (1.0 / sqrt(var + job.eps))
+        shift = 0 if sqrt(var * job.count) > 0.5 * limit else <floating>mean
+        coef[c] = shift
+        coef[C + c] = <floating>min(max(a, -limit), limit) if a == a else <floating>a
+        coef[2 * C + c] = <floating>((0.0 if bias == NULL else <double>bias[c])
+                                     + (<double>shift - mean) * a)
 
 
 # ---------------------------------------------------------------- kernels
@@ -148,7 +202,10 @@ cdef inline void train_kernel(const floating* compute, const Job* job) noexcept 
         for_each(cf_channel_train[floating], compute, job, job.x.C, job.nthreads)
     else:
         partial_moments(compute, job)
-        for_each(channel_training[floating], compute, job, job.x.C, channel_threads(job))
+        if job.pieces == 1:
+            one_piece_training(compute, job)
+        else:
+            for_each(channel_training[floating], compute, job, job.x.C, channel_threads(job))
         affine(compute, job)
 
 
@@ -157,7 +214,7 @@ cdef inline void forward_typed(int kernel, const floating* compute, const Job* j
         partial_moments(compute, job)
         for_each(channel_moments[floating], compute, job, job.x.C, channel_threads(job))
     elif kernel == NORMALIZE:
-        for_each(channel_given_stats[floating], compute, job, job.x.C, 1)
+        given_stats_coefficients(compute, job)
         affine(compute, job)
     else:
         train_kernel(compute, job)
