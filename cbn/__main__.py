@@ -36,6 +36,8 @@ def main(argv=None):
     bench.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
     bench.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     bench.add_argument("--repeats", type=int, default=11, help="interleaved rounds per case")
+    bench.add_argument("--calls", type=int, default=3000,
+                       help="calls per op of the per-call table (one thread; 0: no table)")
     bench.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     bench.add_argument("--json", metavar="FILE", help="also write every sample to FILE")
     args = parser.parse_args(argv)
@@ -57,12 +59,12 @@ def main(argv=None):
         # error now, not a traceback after minutes of timing
         try:
             _bench.check_run(args.threads, args.shapes, args.ops, args.layouts, args.dtypes,
-                             args.repeats, args.json)
+                             args.repeats, args.json, args.calls)
         except ValueError as exc:   # one line, argparse's exit status for usage errors
             bench.exit(2, f"{bench.prog}: error: {exc}\n")
         _bench.run(threads=args.threads, shapes=args.shapes, ops=args.ops, layouts=args.layouts,
                    dtypes=args.dtypes, repeats=args.repeats, json_path=args.json,
-                   with_torch=not args.no_torch)
+                   with_torch=not args.no_torch, calls=args.calls)
     return 0
 
 

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from . import _runtime
+from . import _percall, _runtime
 from ._dtypes import check_dtype, is_bfloat16, is_two_byte
 from ._layout import channel_axis
 from ._threads import available_cpus, get_num_threads, set_num_threads
@@ -377,7 +377,7 @@ def check_json_path(path):
 
 
 def check_run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES, repeats=11,
-              json_path=None):
+              json_path=None, calls=3000):
     """Refuse, before anything runs, the arguments that run() would fail on part
     way through or that would run nothing: a ValueError naming the command-line
     argument."""
@@ -391,6 +391,8 @@ def check_run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES
                              f"available, got {threads}")
     if repeats < 1:
         raise ValueError(f"--repeats: expected a positive integer, got {repeats}")
+    if calls < 0:
+        raise ValueError(f"--calls: expected a non-negative integer, got {calls}")
     if json_path is not None:
         check_json_path(json_path)
     for name, values, show in (("--shapes", shapes or (), shape_name), ("--ops", ops, str),
@@ -444,9 +446,10 @@ def _fmt(seconds):
 
 
 def run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES, repeats=11,
-        json_path=None, with_torch=True, out=print):
-    """Print a table per case; return (and optionally save) all results."""
-    check_run(threads, shapes, ops, layouts, dtypes, repeats, json_path)
+        json_path=None, with_torch=True, out=print, calls=3000):
+    """Print the per-call table (``calls`` calls per op; 0: none), then a row
+    per case against the traffic limit; return (and optionally save) all results."""
+    check_run(threads, shapes, ops, layouts, dtypes, repeats, json_path, calls)
     threads = get_num_threads() if threads is None else threads
     info = machine()
     try:
@@ -459,6 +462,9 @@ def run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES, repe
         f"times are medians of {repeats} interleaved runs, in microseconds")
     if with_torch and info["torch"] is None:
         out("PyTorch is not installed: its column is skipped (pip install torch to compare).")
+    per_call = _percall.measure(calls) if calls else []
+    if per_call:
+        _percall.print_table(per_call, calls, out)
     available = available_dtypes(dtypes)
     if len(available) < len(dtypes):
         out("ml_dtypes is not installed: bfloat16 is skipped (pip install 'cbn[bfloat16]').")
@@ -497,7 +503,8 @@ def run(threads=None, shapes=None, ops=OPS, layouts=LAYOUTS, dtypes=DTYPES, repe
             out(f"cbn {name} time / cbn float32 time: geometric mean "
                 f"{math.exp(np.mean(np.log(narrow))):.2f}, max {max(narrow):.2f} over "
                 f"{len(narrow)} cases")
-    report = {"machine": info, "threads": threads, "repeats": repeats, "results": results}
+    report = {"machine": info, "threads": threads, "repeats": repeats, "results": results,
+              "per_call": per_call}
     if json_path is not None:
         with open(json_path, "w") as f:
             json.dump(report, f, indent=1)
