@@ -19,7 +19,7 @@
 from cython cimport floating
 from libc.math cimport isfinite
 
-from _loops cimport (advance, cbn_block, in_compute_type, input_block, kind_itemsize,
+from _loops cimport (CBN_F32, CBN_F64, advance, cbn_block, in_compute_type, input_block, kind_itemsize,
                      rows_block_flags, rows_block_merge, rows_centered, runs_centered, runs_sum,
                      value_at)
 
@@ -137,6 +137,19 @@ cdef inline void centred_sums(const cbn_block* rows, const floating* shift, floa
     rows_centered(rows, shift, s1, s2)
 
 
+cdef inline void first_row(const void* row, int kind, Py_ssize_t C,
+                           floating* shift) noexcept nogil:
+    """shift[c] = the row's value c in the type computed in (exact: float32 and
+    the 2-byte types widen into float, float64 is float64)."""
+    cdef Py_ssize_t c
+    if kind == CBN_F32 or kind == CBN_F64:
+        for c in range(C):
+            shift[c] = <floating>((<const floating*>row)[c])
+    else:
+        for c in range(C):
+            shift[c] = <floating>value_at(row, c, kind)
+
+
 cdef inline void rows_moments(const void* x, int kind, Py_ssize_t row_stride, Py_ssize_t r0,
                               Py_ssize_t r1, Py_ssize_t C, floating* scratch,
                               double* partial) noexcept nogil:
@@ -163,9 +176,11 @@ cdef inline void rows_moments(const void* x, int kind, Py_ssize_t row_stride, Py
         nb = min(block, r1 - b0)
         fnb = <double>nb
         rows = input_block(advance(x, b0 * row_stride, kind), row_stride, nb, C, kind)
-        for c in range(C):
-            shift[c] = <floating>(mean[c] if count[0] > 0.0
-                                  else value_at(x, b0 * row_stride + c, kind))
+        if count[0] > 0.0:
+            for c in range(C):   # (loops of their own, per case: vectorised)
+                shift[c] = <floating>mean[c]
+        else:
+            first_row(advance(x, b0 * row_stride, kind), kind, C, shift)
         centred_sums(&rows, shift, s1, s2)
         flags = rows_block_flags(f32, C, s1, s2, fnb, AMPLIFICATION)
         if flags & 1:   # redone centred on 0: s1 is the block's sum, shift by its mean

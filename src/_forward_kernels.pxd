@@ -121,16 +121,15 @@ cdef inline void channel_training(const floating* compute, const Job* job, Py_ss
     set_channel_stats(compute, job, c, merged(job, c))
 
 
-cdef inline void one_piece_training(const floating* compute, const Job* job) noexcept nogil:
-    """channel_training for every channel when each is reduced in one piece
-    (a merge of one partial result is that result), as one loop over the
-    channels that the compiler vectorises: per channel, two square roots and
-    two divisions otherwise cost ~10 ns in a call of their own."""
+cdef inline void finish_training(const floating* compute, const Job* job, const double* means,
+                                 const double* m2s, Py_ssize_t stride, double count) noexcept nogil:
+    """set_channel_stats for every channel, from its mean and M2 (channel c's
+    at c * stride) over count values, as one loop over the channels that the
+    compiler vectorises: per channel, a square root and two divisions cost
+    ~10 ns in a call of their own. sqrt(M2) > 0.5 * limit (set_shift's test)
+    is written M2 > (0.5 * limit)^2: the same test, without a square root."""
     cdef Py_ssize_t C = job.x.C, c
-    cdef Py_ssize_t stride = 3 if job.channels_first else 1
-    cdef const double* means = job.partials + 1
-    cdef const double* m2s = job.partials + (2 if job.channels_first else 1 + C)
-    cdef double count = job.partials[0], mean, m2, var, invstd, a, limit
+    cdef double mean, m2, var, invstd, a, limit
     cdef double* stats = job.tables.stats
     cdef floating* coef = <floating*>job.tables.coef
     cdef const floating* weight = <const floating*>job.tables.weight
@@ -149,11 +148,44 @@ cdef inline void one_piece_training(const floating* compute, const Job* job) noe
         stats[C + c] = invstd
         stats[2 * C + c] = var
         a = (1.0 if weight == NULL else <double>weight[c]) * invstd
-        shift = 0 if sqrt(m2) > 0.5 * limit else <floating>mean
+        shift = 0 if m2 > (0.5 * limit) * (0.5 * limit) else <floating>mean
         coef[c] = shift
         coef[C + c] = <floating>min(max(a, -limit), limit) if a == a else <floating>a
         coef[2 * C + c] = <floating>((0.0 if bias == NULL else <double>bias[c])
                                      + (<double>shift - mean) * a)
+
+
+cdef inline void one_piece_training(const floating* compute, const Job* job) noexcept nogil:
+    """channel_training for every channel when each is reduced in one piece
+    (a merge of one partial result is that result)."""
+    finish_training(compute, job, job.partials + 1,
+                    job.partials + (2 if job.channels_first else 1 + job.x.C),
+                    3 if job.channels_first else 1, job.partials[0])
+
+
+cdef inline void rows_training(const floating* compute, const Job* job) noexcept nogil:
+    """channel_training for every channel of a channels-last reduction in
+    several row ranges: the ranges merged into the first (Chan et al., as
+    moments_merge, in the same order), a range at a time over all channels,
+    whose counts are the range's: loops the compiler vectorises."""
+    cdef Py_ssize_t C = job.x.C, c, k
+    cdef double* mean = job.partials + 1
+    cdef double* m2 = job.partials + 1 + C
+    cdef const double* part
+    cdef double total = job.partials[0], nb, w, v, delta
+    for k in range(1, job.pieces):
+        part = job.partials + k * (2 * C + 1)
+        nb = part[0]
+        if nb == 0.0:
+            continue
+        w = nb / (total + nb)
+        v = total * nb / (total + nb)
+        for c in range(C):
+            delta = part[1 + c] - mean[c]
+            mean[c] = mean[c] + delta * w
+            m2[c] = m2[c] + part[1 + C + c] + delta * delta * v
+        total = total + nb
+    finish_training(compute, job, mean, m2, 1, total)
 
 
 cdef inline void given_stats_coefficients(const floating* compute, const Job* job) noexcept nogil:
@@ -175,7 +207,7 @@ cdef inline void given_stats_coefficients(const floating* compute, const Job* jo
         mean = stats[c]
         var = stats[C + c]
         a = (1.0 if weight == NULL else <double>weight[c]) * (1.0 / sqrt(var + job.eps))
-        shift = 0 if sqrt(var * job.count) > 0.5 * limit else <floating>mean
+        shift = 0 if var * job.count > (0.5 * limit) * (0.5 * limit) else <floating>mean
         coef[c] = shift
         coef[C + c] = <floating>min(max(a, -limit), limit) if a == a else <floating>a
         coef[2 * C + c] = <floating>((0.0 if bias == NULL else <double>bias[c])
@@ -204,6 +236,8 @@ cdef inline void train_kernel(const floating* compute, const Job* job) noexcept 
         partial_moments(compute, job)
         if job.pieces == 1:
             one_piece_training(compute, job)
+        elif not job.channels_first:
+            rows_training(compute, job)
         else:
             for_each(channel_training[floating], compute, job, job.x.C, channel_threads(job))
         affine(compute, job)
