@@ -97,3 +97,40 @@ cdef inline void grad_input_coefficients(const floating* compute, const Job* job
     else:
         coef[2 * C + c] = 0
         coef[3 * C + c] = 0
+
+
+cdef inline void grad_input_table(const floating* compute, const Job* job) noexcept nogil:
+    """grad_input_coefficients for every channel, in loops the compiler
+    vectorises (the mode's branch out of the loop; sqrt(count), the same for
+    every channel, taken once: set_shift's bound sqrt(count) / invstd >
+    0.5 * limit is written sqrt(count) > 0.5 * limit * invstd)."""
+    cdef Py_ssize_t C = job.x.C, c
+    cdef floating* coef = <floating*>job.tables.coef
+    cdef const double* stats = job.tables.stats
+    cdef const double* sums = job.tables.sums
+    cdef const floating* weight = <const floating*>job.tables.weight
+    cdef double count = job.count, root = sqrt(job.count), limit, mean, invstd, g, c3, v
+    if floating is float:
+        limit = FLT_MAX
+    else:
+        limit = DBL_MAX
+    for c in range(C):
+        mean = stats[c]
+        invstd = stats[C + c]
+        g = (1.0 if weight == NULL else <double>weight[c]) * invstd
+        coef[c] = 0 if root > 0.5 * limit * invstd else <floating>mean
+        coef[C + c] = <floating>min(max(g, -limit), limit) if g == g else <floating>g
+    if not job.batch_stats:
+        for c in range(C):
+            coef[2 * C + c] = 0
+            coef[3 * C + c] = 0
+        return
+    for c in range(C):
+        mean = stats[c]
+        invstd = stats[C + c]
+        g = (1.0 if weight == NULL else <double>weight[c]) * invstd
+        c3 = sums[C + c] / count * invstd * invstd * g
+        v = -c3
+        coef[2 * C + c] = <floating>min(max(v, -limit), limit) if v == v else <floating>v
+        v = -g * sums[c] / count + c3 * (mean - <double>coef[c])
+        coef[3 * C + c] = <floating>min(max(v, -limit), limit) if v == v else <floating>v

@@ -867,6 +867,40 @@ TARGET_ATTRS static inline __attribute__((always_inline)) ptrdiff_t FN(row_grad_
     return c;
 }
 
+/* Four rows (r0 at g, q, o; the others a stride on) of row_grad_input without
+ * a ReLU or streaming, for vectors of channels while c + LANES <= C: one
+ * load of a channel's coefficients per four vectors (the pass was bound by
+ * loads on short tensors); returns where they stop */
+TARGET_ATTRS static inline __attribute__((always_inline)) ptrdiff_t FN(rows4_grad_input)(
+    const cbn_block *b, ptrdiff_t r, ptrdiff_t C, const ELEM *k, ptrdiff_t ts, int fixed,
+    VEC *peak)
+{
+    const DATA *g[4], *q[4];
+    DATA *o[4];
+    ptrdiff_t c = 0;
+    for (int j = 0; j < 4; j++) {
+        g[j] = (const DATA *)b->dy + (r + j) * b->dy_stride;
+        q[j] = (const DATA *)b->x + (r + j) * b->x_stride;
+        o[j] = (DATA *)b->out + (r + j) * b->out_stride;
+    }
+    for (; c + LANES <= C; c += LANES) {
+        const VEC kdy = FN(loadc)(k + ts + c);
+        const VEC sh = fixed ? kdy : FN(loadc)(k + c);
+        const VEC kx = fixed ? kdy : FN(loadc)(k + 2 * ts + c);
+        const VEC k0 = fixed ? kdy : FN(loadc)(k + 3 * ts + c);
+        VEC qv[4], dy[4];
+        for (int j = 0; j < 4; j++) {
+            qv[j] = FN(load)(q[j] + c);
+            dy[j] = FN(load)(g[j] + c);
+        }
+        for (int j = 0; j < 4; j++) {
+            VEC v = fixed ? dy[j] * kdy : dy[j] * kdy + (qv[j] - sh) * kx + k0;
+            FN(out_vec)(o[j] + c, v, FN(dx_excuse)(dy[j], qv[j], fixed), peak);
+        }
+    }
+    return c;
+}
+
 /* Scalar math: grad_input1 for every value of the block's rows, channel c's
  * coefficients at k + c and relu + c (flags: CBN_STREAM, CBN_FIXED) */
 TARGET_ATTRS static void FN(rows_grad_input)(const cbn_block *block, const ELEM *k, const ELEM *relu)
@@ -876,7 +910,20 @@ TARGET_ATTRS static void FN(rows_grad_input)(const cbn_block *block, const ELEM 
     const int stream = b.flags & CBN_STREAM, fixed = b.flags & CBN_FIXED;
     VEC peak = FN(splat)(0);
     int over1 = 0;
-    for (ptrdiff_t r = 0; r < b.count; r++) {
+    ptrdiff_t r = 0;
+    if (!stream && !relu)
+        for (; r + 4 <= b.count; r += 4) {
+            ptrdiff_t c = fixed ? FN(rows4_grad_input)(&b, r, C, k, ts, 1, &peak)
+                                : FN(rows4_grad_input)(&b, r, C, k, ts, 0, &peak);
+            for (int j = 0; j < 4; j++) {
+                const DATA *g = (const DATA *)b.dy + (r + j) * b.dy_stride;
+                const DATA *q = (const DATA *)b.x + (r + j) * b.x_stride;
+                DATA *o = (DATA *)b.out + (r + j) * b.out_stride;
+                for (ptrdiff_t i = c; i < C; i++)
+                    FN(grad_input_out1)(o + i, g + i, q + i, k + i, NULL, ts, fixed, &over1);
+            }
+        }
+    for (; r < b.count; r++) {
         const DATA *restrict g = (const DATA *)b.dy + r * b.dy_stride;
         const DATA *restrict q = (const DATA *)b.x + r * b.x_stride;
         DATA *restrict o = (DATA *)b.out + r * b.out_stride;
