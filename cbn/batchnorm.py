@@ -42,7 +42,7 @@ ACTIVATIONS = (None, "relu")
 
 # What the compiled call path (_call.pyx) does in C: a subclass that
 # overrides any of these takes the Python path.
-_COMPILED_STEPS = ("forward", "backward", "_check_input", "_check_batch", "_parameters",
+_COMPILED_STEPS = ("forward", "_python_forward", "backward", "_check_input", "_check_batch", "_parameters",
                    "_forward", "_normalize_batch", "_running_targets",
                    "_updated_running_stats", "_stage_running_update", "_step_momentum",
                    "_stage_forward", "_stage_running_stats", "_check_count_room",
@@ -338,6 +338,9 @@ class BatchNormBase:
         numpy.ndarray
             The output.
         """
+        if self._COMPILED_PATH:   # (forward's first step, here one call sooner)
+            y = _call.forward(self, x, out)
+            return self._python_forward(x, out) if y is None else y
         return self.forward(x, out)
 
     def forward(self, x, out=None):
@@ -362,6 +365,10 @@ class BatchNormBase:
             y = _call.forward(self, x, out)
             if y is not None:
                 return y
+        return self._python_forward(x, out)
+
+    def _python_forward(self, x, out):
+        """forward() where the compiled path does not apply (or is off)."""
         axis = self._check_input(x)
         batch_stats = self.training or not self.track_running_stats
         # virtual batches are a training device (as in tf-keras): eval mode
