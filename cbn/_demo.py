@@ -38,15 +38,19 @@ def train(data, batch_norm, lr, steps, seed, progress=None):
     rng = np.random.default_rng(seed + 1)  # the same batches for every run
     order, position = rng.permutation(len(X_train)), 0
     record = {"steps": [], "accuracy": [], "percentiles": [], "loss": []}
+    step_seconds = norm_seconds = 0.0
     start = time.perf_counter()
     for step in range(1, steps + 1):
         if position + BATCH > len(order):
             order, position = rng.permutation(len(X_train)), 0
         rows = order[position:position + BATCH]
         position += BATCH
+        step_start, norm_start = time.perf_counter(), model.norm_seconds
         logits, _ = model.forward(X_train[rows])
         loss, dlogits = softmax_cross_entropy(logits, y_train[rows])
         model.sgd(model.backward(dlogits), lr)
+        step_seconds += time.perf_counter() - step_start
+        norm_seconds += model.norm_seconds - norm_start
         if step % EVAL_EVERY == 0 or step == steps:
             model.train(False)
             logits, gate = model.forward(X_test)
@@ -58,6 +62,9 @@ def train(data, batch_norm, lr, steps, seed, progress=None):
         if progress is not None:
             progress.update(1)
     record["seconds"] = time.perf_counter() - start
+    # a training step (forward, loss, backward, update), and its batch norm calls
+    record["step_us"] = step_seconds / steps * 1e6
+    record["norm_us"] = norm_seconds / steps * 1e6
     reached = [s for s, a in zip(record["steps"], record["accuracy"]) if a >= 0.9]
     record["steps_to_90"] = reached[0] if reached else None
     return record
@@ -112,11 +119,17 @@ def run(steps=3000, seed=0, out="cbn_demo.png", lr=0.1, show_progress=True, prin
     finally:
         if progress is not None:
             progress.close()
-    print_(f"{'run':24s} {'final test accuracy':>20s} {'steps to 90%':>13s} {'wall time':>10s}")
+    print_(f"{'run':24s} {'final test accuracy':>20s} {'steps to 90%':>13s} "
+           f"{'us per step':>12s} {'of it BN':>9s} {'wall time':>10s}")
     for (bn, rate), rec in runs.items():
         name = f"{'with' if bn else 'without'} BN, lr {rate:g}"
         reached = "never" if rec["steps_to_90"] is None else str(rec["steps_to_90"])
-        print_(f"{name:24s} {rec['accuracy'][-1]:20.3f} {reached:>13s} {rec['seconds']:9.2f}s")
+        norm = f"{rec['norm_us']:9.1f}" if bn else f"{'-':>9s}"
+        print_(f"{name:24s} {rec['accuracy'][-1]:20.3f} {reached:>13s} {rec['step_us']:12.1f} "
+               f"{norm} {rec['seconds']:9.2f}s")
+    print_(f"us per step: one training step (forward, loss, backward, SGD update) of the "
+           f"{BATCH}-row batch; of it BN: its {len(SIZES) - 2} BatchNorm1d layers' forward and "
+           f"backward calls")
     plot(runs, lr, out)
     print_(f"figure: {out} (test accuracy; 15/50/85th percentiles of one last-layer sigmoid's "
            f"input, without and with BN)")

@@ -6,6 +6,8 @@ sigmoid, then a softmax output trained with cross-entropy and plain SGD.
 Written out in NumPy so the forward/backward/update loop around the cbn
 layers is visible; see examples/ for the same pattern in a CNN.
 """
+import time
+
 import numpy as np
 
 from .batchnorm import BatchNorm1d
@@ -33,6 +35,8 @@ class MLP:
         self.biases = [None if self.norms[i] is not None else np.zeros(n, dtype)
                        for i, n in enumerate(sizes[1:-1])] + [np.zeros(sizes[-1], dtype)]
         self._cache = None
+        # seconds spent in the norm layers' calls (forward and backward)
+        self.norm_seconds = 0.0
 
     def train(self, mode=True):
         for bn in self.norms:
@@ -52,7 +56,9 @@ class MLP:
             if b is not None:
                 z += b
             if bn is not None:
+                start = time.perf_counter()
                 z = bn(z)
+                self.norm_seconds += time.perf_counter() - start
             a = sigmoid(z)
             gates.append(z)
             activations.append(a)
@@ -72,7 +78,9 @@ class MLP:
             dz = da * a * (1.0 - a)
             bn = self.norms[i]
             if bn is not None:
+                start = time.perf_counter()
                 dz = bn.backward(dz)
+                self.norm_seconds += time.perf_counter() - start
                 grads_bn.append((bn, bn.grad_weight, bn.grad_bias))
             else:
                 grads_b[i] = dz.sum(axis=0)

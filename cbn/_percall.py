@@ -27,7 +27,7 @@ def case_name(layer, shape, layout):
     return f"{layer.__name__} {text}" + ("" if len(shape) == 2 else f" {layout}")
 
 
-def _calls(layer, shape, layout, dtype):
+def layer_calls(layer, shape, layout, dtype):
     """The three calls (train, train+bwd, eval) on one layer, as callables."""
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
@@ -64,7 +64,7 @@ def measure(calls=3000, dtype=np.float32):
     try:
         rows = []
         for layer, shape, layout in PER_CALL_CASES:
-            fns = _calls(layer, shape, layout, dtype)
+            fns = layer_calls(layer, shape, layout, dtype)
             for op in PER_CALL_OPS:
                 fastest, median = time_calls(fns[op], calls)
                 rows.append({"case": case_name(layer, shape, layout), "op": op,

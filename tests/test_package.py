@@ -25,11 +25,11 @@ def test_public_api_names():
 def test_typing_stubs_ship_with_the_compiled_modules():
     root = Path(cbn.__file__).parent
     assert (root / "py.typed").exists()
-    for module in ("_forward", "_backward", "_runtime", "_sums"):
+    for module in ("_forward", "_backward", "_runtime", "_sums", "_call"):
         assert (root / f"{module}.pyi").exists(), module
 
 
-@pytest.mark.parametrize("module", ["_forward", "_backward", "_runtime", "_sums"])
+@pytest.mark.parametrize("module", ["_forward", "_backward", "_runtime", "_sums", "_call"])
 def test_typing_stubs_match_the_compiled_functions(module):
     """Every public function of a compiled module has a stub with its parameter names."""
     compiled = importlib.import_module(f"cbn.{module}")

@@ -17,6 +17,10 @@ noise (asv_bench/NOTES.md, section 17, measured on a shared 2-core VM):
   samples a side, asv's Mann-Whitney test at p < 0.002 needs the two commits'
   processes (nearly) separated, which noise alone rarely does.
 
+PerCall times one layer call on the small tensors of `python -m cbn
+bench`'s per-call table (one thread, allocating, as users call the layers):
+there a call's fixed cost, not memory traffic, is what counts.
+
 time_* time cbn writing into preallocated outputs (out=); peakmem_* the
 default call that allocates its output. cbn's time over its memory-traffic
 limit (the README's model) is `python -m cbn bench`'s job: it measures the
@@ -27,7 +31,7 @@ import sys
 import numpy as np
 
 import cbn
-from cbn import _bench
+from cbn import _bench, _percall
 
 SHAPES = ["32x64x56x56", "64x256x14x14", "16x512x28x28", "8x32x32x32", "256x1024", "16x16x8x8"]
 LARGE_SHAPES = SHAPES[:3]
@@ -227,3 +231,22 @@ class SyncForward(_OneSamplePerProcess):
 
     def time_local(self, *params):
         self.local(self.x)
+
+
+class PerCall(_OneSamplePerProcess):
+    """One allocating layer call, one thread: the per-call table's cases."""
+    params = ([_percall.case_name(*case) for case in _percall.PER_CALL_CASES],
+              list(_percall.PER_CALL_OPS))
+    param_names = ["case", "op"]
+
+    def setup(self, name, op):
+        spec = {_percall.case_name(*case): case for case in _percall.PER_CALL_CASES}[name]
+        cbn.set_num_threads(1)
+        self.call = _percall.layer_calls(*spec, np.float32)[op]
+        self.call()
+
+    def teardown(self, *params):
+        cbn.set_num_threads(None)
+
+    def time_call(self, name, op):
+        self.call()
