@@ -8,12 +8,23 @@ refused before any work; outputs of 2-byte data past the type's range
 become +-inf with a RuntimeWarning. Nothing here changes layer state:
 running statistics are computed as new arrays for the caller to commit.
 """
+import warnings
+
 import numpy as np
 
 from . import _backward, _forward
 from ._dtypes import param_dtype_for, warn_beyond_range
 from ._moments import Moments
 from ._threads import threads_for
+
+
+def warn_running_unchanged(kept, dtype):
+    """cbn.functional.batch_norm's RuntimeWarning naming the channels (a bool
+    mask) whose running statistics were left unchanged, for its caller."""
+    warnings.warn(f"batch_norm: channel(s) {np.flatnonzero(kept).tolist()} have batch "
+                  f"statistics that are not finite (NaN or Inf in the input) or running "
+                  f"statistics that would overflow {dtype}; their running statistics "
+                  f"were left unchanged", RuntimeWarning, stacklevel=3)
 
 
 def checked_range(overflowed, result, what, sums=None):

@@ -7,11 +7,10 @@ weight, bias, running statistics and parameter gradients the type it is
 computed in (float32 for float16 and bfloat16 x, else x's dtype). Batch
 statistics (``mean``, ``invstd``) are float64.
 """
-import warnings
 
 import numpy as np
 
-from . import _ops
+from . import _call, _ops
 from ._commit import Changes
 from ._dtypes import param_dtype_for
 from ._layout import canonicalize, channel_axis, check_layout
@@ -121,6 +120,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     >>> mean      # updated in place, as PyTorch's
     array([2.25, 2.75, 3.25])
     """
+    y = _call.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                         layout, out)
+    if y is not None:   # the compiled path took it (the common case)
+        return y
     axis = _check_x(x, layout)
     C, weight, bias = _check_params(x, axis, weight, bias)
     eps = check_eps(eps, param_dtype_for(x.dtype))
@@ -149,10 +152,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         new_mean, new_var, kept = _ops.moved_running_stats(mean_in, var_in, stats[0], stats[2],
                                                            momentum, count / (count - 1.0))
         if kept is not None:
-            warnings.warn(f"batch_norm: channel(s) {np.flatnonzero(kept).tolist()} have batch "
-                          f"statistics that are not finite (NaN or Inf in the input) or running "
-                          f"statistics that would overflow {mean_in.dtype}; their running statistics "
-                          f"were left unchanged", RuntimeWarning, stacklevel=2)
+            _ops.warn_running_unchanged(kept, mean_in.dtype)
         changes = Changes()
         changes.copy(running_mean, new_mean)
         changes.copy(running_var, new_var)

@@ -22,7 +22,8 @@
 cimport numpy as cnp
 from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem
 from cpython.object cimport PyObject
-from libc.math cimport expm1, log1p, sqrt
+from libc.float cimport DBL_MIN, FLT_MIN
+from libc.math cimport expm1, isfinite, log1p, sqrt
 from libc.string cimport memcpy, memset
 
 from _arrays cimport Tensor, free_scratch, scratch
@@ -258,6 +259,85 @@ cdef inline cnp.ndarray new_like(cnp.ndarray x):
     return PyArray_NewLikeArray(x, cnp.NPY_CORDER, NULL, 0)
 
 
+# ---------------------------------------------------------------- the steps over buffers
+
+cdef struct Forward:
+    # One forward over buffers its caller owns (the layers', the functional
+    # API's), their dtypes and shapes checked by the caller.
+    Tensor view             # x's kernel view
+    bint channels_first
+    int kind                # the data type (CBN_F32, ...)
+    void* out               # y: x's geometry
+    int flags               # CBN_RELU or 0
+    const void* weight      # (C,) of the type computed in, or NULL
+    const void* bias
+    double eps
+    void* relu_coef         # (3, C) of the type computed in, or NULL (no ReLU: scratch)
+    double* stats           # train: (3, C) [mean, invstd, biased var], written
+    const double* mean_var  # eval: (2, C) [mean, var]
+
+
+cdef inline int kernel_threads(Tensor view) except -1:
+    return threads_for(view.C * view.N * view.S)
+
+
+cdef bint train_step(Forward* f) except -1:
+    """y and the batch statistics; returns the 2-byte overflow flag."""
+    cdef Job job
+    memset(&job, 0, sizeof(Job))
+    plan(&job, f.view, f.kind, f.channels_first, kernel_threads(f.view))
+    job.out = output_tensor(f.view, f.out, job.itemsize, f.flags)
+    job.tables.weight = f.weight
+    job.tables.bias = f.bias
+    job.eps = f.eps
+    job.tables.coef = f.relu_coef
+    job.tables.stats = f.stats
+    job.rows_last_first = True   # (as _forward.train_forward)
+    return forward_run(TRAIN, &job)
+
+
+cdef bint eval_step(Forward* f) except -1:
+    """y from given statistics; returns the 2-byte overflow flag."""
+    cdef Job job
+    memset(&job, 0, sizeof(Job))
+    plan(&job, f.view, f.kind, f.channels_first, kernel_threads(f.view))
+    job.out = output_tensor(f.view, f.out, job.itemsize, f.flags)
+    job.tables.weight = f.weight
+    job.tables.bias = f.bias
+    job.eps = f.eps
+    job.tables.stats = <double*>f.mean_var
+    job.count = 0.0
+    job.tables.coef = f.relu_coef
+    return forward_run(NORMALIZE, &job)
+
+
+cdef Py_ssize_t moved_running(int kind, const void* running_mean, const void* running_var,
+                              const double* stats, Py_ssize_t C, double values,
+                              double momentum, char* block) noexcept:
+    """The running statistics moved towards the batch's (_forward.moved_running_stats),
+    computed aside into block: new mean, new var (the type computed in), then
+    the kept mask (C bytes). Returns how many channels keep their values."""
+    cdef Py_ssize_t size = C * (8 if kind == CBN_F64 else 4)
+    memcpy(block, running_mean, size)
+    memcpy(block + size, running_var, size)
+    if kind == CBN_F64:
+        return moved_all(<double*>block, <double*>(block + size), stats, stats + 2 * C,
+                         values / (values - 1.0), momentum,
+                         <cnp.npy_bool*>(block + 2 * size), C)
+    return moved_all(<float*>block, <float*>(block + size), stats, stats + 2 * C,
+                     values / (values - 1.0), momentum, <cnp.npy_bool*>(block + 2 * size), C)
+
+
+cdef void widen(const void* p, int kind, Py_ssize_t n, double* out) noexcept:
+    """out = n values of the type computed in, as float64 (exact)."""
+    cdef Py_ssize_t i
+    if kind == CBN_F64:
+        memcpy(out, p, n * sizeof(double))
+    else:
+        for i in range(n):
+            out[i] = (<const float*>p)[i]
+
+
 # ---------------------------------------------------------------- forward
 
 def forward(layer, x, out):
@@ -314,14 +394,11 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
     cdef str layout = field(d, "layout")
     cdef object weight, bias, running_mean, running_var, count_obj
     cdef long long count = 0
-    cdef cnp.ndarray y, stats, weight_copy = None, coef = None, kept = None
-    cdef void* block = NULL
-    cdef void* new_mean
-    cdef void* new_var
+    cdef cnp.ndarray y, stats, weight_copy = None, coef = None
+    cdef char* block = NULL
     cdef Py_ssize_t size = C * (8 if kind == CBN_F64 else 4), nkept = 0
-    cdef double momentum, values
     cdef bint overflowed
-    cdef Job job
+    cdef Forward f
     cdef CompiledForward record
     step(0)
     lock.acquire()   # held throughout: the state is read, computed from and replaced
@@ -351,39 +428,30 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
             coef = new_table(3, C, param_type)
         record = CompiledForward.__new__(CompiledForward)
         if update:
-            block = scratch(3 * size)
+            block = <char*>scratch(3 * size)
         step(2)
-        memset(&job, 0, sizeof(Job))
-        plan(&job, view, kind, channels_first, threads_for(C * view.N * view.S))
-        job.out = output_tensor(view, cnp.PyArray_DATA(y), job.itemsize, CBN_RELU if relu else 0)
-        job.tables.weight = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
-        job.tables.bias = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
-        job.eps = field(d, "_eps")
-        job.tables.coef = NULL if coef is None else cnp.PyArray_DATA(coef)
-        job.tables.stats = <double*>cnp.PyArray_DATA(stats)
-        job.rows_last_first = True   # (as _forward.train_forward)
-        overflowed = forward_run(TRAIN, &job)
+        f.view = view
+        f.channels_first = channels_first
+        f.kind = kind
+        f.out = cnp.PyArray_DATA(y)
+        f.flags = CBN_RELU if relu else 0
+        f.weight = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
+        f.bias = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
+        f.eps = field(d, "_eps")
+        f.relu_coef = NULL if coef is None else cnp.PyArray_DATA(coef)
+        f.stats = <double*>cnp.PyArray_DATA(stats)
+        overflowed = train_step(&f)
         step(3)
         if overflowed:
             warn_beyond_range(layout, y, "y", None)
         if update:
-            # the running statistics' new values, computed aside (moved_all
-            # works in place): copies of the current ones, then moved
-            new_mean = block
-            new_var = <char*>block + size
-            memcpy(new_mean, cnp.PyArray_DATA(<cnp.ndarray>running_mean), size)
-            memcpy(new_var, cnp.PyArray_DATA(<cnp.ndarray>running_var), size)
-            momentum = step_momentum(field(d, "_momentum"), field(d, "bias_correction") is True,
-                                     count)
-            values = <double>(view.N * view.S)
-            if kind == CBN_F64:
-                nkept = moved_all(<double*>new_mean, <double*>new_var, job.tables.stats,
-                                  job.tables.stats + 2 * C, values / (values - 1.0), momentum,
-                                  <cnp.npy_bool*>(<char*>block + 2 * size), C)
-            else:
-                nkept = moved_all(<float*>new_mean, <float*>new_var, job.tables.stats,
-                                  job.tables.stats + 2 * C, values / (values - 1.0), momentum,
-                                  <cnp.npy_bool*>(<char*>block + 2 * size), C)
+            # the running statistics' new values, computed aside
+            nkept = moved_running(kind, cnp.PyArray_DATA(<cnp.ndarray>running_mean),
+                                  cnp.PyArray_DATA(<cnp.ndarray>running_var), f.stats, C,
+                                  <double>(view.N * view.S),
+                                  step_momentum(field(d, "_momentum"),
+                                                field(d, "bias_correction") is True, count),
+                                  <char*>block)
             count_obj = count + 1
         step(4)
         if nkept:
@@ -396,7 +464,7 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
         record.overwritten = role == 2
         record.stats = stats
         record.weight = weight_copy
-        record.eps = job.eps
+        record.eps = f.eps
         record.relu_coef = coef
         record.view = view
         record.channels_first = channels_first
@@ -404,8 +472,8 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
         step(6)
         # the commit
         if update:
-            memcpy(cnp.PyArray_DATA(<cnp.ndarray>running_mean), new_mean, size)
-            memcpy(cnp.PyArray_DATA(<cnp.ndarray>running_var), new_var, size)
+            memcpy(cnp.PyArray_DATA(<cnp.ndarray>running_mean), block, size)
+            memcpy(cnp.PyArray_DATA(<cnp.ndarray>running_var), block + size, size)
             PyDict_SetItem(sd, "num_batches_tracked", count_obj)
         PyDict_SetItem(d, "_saved", record)
     finally:
@@ -426,11 +494,11 @@ cdef object eval_forward(object layer, dict d, object shared, cnp.ndarray xa, ob
     cdef str layout = field(d, "layout")
     cdef object weight, bias, running_mean, running_var
     cdef cnp.ndarray y, parameters, coef = None
-    cdef Py_ssize_t size = C * (8 if kind == CBN_F64 else 4), c
+    cdef Py_ssize_t size = C * (8 if kind == CBN_F64 else 4)
     cdef char* p
     cdef double* mean_var = NULL
     cdef bint overflowed, affine
-    cdef Job job
+    cdef Forward f
     cdef CompiledForward record
     step(0)
     lock.acquire()
@@ -462,23 +530,18 @@ cdef object eval_forward(object layer, dict d, object shared, cnp.ndarray xa, ob
         record = CompiledForward.__new__(CompiledForward)
         mean_var = <double*>scratch(2 * C * sizeof(double))
         step(2)
-        for c in range(C):   # the statistics as float64 (as _forward.normalize's table)
-            if kind == CBN_F64:
-                mean_var[c] = (<double*>p)[c]
-                mean_var[C + c] = (<double*>p)[C + c]
-            else:
-                mean_var[c] = (<float*>p)[c]
-                mean_var[C + c] = (<float*>p)[C + c]
-        memset(&job, 0, sizeof(Job))
-        plan(&job, view, kind, channels_first, threads_for(C * view.N * view.S))
-        job.out = output_tensor(view, cnp.PyArray_DATA(y), job.itemsize, CBN_RELU if relu else 0)
-        job.tables.weight = p + 2 * size if affine else NULL
-        job.tables.bias = p + 3 * size if affine else NULL
-        job.eps = field(d, "_eps")
-        job.tables.stats = mean_var
-        job.count = 0.0
-        job.tables.coef = NULL if coef is None else cnp.PyArray_DATA(coef)
-        overflowed = forward_run(NORMALIZE, &job)
+        widen(p, kind, 2 * C, mean_var)   # (as _forward.normalize's table)
+        f.view = view
+        f.channels_first = channels_first
+        f.kind = kind
+        f.out = cnp.PyArray_DATA(y)
+        f.flags = CBN_RELU if relu else 0
+        f.weight = p + 2 * size if affine else NULL
+        f.bias = p + 3 * size if affine else NULL
+        f.eps = field(d, "_eps")
+        f.relu_coef = NULL if coef is None else cnp.PyArray_DATA(coef)
+        f.mean_var = mean_var
+        overflowed = eval_step(&f)
         step(3)
         if overflowed:
             warn_beyond_range(layout, y, "y", None)
@@ -489,7 +552,7 @@ cdef object eval_forward(object layer, dict d, object shared, cnp.ndarray xa, ob
         record.overwritten = role == 2
         record.weight = None
         record.parameters = parameters
-        record.eps = job.eps
+        record.eps = f.eps
         record.relu_coef = coef
         record.view = view
         record.channels_first = channels_first
@@ -628,3 +691,123 @@ cdef cnp.ndarray grads_table(const char* block, Py_ssize_t C, int typenum):
     cdef cnp.ndarray table = new_table(2, C, typenum)
     memcpy(cnp.PyArray_DATA(table), block, cnp.PyArray_NBYTES(table))
     return table
+
+
+# ---------------------------------------------------------------- the functional API
+
+def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, layout,
+               out):
+    """cbn.functional.batch_norm on the compiled path: y, or None when this call
+    is not the common case (plain float arguments, contiguous (C,) vectors of
+    the type computed in; the Python path then checks and runs it)."""
+    if not enabled:
+        return None
+    cdef cnp.ndarray xa
+    cdef int typenum, param_type, kind
+    cdef Tensor view
+    cdef bint channels_first, nhwc
+    cdef double smallest
+    if type(x) is not cnp.ndarray or not (training is True or training is False):
+        return None
+    if type(layout) is not str or not (layout == "NCHW" or layout == "NHWC"):
+        return None
+    xa = <cnp.ndarray>x
+    typenum = cnp.PyArray_TYPE(xa)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64 and typenum != cnp.NPY_FLOAT16:
+        return None
+    descr = cnp.PyArray_DescrFromType(typenum)
+    nhwc = layout == "NHWC"
+    if not (cnp.PyArray_NDIM(xa) >= 2 and plain_array(xa, descr, cnp.PyArray_NDIM(xa))
+            and kernel_view(xa, nhwc, &view, &channels_first)):
+        return None
+    kind = data_kind(xa)
+    param_type = cnp.NPY_FLOAT64 if kind == CBN_F64 else cnp.NPY_FLOAT32
+    smallest = DBL_MIN if kind == CBN_F64 else FLT_MIN
+    if type(eps) is not float or not (isfinite(eps) and eps >= smallest):
+        return None
+    if training and (type(momentum) is not float or not 0.0 <= momentum <= 1.0):
+        return None
+    if not ((weight is None or usable_vector(weight, param_type, view.C))
+            and (bias is None or usable_vector(bias, param_type, view.C))):
+        return None
+    if (running_mean is None) != (running_var is None):
+        return None
+    if running_mean is None:
+        if not training:
+            return None
+    elif not (usable_vector(running_mean, param_type, view.C)
+              and usable_vector(running_var, param_type, view.C)
+              and (not training or (cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_mean)
+                                    and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_var)))):
+        return None
+    if training and view.N * view.S < 2:
+        return None
+    if out is not None and output_role(out, xa, descr) == 0:
+        return None
+    return functional_forward(xa, running_mean, running_var, weight, bias, training, momentum,
+                              eps, layout, out, view, channels_first, kind)
+
+
+cdef object functional_forward(cnp.ndarray xa, object running_mean, object running_var,
+                               object weight, object bias, bint training, object momentum,
+                               double eps, str layout, object out, Tensor view,
+                               bint channels_first, int kind):
+    cdef Py_ssize_t C = view.C, size = view.C * (8 if kind == CBN_F64 else 4), nkept = 0
+    cdef bint update = training and running_mean is not None
+    cdef cnp.ndarray y
+    cdef char* block = NULL
+    cdef Forward f
+    cdef bint overflowed
+    step(0)
+    try:
+        y = new_like(xa) if out is None else <cnp.ndarray>out
+        # float64 (3, C) statistics (or [mean, var]), then the new running statistics
+        block = <char*>scratch(3 * C * sizeof(double) + (3 * size if update else 0))
+        step(1)
+        f.view = view
+        f.channels_first = channels_first
+        f.kind = kind
+        f.out = cnp.PyArray_DATA(y)
+        f.flags = 0
+        f.weight = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
+        f.bias = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
+        f.eps = eps
+        f.relu_coef = NULL
+        f.stats = <double*>block
+        if training:
+            overflowed = train_step(&f)
+        else:
+            widen(cnp.PyArray_DATA(<cnp.ndarray>running_mean), kind, C, f.stats)
+            widen(cnp.PyArray_DATA(<cnp.ndarray>running_var), kind, C, f.stats + C)
+            f.mean_var = f.stats
+            overflowed = eval_step(&f)
+        step(2)
+        if overflowed:
+            warn_beyond_range(layout, y, "y", None)
+        if update:
+            nkept = moved_running(kind, cnp.PyArray_DATA(<cnp.ndarray>running_mean),
+                                  cnp.PyArray_DATA(<cnp.ndarray>running_var), f.stats, C,
+                                  <double>(view.N * view.S), momentum,
+                                  block + 3 * C * sizeof(double))
+            if nkept:
+                warn_running_unchanged(block + 3 * C * sizeof(double) + 2 * size, C,
+                                       running_mean)
+        step(3)
+        if update:   # the commit
+            memcpy(cnp.PyArray_DATA(<cnp.ndarray>running_mean), block + 3 * C * sizeof(double),
+                   size)
+            memcpy(cnp.PyArray_DATA(<cnp.ndarray>running_var),
+                   block + 3 * C * sizeof(double) + size, size)
+    finally:
+        free_scratch(block)
+    return y
+
+
+cdef void warn_running_unchanged(const char* kept, Py_ssize_t C, object running_mean) except *:
+    """cbn.functional's warning naming the channels whose running statistics stay."""
+    cdef cnp.npy_intp dims[1]
+    dims[0] = C
+    cdef cnp.ndarray mask = cnp.PyArray_SimpleNew(1, dims, cnp.NPY_BOOL)
+    memcpy(cnp.PyArray_DATA(mask), kept, C)
+    from cbn._ops import warn_running_unchanged as warn
+    warn(mask, running_mean.dtype)
