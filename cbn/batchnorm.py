@@ -323,25 +323,7 @@ class BatchNormBase:
                              f"virtual_batch_size={k}, got {N} (shape {x.shape})")
         check_batch_for_statistics(x[:k], axis)
 
-    def __call__(self, x, out=None):
-        """Normalise x: the same as :meth:`forward`.
-
-        Parameters
-        ----------
-        x : numpy.ndarray
-            The input.
-        out : numpy.ndarray, optional
-            Where to write the output.
-
-        Returns
-        -------
-        numpy.ndarray
-            The output.
-        """
-        if self._COMPILED_PATH:   # (forward's first step, here one call sooner)
-            y = _call.forward(self, x, out)
-            return self._python_forward(x, out) if y is None else y
-        return self.forward(x, out)
+    __call__ = _call.layer_call   # forward(x, out), compiled: one Python frame less a call
 
     def forward(self, x, out=None):
         """Normalise x; in training mode also update the running statistics.

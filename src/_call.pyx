@@ -85,12 +85,14 @@ cdef class CompiledForward:
     """What backward needs of a forward that took the compiled path.
 
     x: the input (its kernel view has x's C order); layout; batch_stats,
-    overwritten: as SavedForward's; affine: the layer's; stats: float64 (3, C) [mean, invstd,
-    biased var] of a batch-statistics forward, else None; weight: a copy
-    of the weight it scaled with, or None; parameters: an eval forward's
-    copies (param_dtype (4, C): running_mean, running_var, weight, bias),
-    else None; eps; relu_coef: a fused ReLU's (3, C) coefficients, or None.
-    cbn.batchnorm turns it into a SavedForward for the Python path.
+    overwritten: as SavedForward's; affine: the layer's; eps; relu_coef: a
+    fused ReLU's (3, C) coefficients, or None; parameters: an eval
+    forward's copies (param_dtype (4, C): running_mean, running_var,
+    weight, bias), else None. A training forward's statistics and weight
+    live in memory of the record's own (no arrays made per call); stats
+    (float64 (3, C) [mean, invstd, biased var]) and weight (the copy it
+    scaled with, or None) give them as new arrays. cbn.batchnorm turns a
+    record into a SavedForward for the Python path.
     """
 
     cdef readonly object x
@@ -98,8 +100,6 @@ cdef class CompiledForward:
     cdef readonly bint batch_stats
     cdef readonly bint overwritten
     cdef readonly bint affine
-    cdef readonly object stats
-    cdef readonly object weight
     cdef readonly object parameters
     cdef readonly double eps
     cdef readonly object relu_coef
@@ -107,6 +107,31 @@ cdef class CompiledForward:
     cdef Tensor view
     cdef bint channels_first
     cdef int kind
+    cdef char* block               # training: stats (3 C float64), then the weight's copy
+    cdef double* stats_data
+    cdef void* weight_data         # NULL without a weight
+
+    def __dealloc__(self):
+        free_scratch(self.block)
+
+    @property
+    def stats(self):
+        if self.stats_data == NULL:
+            return None
+        cdef cnp.ndarray table = new_table(3, self.view.C, cnp.NPY_FLOAT64)
+        memcpy(cnp.PyArray_DATA(table), self.stats_data, cnp.PyArray_NBYTES(table))
+        return table
+
+    @property
+    def weight(self):
+        if self.weight_data == NULL:
+            return None
+        cdef cnp.npy_intp dims[1]
+        dims[0] = self.view.C
+        cdef cnp.ndarray copy = cnp.PyArray_EMPTY(
+            1, dims, cnp.NPY_FLOAT64 if self.kind == CBN_F64 else cnp.NPY_FLOAT32, 0)
+        memcpy(cnp.PyArray_DATA(copy), self.weight_data, cnp.PyArray_NBYTES(copy))
+        return copy
 
     def __reduce__(self):
         raise TypeError("CompiledForward: convert it with the layer's _last_forward to pickle it")
@@ -218,13 +243,6 @@ cdef inline cnp.ndarray new_table(Py_ssize_t rows, Py_ssize_t C, int typenum):
     dims[0] = rows
     dims[1] = C
     return cnp.PyArray_EMPTY(2, dims, typenum, 0)
-
-
-cdef inline cnp.ndarray vector_copy(cnp.ndarray a):
-    """A copy of a C-contiguous (C,) float32 or float64 array."""
-    cdef cnp.ndarray copy = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a), 0)
-    memcpy(cnp.PyArray_DATA(copy), cnp.PyArray_DATA(a), cnp.PyArray_NBYTES(a))
-    return copy
 
 
 cdef inline double step_momentum(object momentum, bint bias_correction, long long count):
@@ -340,6 +358,30 @@ cdef void widen(const void* p, int kind, Py_ssize_t n, double* out) noexcept:
 
 # ---------------------------------------------------------------- forward
 
+def layer_call(layer, x, out=None):
+    """Normalise x: the same as :meth:`forward`.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        The input.
+    out : numpy.ndarray, optional
+        Where to write the output.
+
+    Returns
+    -------
+    numpy.ndarray
+        The output.
+    """
+    # (BatchNormBase.__call__: a layer call reaches the compiled path
+    # without a Python frame of its own)
+    cdef object y
+    if not type(layer)._COMPILED_PATH:
+        return layer.forward(x, out)
+    y = forward(layer, x, out)
+    return layer._python_forward(x, out) if y is None else y
+
+
 def forward(layer, x, out):
     """The layer's forward(x, out) on the compiled path: the output, or None
     when this call is not the common case (the Python path then runs it)."""
@@ -394,7 +436,7 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
     cdef str layout = field(d, "layout")
     cdef object weight, bias, running_mean, running_var, count_obj
     cdef long long count = 0
-    cdef cnp.ndarray y, stats, weight_copy = None, coef = None
+    cdef cnp.ndarray y, coef = None
     cdef char* block = NULL
     cdef Py_ssize_t size = C * (8 if kind == CBN_F64 else 4), nkept = 0
     cdef bint overflowed
@@ -421,12 +463,16 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
         step(1)
         # everything this call makes: the output, then what backward keeps
         y = new_like(xa) if out is None else <cnp.ndarray>out
-        stats = new_table(3, C, cnp.NPY_FLOAT64)
-        if weight is not None:
-            weight_copy = vector_copy(<cnp.ndarray>weight)
         if relu:
             coef = new_table(3, C, param_type)
         record = CompiledForward.__new__(CompiledForward)
+        record.view = view
+        record.kind = kind
+        record.block = <char*>scratch(3 * C * sizeof(double) + size)
+        record.stats_data = <double*>record.block
+        if weight is not None:
+            record.weight_data = record.block + 3 * C * sizeof(double)
+            memcpy(record.weight_data, cnp.PyArray_DATA(<cnp.ndarray>weight), size)
         if update:
             block = <char*>scratch(3 * size)
         step(2)
@@ -439,7 +485,7 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
         f.bias = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
         f.eps = field(d, "_eps")
         f.relu_coef = NULL if coef is None else cnp.PyArray_DATA(coef)
-        f.stats = <double*>cnp.PyArray_DATA(stats)
+        f.stats = record.stats_data
         overflowed = train_step(&f)
         step(3)
         if overflowed:
@@ -455,15 +501,13 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
             count_obj = count + 1
         step(4)
         if nkept:
-            warn_kept(layer, stats, <cnp.npy_bool*>(<char*>block + 2 * size), C)
+            warn_kept(layer, record.stats, <cnp.npy_bool*>(<char*>block + 2 * size), C)
         step(5)
         record.x = xa
         record.layout = layout
         record.batch_stats = True
         record.affine = weight is not None
         record.overwritten = role == 2
-        record.stats = stats
-        record.weight = weight_copy
         record.eps = f.eps
         record.relu_coef = coef
         record.view = view
@@ -550,7 +594,6 @@ cdef object eval_forward(object layer, dict d, object shared, cnp.ndarray xa, ob
         record.batch_stats = False
         record.affine = affine
         record.overwritten = role == 2
-        record.weight = None
         record.parameters = parameters
         record.eps = f.eps
         record.relu_coef = coef
@@ -649,9 +692,8 @@ cdef object run_backward(dict d, CompiledForward record, cnp.ndarray dya, object
         job.tables.relu_coef = (NULL if record.relu_coef is None
                                 else cnp.PyArray_DATA(<cnp.ndarray>record.relu_coef))
         if batch_stats:
-            job.tables.stats = <double*>cnp.PyArray_DATA(<cnp.ndarray>record.stats)
-            job.tables.weight = (NULL if record.weight is None
-                                 else cnp.PyArray_DATA(<cnp.ndarray>record.weight))
+            job.tables.stats = record.stats_data
+            job.tables.weight = record.weight_data
         else:
             # cbn._ops.fixed_stats: [mean, 1 / sqrt(var + eps)] from the running statistics
             p = <char*>cnp.PyArray_DATA(<cnp.ndarray>record.parameters)

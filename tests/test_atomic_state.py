@@ -173,7 +173,10 @@ CALLS = {
 
 @pytest.mark.parametrize("call", list(CALLS))
 @pytest.mark.parametrize("kind", LAYERS)
-def test_an_interrupt_at_any_line_leaves_all_or_nothing(kind, call):
+def test_an_interrupt_at_any_line_leaves_all_or_nothing(kind, call, python_path):
+    """The Python path, line by line (the compiled path runs no Python line
+    between its first check and its commit: test_compiled_path.py raises at
+    each of its steps instead)."""
     training, fn = CALLS[call]
     make, run = traced_case(kind, fn, training)
     lines = interrupt_everywhere(make, run, fingerprint)
