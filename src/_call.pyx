@@ -358,7 +358,7 @@ cdef void widen(const void* p, int kind, Py_ssize_t n, double* out) noexcept:
 
 # ---------------------------------------------------------------- forward
 
-def layer_call(layer, x, out=None):
+def layer_call(self, x, out=None):
     """Normalise x: the same as :meth:`forward`.
 
     Parameters
@@ -376,10 +376,10 @@ def layer_call(layer, x, out=None):
     # (BatchNormBase.__call__: a layer call reaches the compiled path
     # without a Python frame of its own)
     cdef object y
-    if not type(layer)._COMPILED_PATH:
-        return layer.forward(x, out)
-    y = forward(layer, x, out)
-    return layer._python_forward(x, out) if y is None else y
+    if not type(self)._COMPILED_PATH:
+        return self.forward(x, out)
+    y = forward(self, x, out)
+    return self._python_forward(x, out) if y is None else y
 
 
 def forward(layer, x, out):
