@@ -22,10 +22,10 @@ from libc.string cimport memset
 
 from _arrays cimport (Tensor, checked, checked_like, checked_table, checked_threads,
                      checked_vector, free_scratch, input_kind, run_bytes, scratch, tensor)
-from _loops cimport CBN_F64, CBN_STREAM, cbn_block, kind_itemsize
+from _loops cimport CBN_F64, CBN_ROWS4, CBN_STREAM, cbn_block, kind_itemsize
 from _block_moments cimport row_block
-from _plan cimport (PARALLEL_CHANNELS, channel_parts, channels_per_unit, part_start, row_parts,
-                   streams)
+from _plan cimport (PARALLEL_CHANNELS, channel_parts, channels_per_unit, interleaves_rows,
+                   part_start, row_parts, streams)
 
 
 cdef struct Tables:
@@ -116,11 +116,14 @@ cdef inline Tensor output(object a, str name, cnp.ndarray x, int flags):
 cdef inline Tensor output_tensor(Tensor like, void* data, Py_ssize_t itemsize,
                                  int flags) noexcept:
     """An output with like's geometry at data; flags plus CBN_STREAM where its
-    size makes streaming stores pay (_plan.streams)."""
+    size makes streaming stores pay (_plan.streams), and CBN_ROWS4 where it is
+    small enough for four interleaved rows (_plan.interleaves_rows)."""
     cdef Tensor t = like
     t.data = data
     if streams(t.N * t.C * t.S * itemsize, run_bytes(t, itemsize)):
         flags |= CBN_STREAM
+    if interleaves_rows(t.N * t.C * t.S * itemsize):
+        flags |= CBN_ROWS4
     t.flags = flags
     return t
 

@@ -19,6 +19,7 @@ cdef extern from "cbn_loops.h" nogil:
     int CBN_STREAM
     int CBN_RELU
     int CBN_FIXED
+    int CBN_ROWS4
     ctypedef struct cbn_block:
         const void* x
         Py_ssize_t x_stride

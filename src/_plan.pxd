@@ -14,6 +14,7 @@ cdef enum:
     PARALLEL_CHANNELS = 256      # per-channel finishing work (merges, sqrt) in parallel from here
     FUSE_MIN_BYTES = 262144      # below this the whole input stays in L2 between passes
     UNIT_VALUES = 2048           # channels-first elementwise passes: values per work unit
+    ROWS4_MAX_BYTES = 4194304    # channels-last output passes: four rows at a time up to this
 
 
 cdef extern from "cbn_loops.h" nogil:
@@ -65,3 +66,12 @@ cdef inline bint streams(Py_ssize_t nbytes, Py_ssize_t run_bytes) noexcept nogil
     were faster; at 25.7 MB streaming saved 15-20% of a training forward.)
     """
     return nbytes >= cbn_stream_threshold() and run_bytes >= MIN_STREAM_RUN_BYTES
+
+
+cdef inline bint interleaves_rows(Py_ssize_t nbytes) noexcept nogil:
+    """Whether the channels-last output loops take four rows per load of the
+    coefficients (CBN_ROWS4) for an output of nbytes: loads bound them on
+    tensors in cache (one thread, Zen 3: 24 KB 15% faster, 1 MB the same to
+    7% faster), but at 12.8 MB the eight interleaved streams were 8-15%
+    slower than two (asv_bench/NOTES.md section 22)."""
+    return nbytes <= ROWS4_MAX_BYTES

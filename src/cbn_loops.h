@@ -55,6 +55,8 @@
 #define CBN_RELU 2     /* write max(y, 0) */
 #define CBN_FIXED 4    /* grad_input with fixed (eval) statistics: dx = g * k_dy, x only
                           gates a fused ReLU, so a NaN in x cannot reach dx through 0 * NaN */
+#define CBN_ROWS4 8    /* the channels-last output loops may take four rows per load of the
+                          coefficients (_plan.interleaves_rows: outputs of a few MB at most) */
 
 #include "cbn_half.h"
 

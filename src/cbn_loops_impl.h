@@ -780,7 +780,7 @@ TARGET_ATTRS static void FN(rows_affine)(const cbn_block *block, const ELEM *res
     VEC peak = FN(splat)(0);
     int over1 = 0;
     ptrdiff_t r = 0;
-    if (!stream) {
+    if (!stream && (b.flags & CBN_ROWS4)) {
         /* four rows per load of a channel's coefficients: three loads fewer
          * for every four vectors (the pass was bound by loads on short
          * tensors). Rows are written whole, in order: out may be x itself */
@@ -911,7 +911,7 @@ TARGET_ATTRS static void FN(rows_grad_input)(const cbn_block *block, const ELEM 
     VEC peak = FN(splat)(0);
     int over1 = 0;
     ptrdiff_t r = 0;
-    if (!stream && !relu)
+    if (!stream && !relu && (b.flags & CBN_ROWS4))
         for (; r + 4 <= b.count; r += 4) {
             ptrdiff_t c = fixed ? FN(rows4_grad_input)(&b, r, C, k, ts, 1, &peak)
                                 : FN(rows4_grad_input)(&b, r, C, k, ts, 0, &peak);
