@@ -104,22 +104,30 @@ cdef inline Py_ssize_t run_bytes(Tensor t, Py_ssize_t itemsize) noexcept:
     return (t.S if t.S > 1 else t.C) * itemsize
 
 
-cdef inline int input_kind(object x, str name) except -1:
-    """The data type (CBN_F32, CBN_F64, CBN_F16, CBN_BF16) of a 2-D (M, C) or
-    3-D (N, C, S) float array. bfloat16 is a dtype an extension registers
-    (ml_dtypes), with a type number of its own: it is known by name and size."""
-    cdef int typenum
-    if not cnp.PyArray_Check(x):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
-    if cnp.PyArray_NDIM(<cnp.ndarray>x) not in (2, 3):
-        raise ValueError(f"{name}: expected a 2-D (M, C) or 3-D (N, C, S) array")
-    typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+cdef inline int typenum_kind(int typenum) noexcept:
+    """CBN_F32, CBN_F64 or CBN_F16 for NumPy's type number of that type, else
+    -1 (bfloat16's type number is the one its extension was given at run time)."""
     if typenum == cnp.NPY_FLOAT32:
         return CBN_F32
     if typenum == cnp.NPY_FLOAT64:
         return CBN_F64
     if typenum == cnp.NPY_FLOAT16:
         return CBN_F16
+    return -1
+
+
+cdef inline int input_kind(object x, str name) except -1:
+    """The data type (CBN_F32, CBN_F64, CBN_F16, CBN_BF16) of a 2-D (M, C) or
+    3-D (N, C, S) float array. bfloat16 is a dtype an extension registers
+    (ml_dtypes), with a type number of its own: it is known by name and size."""
+    cdef int kind
+    if not cnp.PyArray_Check(x):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+    if cnp.PyArray_NDIM(<cnp.ndarray>x) not in (2, 3):
+        raise ValueError(f"{name}: expected a 2-D (M, C) or 3-D (N, C, S) array")
+    kind = typenum_kind(cnp.PyArray_TYPE(<cnp.ndarray>x))
+    if kind >= 0:
+        return kind
     if x.dtype.itemsize == 2 and x.dtype.type.__name__ == "bfloat16":   # (see _dtypes.py)
         return CBN_BF16
     raise TypeError(f"{name}: expected float32, float64, float16 or bfloat16, got {x.dtype}")

@@ -26,11 +26,11 @@ from libc.float cimport DBL_MIN, FLT_MIN
 from libc.math cimport expm1, isfinite, log1p, sqrt
 from libc.string cimport memcpy, memset
 
-from _arrays cimport Tensor, free_scratch, scratch
+from _arrays cimport Tensor, free_scratch, scratch, typenum_kind
 from _backward_kernels cimport BACKWARD, backward_run
 from _forward_kernels cimport NORMALIZE, TRAIN, forward_run, moved_all
 from _job cimport Job, output_tensor, plan
-from _loops cimport CBN_BF16, CBN_F16, CBN_F32, CBN_F64, CBN_FIXED, CBN_RELU, init_loops
+from _loops cimport CBN_BF16, CBN_F32, CBN_F64, CBN_FIXED, CBN_RELU, init_loops
 
 from cbn import _threads
 
@@ -258,15 +258,9 @@ cdef inline double step_momentum(object momentum, bint bias_correction, long lon
 
 cdef inline int data_kind(cnp.ndarray x) noexcept:
     """The loops' data type of x, whose dtype is a layer's (so a supported one:
-    bfloat16 is the one without a NumPy type number of its own)."""
-    cdef int typenum = cnp.PyArray_TYPE(x)
-    if typenum == cnp.NPY_FLOAT32:
-        return CBN_F32
-    if typenum == cnp.NPY_FLOAT64:
-        return CBN_F64
-    if typenum == cnp.NPY_FLOAT16:
-        return CBN_F16
-    return CBN_BF16
+    bfloat16 is the one without a fixed NumPy type number)."""
+    cdef int kind = typenum_kind(cnp.PyArray_TYPE(x))
+    return CBN_BF16 if kind < 0 else kind
 
 
 cdef inline cnp.ndarray new_like(cnp.ndarray x):
@@ -295,20 +289,49 @@ cdef struct Forward:
     const double* mean_var  # eval: (2, C) [mean, var]
 
 
+cdef inline const void* array_data(object a) noexcept:
+    """An ndarray's data, or NULL for None."""
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline Forward forward_of(Tensor view, bint channels_first, int kind, cnp.ndarray y,
+                               object relu_coef, const void* weight, const void* bias,
+                               double eps) noexcept:
+    """A Forward of x's view into y; relu_coef: the (3, C) array a fused ReLU's
+    coefficients go to, or None (no ReLU)."""
+    cdef Forward f
+    memset(&f, 0, sizeof(Forward))
+    f.view = view
+    f.channels_first = channels_first
+    f.kind = kind
+    f.out = cnp.PyArray_DATA(y)
+    f.flags = 0 if relu_coef is None else CBN_RELU
+    f.weight = weight
+    f.bias = bias
+    f.eps = eps
+    f.relu_coef = NULL if relu_coef is None else cnp.PyArray_DATA(<cnp.ndarray>relu_coef)
+    return f
+
+
 cdef inline int kernel_threads(Tensor view) except -1:
     return threads_for(view.C * view.N * view.S)
 
 
-cdef bint train_step(Forward* f) except -1:
-    """y and the batch statistics; returns the 2-byte overflow flag."""
-    cdef Job job
-    memset(&job, 0, sizeof(Job))
-    plan(&job, f.view, f.kind, f.channels_first, kernel_threads(f.view))
+cdef void affine_job(Job* job, const Forward* f) except *:
+    """job planned for f's forward: x, y, weight, bias, eps and the coefficients."""
+    memset(job, 0, sizeof(Job))
+    plan(job, f.view, f.kind, f.channels_first, kernel_threads(f.view))
     job.out = output_tensor(f.view, f.out, job.itemsize, f.flags)
     job.tables.weight = f.weight
     job.tables.bias = f.bias
     job.eps = f.eps
     job.tables.coef = f.relu_coef
+
+
+cdef bint train_step(Forward* f) except -1:
+    """y and the batch statistics; returns the 2-byte overflow flag."""
+    cdef Job job
+    affine_job(&job, f)
     job.tables.stats = f.stats
     job.rows_last_first = True   # (as _forward.train_forward)
     return forward_run(TRAIN, &job)
@@ -317,15 +340,9 @@ cdef bint train_step(Forward* f) except -1:
 cdef bint eval_step(Forward* f) except -1:
     """y from given statistics; returns the 2-byte overflow flag."""
     cdef Job job
-    memset(&job, 0, sizeof(Job))
-    plan(&job, f.view, f.kind, f.channels_first, kernel_threads(f.view))
-    job.out = output_tensor(f.view, f.out, job.itemsize, f.flags)
-    job.tables.weight = f.weight
-    job.tables.bias = f.bias
-    job.eps = f.eps
+    affine_job(&job, f)
     job.tables.stats = <double*>f.mean_var
     job.count = 0.0
-    job.tables.coef = f.relu_coef
     return forward_run(NORMALIZE, &job)
 
 
@@ -476,15 +493,8 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
         if update:
             block = <char*>scratch(3 * size)
         step(2)
-        f.view = view
-        f.channels_first = channels_first
-        f.kind = kind
-        f.out = cnp.PyArray_DATA(y)
-        f.flags = CBN_RELU if relu else 0
-        f.weight = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
-        f.bias = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
-        f.eps = field(d, "_eps")
-        f.relu_coef = NULL if coef is None else cnp.PyArray_DATA(coef)
+        f = forward_of(view, channels_first, kind, y, coef, array_data(weight),
+                       array_data(bias), field(d, "_eps"))
         f.stats = record.stats_data
         overflowed = train_step(&f)
         step(3)
@@ -575,15 +585,8 @@ cdef object eval_forward(object layer, dict d, object shared, cnp.ndarray xa, ob
         mean_var = <double*>scratch(2 * C * sizeof(double))
         step(2)
         widen(p, kind, 2 * C, mean_var)   # (as _forward.normalize's table)
-        f.view = view
-        f.channels_first = channels_first
-        f.kind = kind
-        f.out = cnp.PyArray_DATA(y)
-        f.flags = CBN_RELU if relu else 0
-        f.weight = p + 2 * size if affine else NULL
-        f.bias = p + 3 * size if affine else NULL
-        f.eps = field(d, "_eps")
-        f.relu_coef = NULL if coef is None else cnp.PyArray_DATA(coef)
+        f = forward_of(view, channels_first, kind, y, coef, p + 2 * size if affine else NULL,
+                       p + 3 * size if affine else NULL, field(d, "_eps"))
         f.mean_var = mean_var
         overflowed = eval_step(&f)
         step(3)
@@ -806,15 +809,8 @@ cdef object functional_forward(cnp.ndarray xa, object running_mean, object runni
         # float64 (3, C) statistics (or [mean, var]), then the new running statistics
         block = <char*>scratch(3 * C * sizeof(double) + (3 * size if update else 0))
         step(1)
-        f.view = view
-        f.channels_first = channels_first
-        f.kind = kind
-        f.out = cnp.PyArray_DATA(y)
-        f.flags = 0
-        f.weight = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
-        f.bias = NULL if bias is None else cnp.PyArray_DATA(<cnp.ndarray>bias)
-        f.eps = eps
-        f.relu_coef = NULL
+        f = forward_of(view, channels_first, kind, y, None, array_data(weight),
+                       array_data(bias), eps)
         f.stats = <double*>block
         if training:
             overflowed = train_step(&f)
