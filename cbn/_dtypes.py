@@ -92,9 +92,17 @@ def check_param_dtype(param_dtype, dtype):
 def warn_beyond_range(dtype, what):
     """The RuntimeWarning for outputs of 2-byte data past the type's range
     (they became +-inf), attributed to the first caller outside cbn."""
-    frame, level = sys._getframe(1), 2
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("cbn."):
-        frame, level = frame.f_back, level + 1
     largest = 65504.0 if dtype == FLOAT16 else 3.3895e38
     warnings.warn(f"{what}: some values were beyond {dtype}'s range (largest finite "
-                  f"{largest:g}) and became +-inf", RuntimeWarning, stacklevel=level)
+                  f"{largest:g}) and became +-inf", RuntimeWarning, stacklevel=user_stacklevel())
+
+
+def user_stacklevel():
+    """The ``stacklevel`` that attributes a warning issued by the caller of
+    this function to the first caller outside cbn: the same frame whether
+    the layer call took the compiled path (no Python frames of cbn's) or
+    the Python path."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("cbn."):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from . import _backward, _forward
-from ._dtypes import param_dtype_for, warn_beyond_range
+from ._dtypes import param_dtype_for, user_stacklevel, warn_beyond_range
 from ._moments import Moments
 from ._threads import threads_for
 
@@ -24,7 +24,7 @@ def warn_running_unchanged(kept, dtype):
     warnings.warn(f"batch_norm: channel(s) {np.flatnonzero(kept).tolist()} have batch "
                   f"statistics that are not finite (NaN or Inf in the input) or running "
                   f"statistics that would overflow {dtype}; their running statistics "
-                  f"were left unchanged", RuntimeWarning, stacklevel=3)
+                  f"were left unchanged", RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def checked_range(overflowed, result, what, sums=None):

@@ -13,7 +13,7 @@ import numpy as np
 from . import _call, _ops
 from ._commit import Changes
 from ._docs import EXAMPLE_SHAPES, LAYER_EXAMPLE, LAYER_OPTIONS, LAYER_PARAMETERS, layer_doc
-from ._dtypes import check_dtype, check_param_dtype
+from ._dtypes import check_dtype, check_param_dtype, user_stacklevel
 from ._layout import canonicalize, channel_axis, check_layout
 from ._moments import merge_all
 from ._records import ForwardParameters, Piece, SavedForward, saved_forward
@@ -42,8 +42,8 @@ ACTIVATIONS = (None, "relu")
 
 # What the compiled call path (_call.pyx) does in C: a subclass that
 # overrides any of these takes the Python path.
-_COMPILED_STEPS = ("forward", "_python_forward", "backward", "_check_input", "_check_batch", "_parameters",
-                   "_forward", "_normalize_batch", "_running_targets",
+_COMPILED_STEPS = ("forward", "_python_forward", "backward", "_check_input", "_check_batch",
+                   "_parameters", "_forward", "_normalize_batch", "_running_targets",
                    "_updated_running_stats", "_stage_running_update", "_step_momentum",
                    "_stage_forward", "_stage_running_stats", "_check_count_room",
                    "_checked_backward")
@@ -500,7 +500,7 @@ class BatchNormBase:
             causes.append(f"channel(s) {overflow.tolist()}: the updated running statistics "
                           f"would overflow {self._param_dtype}")
         warnings.warn(f"{type(self).__name__}: {'; '.join(causes)}; their running statistics "
-                      f"were left unchanged", RuntimeWarning, stacklevel=4)
+                      f"were left unchanged", RuntimeWarning, stacklevel=user_stacklevel())
 
     # ------------------------------------------------------------ backward
 

@@ -39,7 +39,8 @@ cdef inline double centred_on_mean(const double* sums, Py_ssize_t C, Py_ssize_t 
 
 # ---------------------------------------------------------------- channels-first
 
-cdef inline void cf_unit_sums(const floating* compute, const Job* job, Py_ssize_t u) noexcept nogil:
+cdef inline void cf_unit_sums(const floating* compute, const Job* job,
+                              Py_ssize_t u) noexcept nogil:
     """part[2u], part[2u+1] = sums of unit u = c * parts + k (channel c, batch range k)."""
     cdef Py_ssize_t c = u // job.pieces, k = u % job.pieces
     cdef Py_ssize_t n0 = piece_start(job, k)
@@ -50,14 +51,16 @@ cdef inline void cf_unit_sums(const floating* compute, const Job* job, Py_ssize_
                    &job.partials[2 * u], &job.partials[2 * u + 1])
 
 
-cdef inline void cf_unit_grad_input(const floating* compute, const Job* job, Py_ssize_t u) noexcept nogil:
+cdef inline void cf_unit_grad_input(const floating* compute, const Job* job,
+                                    Py_ssize_t u) noexcept nogil:
     """Unit u of the elementwise pass (see unit_runs)."""
     cdef Py_ssize_t c0
     cdef cbn_block runs = unit_runs(job, u, &c0)
     runs_grad_input(&runs, <const floating*>job.tables.coef + c0, relu_at(job, c0))
 
 
-cdef inline void cf_channel_backward(const floating* compute, const Job* job, Py_ssize_t c) noexcept nogil:
+cdef inline void cf_channel_backward(const floating* compute, const Job* job,
+                                     Py_ssize_t c) noexcept nogil:
     """Sums, then dx, of channel c while its values are in cache."""
     cdef Py_ssize_t C = job.x.C
     cdef double* sums = job.tables.sums
@@ -74,7 +77,8 @@ cdef inline void cf_channel_backward(const floating* compute, const Job* job, Py
 
 # ---------------------------------------------------------------- channels-last
 
-cdef inline void cl_part_sums(const floating* compute, const Job* job, Py_ssize_t k) noexcept nogil:
+cdef inline void cl_part_sums(const floating* compute, const Job* job,
+                              Py_ssize_t k) noexcept nogil:
     """part[2Ck :] = (sum(g)[C], sum(g * (x - shift))[C]) of row range k: blocks
     of rows summed in the type computed in (into the 2C row buffers of range
     k), merged in float64."""
@@ -101,7 +105,8 @@ cdef inline void cl_part_sums(const floating* compute, const Job* job, Py_ssize_
         r += rows.count
 
 
-cdef inline void cl_block_grad_input(const floating* compute, const Job* job, Py_ssize_t i) noexcept nogil:
+cdef inline void cl_block_grad_input(const floating* compute, const Job* job,
+                                     Py_ssize_t i) noexcept nogil:
     """Block i of rows (see rows_at)."""
     cdef cbn_block rows = rows_at(job, i)
     rows_grad_input(&rows, job.tables.coef, job.tables.relu_coef)
@@ -165,7 +170,8 @@ cdef inline void backward_kernel(const floating* compute, const Job* job) noexce
             grads[C + c] = <floating>sums[c]
 
 
-cdef inline void backward_typed(int kernel, const floating* compute, const Job* job) noexcept nogil:
+cdef inline void backward_typed(int kernel, const floating* compute,
+                                const Job* job) noexcept nogil:
     if kernel == GRAD_SUMS:
         sums_kernel(compute, job)
     elif kernel == BACKWARD:

@@ -19,9 +19,9 @@
 from cython cimport floating
 from libc.math cimport isfinite
 
-from _loops cimport (CBN_F32, CBN_F64, advance, cbn_block, in_compute_type, input_block, kind_itemsize,
-                     rows_block_flags, rows_block_merge, rows_centered, runs_centered, runs_sum,
-                     value_at)
+from _loops cimport (CBN_F32, CBN_F64, advance, cbn_block, in_compute_type, input_block,
+                     kind_itemsize, rows_block_flags, rows_block_merge, rows_centered,
+                     runs_centered, runs_sum, value_at)
 
 cdef enum:
     AMPLIFICATION = 16        # largest sum(d^2) / M2 accepted from a one-pass block

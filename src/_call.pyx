@@ -145,15 +145,24 @@ cdef inline object field(dict d, str name):
     return None if v == NULL else <object>v
 
 
+cdef inline bint same_dtype(cnp.ndarray arr, object descr) noexcept:
+    """arr's dtype is descr (the same object, as nearly always; else an
+    equivalent one in native byte order: an unpickled layer's dtype is a copy)."""
+    cdef object own = <object>cnp.PyArray_DESCR(arr)
+    if own is descr:
+        return True
+    return (cnp.PyArray_ISNOTSWAPPED(arr)
+            and cnp.PyArray_EquivTypes(<cnp.dtype>own, <cnp.dtype>descr))
+
+
 cdef inline bint plain_array(object a, object descr, int ndim) noexcept:
-    """a is a plain ndarray of exactly this dtype (the singleton descr), ndim
-    dims, C-contiguous and aligned."""
+    """a is a plain ndarray of dtype descr, ndim dims, C-contiguous and aligned."""
     cdef cnp.ndarray arr
     if type(a) is not cnp.ndarray:
         return False
     arr = <cnp.ndarray>a
-    return (<object>cnp.PyArray_DESCR(arr) is descr and cnp.PyArray_NDIM(arr) == ndim
-            and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISALIGNED(arr))
+    return (cnp.PyArray_NDIM(arr) == ndim and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and cnp.PyArray_ISALIGNED(arr) and same_dtype(arr, descr))
 
 
 cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b) noexcept:
@@ -185,7 +194,16 @@ cdef inline int output_role(object out, cnp.ndarray like, object descr) noexcept
         return 0
     if not overlaps(o, like):
         return 1
-    return 2 if cnp.PyArray_DATA(o) == cnp.PyArray_DATA(like) else 0
+    return 2 if (cnp.PyArray_DATA(o) == cnp.PyArray_DATA(like) and same_strides(o, like)) else 0
+
+
+cdef inline bint same_strides(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """(Of two arrays of one shape: size-1 axes may have any stride.)"""
+    cdef int d
+    for d in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_STRIDES(a)[d] != cnp.PyArray_STRIDES(b)[d]:
+            return False
+    return True
 
 
 cdef inline bint kernel_view(cnp.ndarray x, bint nhwc, Tensor* t, bint* channels_first) noexcept:
@@ -220,15 +238,19 @@ cdef inline bint kernel_view(cnp.ndarray x, bint nhwc, Tensor* t, bint* channels
     return True
 
 
-cdef inline bint usable_vector(object a, int typenum, Py_ssize_t C) noexcept:
-    """A layer's (C,) vector as its setters bind them (checked again: cheap)."""
+cdef inline bint usable_vector(object a, int typenum, Py_ssize_t C,
+                               bint writable=False) noexcept:
+    """A (C,) vector as the layers' setters bind them: of typenum in native
+    byte order, contiguous, aligned, and writable if asked (checked again for
+    the layers: cheap)."""
     cdef cnp.ndarray arr
     if type(a) is not cnp.ndarray:
         return False
     arr = <cnp.ndarray>a
-    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == 1
-            and cnp.PyArray_DIMS(arr)[0] == C and cnp.PyArray_IS_C_CONTIGUOUS(arr)
-            and cnp.PyArray_ISALIGNED(arr))
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_ISNOTSWAPPED(arr)
+            and cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_DIMS(arr)[0] == C
+            and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISALIGNED(arr)
+            and (not writable or cnp.PyArray_ISWRITEABLE(arr)))
 
 
 cdef inline int threads_for(Py_ssize_t size) except -1:
@@ -391,38 +413,58 @@ def layer_call(self, x, out=None):
         The output.
     """
     # (BatchNormBase.__call__: a layer call reaches the compiled path
-    # without a Python frame of its own)
+    # without a Python frame of its own; a forward set on the instance is
+    # called, as Python would)
+    cdef dict d = self.__dict__
     cdef object y
-    if not type(self)._COMPILED_PATH:
+    if not type(self)._COMPILED_PATH or "forward" in d:
         return self.forward(x, out)
-    y = forward(self, x, out)
+    y = compiled_forward(self, d, x, out)
     return self._python_forward(x, out) if y is None else y
 
 
 def forward(layer, x, out):
     """The layer's forward(x, out) on the compiled path: the output, or None
     when this call is not the common case (the Python path then runs it)."""
+    return compiled_forward(layer, layer.__dict__, x, out)
+
+
+cdef inline bint is_bool(object value) noexcept:
+    return value is True or value is False
+
+
+cdef object compiled_forward(object layer, dict d, object x, object out):
     if not enabled:
         return None
-    cdef dict d = layer.__dict__
     cdef object descr = field(d, "_dtype")
     cdef object shared = field(d, "_shared")
-    cdef Py_ssize_t C = field(d, "num_features")
-    cdef str layout = field(d, "layout")
-    cdef bint nhwc = layout == "NHWC"
-    cdef bint training = field(d, "training") is True
-    cdef bint tracked = field(d, "track_running_stats") is True
-    cdef bint batch_stats = training or not tracked
+    cdef object channels = field(d, "num_features")
+    cdef object layout = field(d, "layout")
+    cdef object activation = field(d, "activation")
+    cdef object training_flag = field(d, "training")
+    cdef object tracked_flag = field(d, "track_running_stats")
+    cdef bint training, tracked, batch_stats, nhwc
     cdef cnp.ndarray xa
     cdef int role = 1
     cdef Tensor view
     cdef bint channels_first
+    # the options as the constructor and setters leave them (anything else:
+    # the Python path, which reads them as Python does)
+    if not (is_bool(training_flag) and is_bool(tracked_flag)
+            and is_bool(field(d, "bias_correction")) and type(channels) is int
+            and type(layout) is str and (layout == "NCHW" or layout == "NHWC")
+            and (activation is None or (type(activation) is str and activation == "relu"))):
+        return None
+    training = training_flag is True
+    tracked = tracked_flag is True
+    batch_stats = training or not tracked
+    nhwc = layout == "NHWC"
     if not type(x) is cnp.ndarray:
         return None
     xa = <cnp.ndarray>x
     if not (plain_array(xa, descr, cnp.PyArray_NDIM(xa))
             and cnp.PyArray_NDIM(xa) in type(layer)._SHAPES[layout]
-            and kernel_view(xa, nhwc, &view, &channels_first) and view.C == C):
+            and kernel_view(xa, nhwc, &view, &channels_first) and view.C == <Py_ssize_t>channels):
         return None
     if batch_stats and view.N * view.S < 2:
         return None
@@ -436,15 +478,17 @@ def forward(layer, x, out):
         if role == 0:
             return None
     if batch_stats:
-        return train_forward(layer, d, shared, xa, out, role, view, channels_first, C,
+        return train_forward(layer, d, shared, xa, out, role, view, channels_first, view.C,
                              training and tracked)
-    return eval_forward(layer, d, shared, xa, out, role, view, channels_first, C)
+    return eval_forward(layer, d, shared, xa, out, role, view, channels_first, view.C)
 
 
 cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, object out,
                           int role, Tensor view, bint channels_first, Py_ssize_t C,
                           bint update):
-    """Batch statistics; with update, the running statistics and count move."""
+    """Batch statistics; with update, the running statistics and count move.
+    The lock is held from the first read of the state: to the commit with
+    update, else until the weight and bias are copied (as the Python path)."""
     cdef dict sd = shared.__dict__
     cdef object lock = field(sd, "lock")
     cdef int kind = data_kind(xa)
@@ -456,11 +500,13 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
     cdef cnp.ndarray y, coef = None
     cdef char* block = NULL
     cdef Py_ssize_t size = C * (8 if kind == CBN_F64 else 4), nkept = 0
-    cdef bint overflowed
+    cdef bint overflowed, locked
+    cdef void* bias_copy = NULL
     cdef Forward f
     cdef CompiledForward record
     step(0)
-    lock.acquire()   # held throughout: the state is read, computed from and replaced
+    lock.acquire()
+    locked = True
     try:
         weight = field(sd, "weight")
         bias = field(sd, "bias")
@@ -471,9 +517,9 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
             running_mean = field(sd, "running_mean")
             running_var = field(sd, "running_var")
             count_obj = field(sd, "num_batches_tracked")
-            if not (usable_vector(running_mean, param_type, C)
-                    and usable_vector(running_var, param_type, C)):
-                return None
+            if not (usable_vector(running_mean, param_type, C, True)
+                    and usable_vector(running_var, param_type, C, True)):
+                return None   # (a read-only one: the Python path's commit refuses it)
             count = count_obj   # (checked_count: an int in [0, 2**63 - 1])
             if count >= INT64_MAX:
                 return None   # the Python path refuses it
@@ -485,16 +531,22 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
         record = CompiledForward.__new__(CompiledForward)
         record.view = view
         record.kind = kind
-        record.block = <char*>scratch(3 * C * sizeof(double) + size)
+        # statistics, then copies of the weight (kept for backward) and bias
+        record.block = <char*>scratch(3 * C * sizeof(double) + 2 * size)
         record.stats_data = <double*>record.block
         if weight is not None:
             record.weight_data = record.block + 3 * C * sizeof(double)
             memcpy(record.weight_data, cnp.PyArray_DATA(<cnp.ndarray>weight), size)
+            bias_copy = record.block + 3 * C * sizeof(double) + size
+            memcpy(bias_copy, cnp.PyArray_DATA(<cnp.ndarray>bias), size)
         if update:
             block = <char*>scratch(3 * size)
+        else:   # nothing of the layer's is read or replaced after the copies
+            lock.release()
+            locked = False
         step(2)
-        f = forward_of(view, channels_first, kind, y, coef, array_data(weight),
-                       array_data(bias), field(d, "_eps"))
+        f = forward_of(view, channels_first, kind, y, coef, record.weight_data, bias_copy,
+                       field(d, "_eps"))
         f.stats = record.stats_data
         overflowed = train_step(&f)
         step(3)
@@ -532,7 +584,8 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
         PyDict_SetItem(d, "_saved", record)
     finally:
         free_scratch(block)
-        lock.release()
+        if locked:
+            lock.release()
     return y
 
 
@@ -646,6 +699,8 @@ def backward(layer, dy, out):
     if type(saved) is not CompiledForward:
         return None
     record = <CompiledForward>saved
+    if record.x is None:   # (a record made by hand, not by a forward)
+        return None
     xa = <cnp.ndarray>record.x
     if record.overwritten or not plain_array(dy, descr, cnp.PyArray_NDIM(xa)):
         return None
@@ -780,10 +835,8 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     if running_mean is None:
         if not training:
             return None
-    elif not (usable_vector(running_mean, param_type, view.C)
-              and usable_vector(running_var, param_type, view.C)
-              and (not training or (cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_mean)
-                                    and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_var)))):
+    elif not (usable_vector(running_mean, param_type, view.C, training)
+              and usable_vector(running_var, param_type, view.C, training)):
         return None
     if training and view.N * view.S < 2:
         return None
@@ -825,7 +878,7 @@ cdef object functional_forward(cnp.ndarray xa, object running_mean, object runni
         if update:
             nkept = moved_running(kind, cnp.PyArray_DATA(<cnp.ndarray>running_mean),
                                   cnp.PyArray_DATA(<cnp.ndarray>running_var), f.stats, C,
-                                  <double>(view.N * view.S), momentum,
+                                  <double>(view.N * view.S), <double>momentum + 0.0,
                                   block + 3 * C * sizeof(double))
             if nkept:
                 warn_running_unchanged(block + 3 * C * sizeof(double) + 2 * size, C,

@@ -102,8 +102,7 @@ cdef inline void grad_input_coefficients(const floating* compute, const Job* job
 cdef inline void grad_input_table(const floating* compute, const Job* job) noexcept nogil:
     """grad_input_coefficients for every channel, in loops the compiler
     vectorises (the mode's branch out of the loop; sqrt(count), the same for
-    every channel, taken once: set_shift's bound sqrt(count) / invstd >
-    0.5 * limit is written sqrt(count) > 0.5 * limit * invstd)."""
+    every channel, taken once)."""
     cdef Py_ssize_t C = job.x.C, c
     cdef floating* coef = <floating*>job.tables.coef
     cdef const double* stats = job.tables.stats
@@ -118,7 +117,7 @@ cdef inline void grad_input_table(const floating* compute, const Job* job) noexc
         mean = stats[c]
         invstd = stats[C + c]
         g = (1.0 if weight == NULL else <double>weight[c]) * invstd
-        coef[c] = 0 if root > 0.5 * limit * invstd else <floating>mean
+        coef[c] = 0 if root / invstd > 0.5 * limit else <floating>mean
         coef[C + c] = <floating>min(max(g, -limit), limit) if g == g else <floating>g
     if not job.batch_stats:
         for c in range(C):

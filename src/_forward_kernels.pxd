@@ -37,7 +37,8 @@ cdef enum ForwardKernel:
 
 # ---------------------------------------------------------------- channels-first
 
-cdef inline void cf_unit_moments(const floating* compute, const Job* job, Py_ssize_t u) noexcept nogil:
+cdef inline void cf_unit_moments(const floating* compute, const Job* job,
+                                 Py_ssize_t u) noexcept nogil:
     """part[3u : 3u+3] = (count, mean, m2) of unit u = c * parts + k (channel c, batch range k)."""
     cdef Py_ssize_t c = u // job.pieces, k = u % job.pieces
     cdef Py_ssize_t n0 = piece_start(job, k), n1 = piece_start(job, k + 1)
@@ -49,14 +50,16 @@ cdef inline void cf_unit_moments(const floating* compute, const Job* job, Py_ssi
     job.partials[3 * u + 2] = acc.m2
 
 
-cdef inline void cf_unit_affine(const floating* compute, const Job* job, Py_ssize_t u) noexcept nogil:
+cdef inline void cf_unit_affine(const floating* compute, const Job* job,
+                                Py_ssize_t u) noexcept nogil:
     """Unit u of the elementwise pass (see unit_runs)."""
     cdef Py_ssize_t c0
     cdef cbn_block runs = unit_runs(job, u, &c0)
     runs_affine(&runs, <const floating*>job.tables.coef + c0)
 
 
-cdef inline void cf_channel_train(const floating* compute, const Job* job, Py_ssize_t c) noexcept nogil:
+cdef inline void cf_channel_train(const floating* compute, const Job* job,
+                                  Py_ssize_t c) noexcept nogil:
     """Statistics, then normalisation, of channel c while its values are in cache."""
     cdef Moments acc = moments_zero()
     cdef cbn_block runs = block_at(job, 0, job.x.N, c)
@@ -68,7 +71,8 @@ cdef inline void cf_channel_train(const floating* compute, const Job* job, Py_ss
 
 # ---------------------------------------------------------------- channels-last
 
-cdef inline void cl_part_moments(const floating* compute, const Job* job, Py_ssize_t k) noexcept nogil:
+cdef inline void cl_part_moments(const floating* compute, const Job* job,
+                                 Py_ssize_t k) noexcept nogil:
     """part[k*(2C+1) :] = (count, mean[C], m2[C]) of row range k; rows: 3C per range."""
     cdef Py_ssize_t C = job.x.C, i
     cdef double* p = job.partials + k * (2 * C + 1)
@@ -78,7 +82,8 @@ cdef inline void cl_part_moments(const floating* compute, const Job* job, Py_ssi
                  <floating*>job.row_scratch + k * 3 * C, p)
 
 
-cdef inline void cl_block_affine(const floating* compute, const Job* job, Py_ssize_t i) noexcept nogil:
+cdef inline void cl_block_affine(const floating* compute, const Job* job,
+                                 Py_ssize_t i) noexcept nogil:
     """Block i of rows (see rows_at)."""
     cdef cbn_block rows = rows_at(job, i)
     rows_affine(&rows, job.tables.coef)
@@ -111,23 +116,27 @@ cdef inline void set_channel_stats(const floating* compute, const Job* job, Py_s
     normalize_coefficients(compute, job, c, acc.mean, stats[C + c], sqrt(acc.m2))
 
 
-cdef inline void channel_moments(const floating* compute, const Job* job, Py_ssize_t c) noexcept nogil:
+cdef inline void channel_moments(const floating* compute, const Job* job,
+                                 Py_ssize_t c) noexcept nogil:
     cdef Moments acc = merged(job, c)
     job.tables.moments[c] = acc.mean
     job.tables.moments[job.x.C + c] = acc.m2
 
 
-cdef inline void channel_training(const floating* compute, const Job* job, Py_ssize_t c) noexcept nogil:
+cdef inline void channel_training(const floating* compute, const Job* job,
+                                  Py_ssize_t c) noexcept nogil:
     set_channel_stats(compute, job, c, merged(job, c))
 
 
 cdef inline void finish_training(const floating* compute, const Job* job, const double* means,
-                                 const double* m2s, Py_ssize_t stride, double count) noexcept nogil:
+                                 const double* m2s, Py_ssize_t stride,
+                                 double count) noexcept nogil:
     """set_channel_stats for every channel, from its mean and M2 (channel c's
     at c * stride) over count values, as one loop over the channels that the
     compiler vectorises: per channel, a square root and two divisions cost
     ~10 ns in a call of their own. sqrt(M2) > 0.5 * limit (set_shift's test)
-    is written M2 > (0.5 * limit)^2: the same test, without a square root."""
+    is written M2 > (0.5 * limit)^2 or M2 = inf (the square overflows for
+    double): the same test, without a square root."""
     cdef Py_ssize_t C = job.x.C, c
     cdef double mean, m2, var, invstd, a, limit
     cdef double* stats = job.tables.stats
@@ -148,7 +157,7 @@ cdef inline void finish_training(const floating* compute, const Job* job, const 
         stats[C + c] = invstd
         stats[2 * C + c] = var
         a = (1.0 if weight == NULL else <double>weight[c]) * invstd
-        shift = 0 if m2 > (0.5 * limit) * (0.5 * limit) else <floating>mean
+        shift = 0 if m2 > (0.5 * limit) * (0.5 * limit) or m2 > DBL_MAX else <floating>mean
         coef[c] = shift
         coef[C + c] = <floating>min(max(a, -limit), limit) if a == a else <floating>a
         coef[2 * C + c] = <floating>((0.0 if bias == NULL else <double>bias[c])
@@ -197,17 +206,18 @@ cdef inline void given_stats_coefficients(const floating* compute, const Job* jo
     cdef floating* coef = <floating*>job.tables.coef
     cdef const floating* weight = <const floating*>job.tables.weight
     cdef const floating* bias = <const floating*>job.tables.bias
-    cdef double mean, var, a, limit
+    cdef double mean, var, a, limit, bound
     cdef floating shift
     if floating is float:
         limit = FLT_MAX
     else:
         limit = DBL_MAX
-    for c in range(C):   # normalize_coefficients, inlined
+    for c in range(C):   # normalize_coefficients, inlined (the bound as in finish_training)
         mean = stats[c]
         var = stats[C + c]
         a = (1.0 if weight == NULL else <double>weight[c]) * (1.0 / sqrt(var + job.eps))
-        shift = 0 if var * job.count > (0.5 * limit) * (0.5 * limit) else <floating>mean
+        bound = var * job.count
+        shift = 0 if bound > (0.5 * limit) * (0.5 * limit) or bound > DBL_MAX else <floating>mean
         coef[c] = shift
         coef[C + c] = <floating>min(max(a, -limit), limit) if a == a else <floating>a
         coef[2 * C + c] = <floating>((0.0 if bias == NULL else <double>bias[c])

@@ -75,7 +75,8 @@ def outcome(case, compiled):
                 result = call(bn)
             except (TypeError, ValueError, AttributeError) as error:
                 result = (type(error), str(error))
-        return result, [(w.category, str(w.message)) for w in caught], fingerprint(bn)
+        return (result, [(w.category, str(w.message), w.filename) for w in caught],
+                fingerprint(bn))
     finally:
         _call.set_enabled(True)
 
@@ -184,6 +185,17 @@ CASES = {
     "out-overlap": forward(BN2, (4, 3, 5, 7), out=lambda x: x[:, :, ::-1]),
     "out-shifted": forward(BN2, (4, 3, 5, 7), out=lambda x: np.lib.stride_tricks.as_strided(
         x.reshape(-1)[3:], x.shape, x.strides)),
+    "out-x-other-strides": forward(BN2, (8, 5, 1, 1), out=lambda x: (
+        np.lib.stride_tricks.as_strided(x, x.shape, (x.strides[0], x.strides[1], 0, 0)))),
+    "dx-dy-other-strides": forward_backward(BN2, (8, 5, 1, 1), out=lambda x, g: (
+        np.lib.stride_tricks.as_strided(g, g.shape, (g.strides[0], g.strides[1], 0, 0)))),
+    "read-only-running-mean": special(
+        lambda bn, x: bn.running_mean.setflags(write=False)),
+    "training-1": special(lambda bn, x: setattr(bn, "training", 1)),
+    "track-running-stats-0": special(lambda bn, x: setattr(bn, "track_running_stats", 0)),
+    "activation-other": special(lambda bn, x: setattr(bn, "activation", "gelu")),
+    "bias-correction-numpy-bool": special(lambda bn, x: setattr(bn, "bias_correction",
+                                                                np.True_)),
     "one-value-per-channel": forward(BN2, (1, 3, 1, 1)),
     "eval-one-value": forward(BN2, (1, 3, 1, 1), mode="eval"),
 }
@@ -247,6 +259,11 @@ CASES.update({
     "functional-read-only-running": functional(
         (4, 3, 5, 7), running_mean=np.broadcast_to(np.zeros(1, F32), (3,))),
     "functional-float64-weight": functional((4, 3, 5, 7), weight=np.ones(3)),
+    "functional-big-endian-weight": functional((4, 3, 5, 7), weight=np.ones(3, ">f4")),
+    "functional-big-endian-running": functional(
+        (4, 3, 5, 7), running_mean=np.zeros(3, ">f4"), running_var=np.ones(3, ">f4")),
+    "functional-momentum-negative-zero": functional((4, 3, 5, 7), momentum=-0.0,
+                                                    running_mean=np.zeros(3, F32)),
     "functional-one-value": functional((1, 3, 1, 1)),
     "functional-big-endian": lambda: (Buffers(3), lambda b: cbn.functional.batch_norm(
         data((4, 3, 5, 7)).astype(">f4"), b.running_mean, b.running_var, training=True)),
@@ -287,6 +304,21 @@ def test_the_common_case_takes_the_compiled_path():
     assert _call.steps_reached() == BACKWARD_STEPS
     bn(x[:, :, :, ::2])   # a strided view: the Python path
     assert type(bn._saved) is not _call.CompiledForward
+
+
+def test_a_forward_set_on_the_instance_is_what_a_call_runs():
+    """bn(x) calls bn.forward, also one set on the instance (as Python would)."""
+    bn = trained(BN2, (4, 3, 5, 7))
+    bn.forward = lambda x, out=None: "patched"
+    assert bn(data((4, 3, 5, 7))) == "patched"
+
+
+def test_an_unpickled_layer_takes_the_compiled_path():
+    """Its dtype is a copy of the dtype object, not NumPy's own."""
+    import pickle
+    bn = pickle.loads(pickle.dumps(trained(BN2, (4, 3, 5, 7))))
+    bn(data((4, 3, 5, 7)))
+    assert type(bn._saved) is _call.CompiledForward
 
 
 TRAIN_STEPS, EVAL_STEPS, BACKWARD_STEPS = 7, 5, 4
