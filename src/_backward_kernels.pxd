@@ -9,7 +9,7 @@
 cimport numpy as cnp
 from cython cimport floating
 
-from _coefficients cimport grad_input_coefficients, grad_input_table
+from _coefficients cimport grad_input_coefficients
 from _job cimport (Job, allocate, begin, block_at, elementwise, f64_table, f64_vector, for_each,
                    operand, output, piece_start, rows_at, run_and_free, table_data, unit_runs,
                    vector_data)
@@ -151,7 +151,9 @@ cdef inline void sums_kernel(const floating* compute, const Job* job) noexcept n
 
 cdef inline void grad_input_kernel(const floating* compute, const Job* job) noexcept nogil:
     """dx from the sums (with batch statistics) and stats."""
-    grad_input_table(compute, job)
+    cdef Py_ssize_t c
+    for c in range(job.x.C):
+        grad_input_coefficients(compute, job, c)
     elementwise(cf_unit_grad_input[floating], cl_block_grad_input[floating], compute, job)
 
 

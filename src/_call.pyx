@@ -478,13 +478,14 @@ cdef object compiled_forward(object layer, dict d, object x, object out):
         if role == 0:
             return None
     if batch_stats:
-        return train_forward(layer, d, shared, xa, out, role, view, channels_first, view.C,
-                             training and tracked)
-    return eval_forward(layer, d, shared, xa, out, role, view, channels_first, view.C)
+        return train_forward(layer, d, shared, xa, out, role, view, channels_first, layout,
+                             activation is not None, training and tracked)
+    return eval_forward(layer, d, shared, xa, out, role, view, channels_first, layout,
+                        activation is not None)
 
 
 cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, object out,
-                          int role, Tensor view, bint channels_first, Py_ssize_t C,
+                          int role, Tensor view, bint channels_first, str layout, bint relu,
                           bint update):
     """Batch statistics; with update, the running statistics and count move.
     The lock is held from the first read of the state: to the commit with
@@ -493,8 +494,7 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
     cdef object lock = field(sd, "lock")
     cdef int kind = data_kind(xa)
     cdef int param_type = cnp.NPY_FLOAT64 if kind == CBN_F64 else cnp.NPY_FLOAT32
-    cdef bint relu = field(d, "activation") is not None
-    cdef str layout = field(d, "layout")
+    cdef Py_ssize_t C = view.C
     cdef object weight, bias, running_mean, running_var, count_obj
     cdef long long count = 0
     cdef cnp.ndarray y, coef = None
@@ -572,9 +572,7 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
         record.overwritten = role == 2
         record.eps = f.eps
         record.relu_coef = coef
-        record.view = view
         record.channels_first = channels_first
-        record.kind = kind
         step(6)
         # the commit
         if update:
@@ -590,15 +588,14 @@ cdef object train_forward(object layer, dict d, object shared, cnp.ndarray xa, o
 
 
 cdef object eval_forward(object layer, dict d, object shared, cnp.ndarray xa, object out,
-                         int role, Tensor view, bint channels_first, Py_ssize_t C):
+                         int role, Tensor view, bint channels_first, str layout, bint relu):
     """Normalise with the running statistics, copied under the lock; the
     kernels run without it."""
     cdef dict sd = shared.__dict__
     cdef object lock = field(sd, "lock")
     cdef int kind = data_kind(xa)
     cdef int param_type = cnp.NPY_FLOAT64 if kind == CBN_F64 else cnp.NPY_FLOAT32
-    cdef bint relu = field(d, "activation") is not None
-    cdef str layout = field(d, "layout")
+    cdef Py_ssize_t C = view.C
     cdef object weight, bias, running_mean, running_var
     cdef cnp.ndarray y, parameters, coef = None
     cdef Py_ssize_t size = C * (8 if kind == CBN_F64 else 4)

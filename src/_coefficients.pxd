@@ -60,6 +60,28 @@ cdef inline void normalize_coefficients(const floating* compute, const Job* job,
     coef[2 * C + c] = <floating>(beta + (<double>coef[c] - mean) * a)
 
 
+cdef inline void coefficients_in_loop(floating* coef, Py_ssize_t C, Py_ssize_t c, double mean,
+                                      double scale, double beta,
+                                      double dev_squared) noexcept nogil:
+    """normalize_coefficients' arithmetic for the loops over all channels
+    (finish_training, given_stats_coefficients), from scale = gamma * invstd:
+    there it is inlined without reading the Job, and set_shift's bound
+    sqrt(M2) > 0.5 * limit is written dev_squared (M2) > (0.5 * limit)^2, or
+    inf (the square overflows for double): no square root per channel. The
+    two saved ~0.25 us of a 60x100 call (asv_bench/NOTES.md section 22)."""
+    cdef double limit
+    if floating is float:
+        limit = FLT_MAX
+    else:
+        limit = DBL_MAX
+    if dev_squared > (0.5 * limit) * (0.5 * limit) or dev_squared > DBL_MAX:
+        coef[c] = 0
+    else:
+        coef[c] = <floating>mean
+    coef[C + c] = <floating>min(max(scale, -limit), limit) if scale == scale else <floating>scale
+    coef[2 * C + c] = <floating>(beta + (<double>coef[c] - mean) * scale)
+
+
 cdef inline double inverse_std(double var, double eps) noexcept nogil:
     return 1.0 / sqrt(var + eps)
 
@@ -97,39 +119,3 @@ cdef inline void grad_input_coefficients(const floating* compute, const Job* job
     else:
         coef[2 * C + c] = 0
         coef[3 * C + c] = 0
-
-
-cdef inline void grad_input_table(const floating* compute, const Job* job) noexcept nogil:
-    """grad_input_coefficients for every channel, in loops the compiler
-    vectorises (the mode's branch out of the loop; sqrt(count), the same for
-    every channel, taken once)."""
-    cdef Py_ssize_t C = job.x.C, c
-    cdef floating* coef = <floating*>job.tables.coef
-    cdef const double* stats = job.tables.stats
-    cdef const double* sums = job.tables.sums
-    cdef const floating* weight = <const floating*>job.tables.weight
-    cdef double count = job.count, root = sqrt(job.count), limit, mean, invstd, g, c3, v
-    if floating is float:
-        limit = FLT_MAX
-    else:
-        limit = DBL_MAX
-    for c in range(C):
-        mean = stats[c]
-        invstd = stats[C + c]
-        g = (1.0 if weight == NULL else <double>weight[c]) * invstd
-        coef[c] = 0 if root / invstd > 0.5 * limit else <floating>mean
-        coef[C + c] = <floating>min(max(g, -limit), limit) if g == g else <floating>g
-    if not job.batch_stats:
-        for c in range(C):
-            coef[2 * C + c] = 0
-            coef[3 * C + c] = 0
-        return
-    for c in range(C):
-        mean = stats[c]
-        invstd = stats[C + c]
-        g = (1.0 if weight == NULL else <double>weight[c]) * invstd
-        c3 = sums[C + c] / count * invstd * invstd * g
-        v = -c3
-        coef[2 * C + c] = <floating>min(max(v, -limit), limit) if v == v else <floating>v
-        v = -g * sums[c] / count + c3 * (mean - <double>coef[c])
-        coef[3 * C + c] = <floating>min(max(v, -limit), limit) if v == v else <floating>v

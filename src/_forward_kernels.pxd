@@ -15,12 +15,11 @@
 # shared between extension modules of this package without a pxd in it.)
 cimport numpy as cnp
 from cython cimport floating
-from libc.float cimport DBL_MAX, FLT_MAX
 from libc.math cimport isfinite, sqrt
 from libc.string cimport memcpy
 
 from _arrays cimport checked, checked_vector
-from _coefficients cimport inverse_std, normalize_coefficients
+from _coefficients cimport coefficients_in_loop, inverse_std, normalize_coefficients, param_or
 from _job cimport (Job, allocate, begin, block_at, channel_threads, element, elementwise,
                    f64_table, for_each, output, piece_start, rows_at, run_and_free, table_data,
                    unit_runs, vector_data)
@@ -132,36 +131,22 @@ cdef inline void finish_training(const floating* compute, const Job* job, const 
                                  const double* m2s, Py_ssize_t stride,
                                  double count) noexcept nogil:
     """set_channel_stats for every channel, from its mean and M2 (channel c's
-    at c * stride) over count values, as one loop over the channels that the
-    compiler vectorises: per channel, a square root and two divisions cost
-    ~10 ns in a call of their own. sqrt(M2) > 0.5 * limit (set_shift's test)
-    is written M2 > (0.5 * limit)^2 or M2 = inf (the square overflows for
-    double): the same test, without a square root."""
+    at c * stride) over count values, in one loop over the channels: a call
+    per channel through for_each cost ~10 ns a channel."""
     cdef Py_ssize_t C = job.x.C, c
-    cdef double mean, m2, var, invstd, a, limit
+    cdef double mean, m2, invstd
     cdef double* stats = job.tables.stats
-    cdef floating* coef = <floating*>job.tables.coef
     cdef const floating* weight = <const floating*>job.tables.weight
     cdef const floating* bias = <const floating*>job.tables.bias
-    cdef floating shift
-    if floating is float:
-        limit = FLT_MAX
-    else:
-        limit = DBL_MAX
-    for c in range(C):   # set_channel_stats and normalize_coefficients, inlined
+    for c in range(C):
         mean = means[c * stride]
         m2 = m2s[c * stride]
-        var = m2 / count
-        invstd = 1.0 / sqrt(var + job.eps)
+        invstd = inverse_std(m2 / count, job.eps)
         stats[c] = mean
         stats[C + c] = invstd
-        stats[2 * C + c] = var
-        a = (1.0 if weight == NULL else <double>weight[c]) * invstd
-        shift = 0 if m2 > (0.5 * limit) * (0.5 * limit) or m2 > DBL_MAX else <floating>mean
-        coef[c] = shift
-        coef[C + c] = <floating>min(max(a, -limit), limit) if a == a else <floating>a
-        coef[2 * C + c] = <floating>((0.0 if bias == NULL else <double>bias[c])
-                                     + (<double>shift - mean) * a)
+        stats[2 * C + c] = m2 / count
+        coefficients_in_loop(<floating*>job.tables.coef, C, c, mean,
+                             param_or(weight, c, 1.0) * invstd, param_or(bias, c, 0.0), m2)
 
 
 cdef inline void one_piece_training(const floating* compute, const Job* job) noexcept nogil:
@@ -199,29 +184,16 @@ cdef inline void rows_training(const floating* compute, const Job* job) noexcept
 
 cdef inline void given_stats_coefficients(const floating* compute, const Job* job) noexcept nogil:
     """Coefficients from stats = [mean, var] (given) for every channel, in one
-    loop the compiler vectorises; job.count values behind them (for
-    sqrt(M2), the bound set_shift needs), or 0 when they are not x's."""
+    loop over the channels; job.count values behind them (for M2, the bound
+    set_shift needs), or 0 when they are not x's."""
     cdef Py_ssize_t C = job.x.C, c
     cdef const double* stats = job.tables.stats
-    cdef floating* coef = <floating*>job.tables.coef
     cdef const floating* weight = <const floating*>job.tables.weight
     cdef const floating* bias = <const floating*>job.tables.bias
-    cdef double mean, var, a, limit, bound
-    cdef floating shift
-    if floating is float:
-        limit = FLT_MAX
-    else:
-        limit = DBL_MAX
-    for c in range(C):   # normalize_coefficients, inlined (the bound as in finish_training)
-        mean = stats[c]
-        var = stats[C + c]
-        a = (1.0 if weight == NULL else <double>weight[c]) * (1.0 / sqrt(var + job.eps))
-        bound = var * job.count
-        shift = 0 if bound > (0.5 * limit) * (0.5 * limit) or bound > DBL_MAX else <floating>mean
-        coef[c] = shift
-        coef[C + c] = <floating>min(max(a, -limit), limit) if a == a else <floating>a
-        coef[2 * C + c] = <floating>((0.0 if bias == NULL else <double>bias[c])
-                                     + (<double>shift - mean) * a)
+    for c in range(C):
+        coefficients_in_loop(<floating*>job.tables.coef, C, c, stats[c],
+                             param_or(weight, c, 1.0) * inverse_std(stats[C + c], job.eps),
+                             param_or(bias, c, 0.0), stats[C + c] * job.count)
 
 
 # ---------------------------------------------------------------- kernels
