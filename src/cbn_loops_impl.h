@@ -367,11 +367,16 @@ TARGET_ATTRS static inline void FN(report)(const cbn_block *b, VEC peak, int ove
     if (HALF && any && b->overflow != NULL) CBN_SET_FLAG(b->overflow);
 }
 
+/* the lanes summed pairwise, halves then quarters...: log2(LANES) dependent
+ * additions, not LANES - 1 in one chain (a flush every few runs of a short-run
+ * reduction waited on that chain: asv_bench/NOTES.md section 23) */
 TARGET_ATTRS static inline double FN(hsum)(VEC v)
 {
-    ELEM total = 0;
-    for (ptrdiff_t j = 0; j < LANES; j++) total += v[j];
-    return (double)total;
+    ELEM t[LANES];
+    memcpy(t, &v, sizeof t);
+    for (ptrdiff_t w = LANES / 2; w >= 1; w /= 2)
+        for (ptrdiff_t j = 0; j < w; j++) t[j] += t[j + w];
+    return (double)t[0];
 }
 
 /* max(v, 0), NaN kept */
