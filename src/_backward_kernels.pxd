@@ -9,7 +9,7 @@
 cimport numpy as cnp
 from cython cimport floating
 
-from _coefficients cimport grad_input_coefficients
+from _coefficients cimport dx_coefficients
 from _job cimport (Job, allocate, begin, block_at, elementwise, f64_table, f64_vector, for_each,
                    operand, output, piece_start, rows_at, run_and_free, table_data, unit_runs,
                    vector_data)
@@ -71,7 +71,7 @@ cdef inline void cf_channel_backward(const floating* compute, const Job* job,
     sums[C + c] = 0.0
     runs_grad_sums(&runs, shift, relu, &sums[c], &sums[C + c])
     sums[C + c] = centred_on_mean(sums, C, c, job.tables.stats[c], shift)
-    grad_input_coefficients(compute, job, c)
+    dx_coefficients(job, c, c + 1)
     runs_grad_input(&runs, <const floating*>job.tables.coef + c, relu)
 
 
@@ -151,9 +151,7 @@ cdef inline void sums_kernel(const floating* compute, const Job* job) noexcept n
 
 cdef inline void grad_input_kernel(const floating* compute, const Job* job) noexcept nogil:
     """dx from the sums (with batch statistics) and stats."""
-    cdef Py_ssize_t c
-    for c in range(job.x.C):
-        grad_input_coefficients(compute, job, c)
+    dx_coefficients(job, 0, job.x.C)
     elementwise(cf_unit_grad_input[floating], cl_block_grad_input[floating], compute, job)
 
 

@@ -28,9 +28,9 @@ from libc.string cimport memcpy, memset
 
 from _arrays cimport Tensor, free_scratch, scratch, typenum_kind
 from _backward_kernels cimport BACKWARD, backward_run
-from _forward_kernels cimport NORMALIZE, TRAIN, forward_run, moved_all
+from _forward_kernels cimport NORMALIZE, TRAIN, forward_run
 from _job cimport Job, output_tensor, plan
-from _loops cimport CBN_BF16, CBN_F32, CBN_F64, CBN_FIXED, CBN_RELU, init_loops
+from _loops cimport CBN_BF16, CBN_F32, CBN_F64, CBN_FIXED, CBN_RELU, init_loops, move_running
 
 from cbn import _threads
 
@@ -377,12 +377,8 @@ cdef Py_ssize_t moved_running(int kind, const void* running_mean, const void* ru
     cdef Py_ssize_t size = C * (8 if kind == CBN_F64 else 4)
     memcpy(block, running_mean, size)
     memcpy(block + size, running_var, size)
-    if kind == CBN_F64:
-        return moved_all(<double*>block, <double*>(block + size), stats, stats + 2 * C,
-                         values / (values - 1.0), momentum,
-                         <cnp.npy_bool*>(block + 2 * size), C)
-    return moved_all(<float*>block, <float*>(block + size), stats, stats + 2 * C,
-                     values / (values - 1.0), momentum, <cnp.npy_bool*>(block + 2 * size), C)
+    return move_running(kind != CBN_F64, C, block, block + size, stats, stats + 2 * C,
+                        values / (values - 1.0), momentum, <unsigned char*>(block + 2 * size))
 
 
 cdef void widen(const void* p, int kind, Py_ssize_t n, double* out) noexcept:

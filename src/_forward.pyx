@@ -11,9 +11,9 @@ cimport numpy as cnp
 from libc.string cimport memcpy
 
 from _arrays cimport checked, checked_vector
-from _forward_kernels cimport MOMENTS, NORMALIZE, TRAIN, begin_affine, forward_run, moved_all
+from _forward_kernels cimport MOMENTS, NORMALIZE, TRAIN, begin_affine, forward_run
 from _job cimport Job, begin, f64_table
-from _loops cimport init_loops
+from _loops cimport init_loops, move_running
 
 cnp.import_array()
 init_loops()
@@ -122,12 +122,7 @@ def moved_running_stats(running_mean, running_var, mean, var, double var_scale, 
     cdef cnp.ndarray ka = cnp.PyArray_SimpleNew(1, dims, cnp.NPY_BOOL)
     cdef const double* m = <const double*>cnp.PyArray_DATA(ma)
     cdef const double* v = <const double*>cnp.PyArray_DATA(va)
-    cdef cnp.npy_bool* k = <cnp.npy_bool*>cnp.PyArray_DATA(ka)
-    cdef Py_ssize_t kept
-    if typenum == cnp.NPY_FLOAT32:
-        kept = moved_all(<float*>cnp.PyArray_DATA(nma), <float*>cnp.PyArray_DATA(nva), m, v,
-                         var_scale, momentum, k, C)
-    else:
-        kept = moved_all(<double*>cnp.PyArray_DATA(nma), <double*>cnp.PyArray_DATA(nva), m, v,
-                         var_scale, momentum, k, C)
+    cdef Py_ssize_t kept = move_running(typenum == cnp.NPY_FLOAT32, C, cnp.PyArray_DATA(nma),
+                                        cnp.PyArray_DATA(nva), m, v, var_scale, momentum,
+                                        <unsigned char*>cnp.PyArray_DATA(ka))
     return nma, nva, (ka if kept else None)

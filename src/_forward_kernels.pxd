@@ -15,11 +15,9 @@
 # shared between extension modules of this package without a pxd in it.)
 cimport numpy as cnp
 from cython cimport floating
-from libc.math cimport isfinite, sqrt
-from libc.string cimport memcpy
 
 from _arrays cimport checked, checked_vector
-from _coefficients cimport coefficients_in_loop, inverse_std, normalize_coefficients, param_or
+from _coefficients cimport given_stats_coefficients, training_coefficients
 from _job cimport (Job, allocate, begin, block_at, channel_threads, element, elementwise,
                    f64_table, for_each, output, piece_start, rows_at, run_and_free, table_data,
                    unit_runs, vector_data)
@@ -38,15 +36,18 @@ cdef enum ForwardKernel:
 
 cdef inline void cf_unit_moments(const floating* compute, const Job* job,
                                  Py_ssize_t u) noexcept nogil:
-    """part[3u : 3u+3] = (count, mean, m2) of unit u = c * parts + k (channel c, batch range k)."""
+    """(count, mean, m2) of unit u = c * parts + k (channel c, batch range k) at
+    part[u], part[U + u], part[2U + u], U = C * parts: rows of counts, means
+    and M2 (with one part, the channels' means and M2 are contiguous)."""
     cdef Py_ssize_t c = u // job.pieces, k = u % job.pieces
     cdef Py_ssize_t n0 = piece_start(job, k), n1 = piece_start(job, k + 1)
     cdef Moments acc = moments_zero()
     strided_runs_moments(element(job.x, n0, c, job.itemsize), job.kind, n1 - n0, job.x.sn,
                          job.x.S, &acc)
-    job.partials[3 * u] = acc.count
-    job.partials[3 * u + 1] = acc.mean
-    job.partials[3 * u + 2] = acc.m2
+    cdef Py_ssize_t units = job.x.C * job.pieces
+    job.partials[u] = acc.count
+    job.partials[units + u] = acc.mean
+    job.partials[2 * units + u] = acc.m2
 
 
 cdef inline void cf_unit_affine(const floating* compute, const Job* job,
@@ -64,7 +65,7 @@ cdef inline void cf_channel_train(const floating* compute, const Job* job,
     cdef cbn_block runs = block_at(job, 0, job.x.N, c)
     strided_runs_moments(element(job.x, 0, c, job.itemsize), job.kind, job.x.N, job.x.sn,
                          job.x.S, &acc)
-    set_channel_stats(compute, job, c, acc)
+    set_channel_stats(job, c, acc)
     runs_affine(&runs, <const floating*>job.tables.coef + c)
 
 
@@ -94,25 +95,19 @@ cdef inline Moments merged(const Job* job, Py_ssize_t c) noexcept nogil:
     """Channel c's statistics, its partial results merged in a fixed order."""
     cdef Moments acc = moments_zero()
     cdef Py_ssize_t C = job.x.C, pieces = job.pieces
-    cdef const double* units   # channels-first: channel c's units, 3 values each
+    cdef const double* units   # channels-first: channel c's units' counts (see cf_unit_moments)
     if job.channels_first:
-        units = job.partials + 3 * c * pieces
-        merge_partials(units, units + 1, units + 2, pieces, 3, &acc)
+        units = job.partials + c * pieces
+        merge_partials(units, units + C * pieces, units + 2 * C * pieces, pieces, 1, &acc)
     else:
         merge_partials(job.partials, job.partials + 1 + c, job.partials + 1 + C + c, pieces,
                        2 * C + 1, &acc)
     return acc
 
 
-cdef inline void set_channel_stats(const floating* compute, const Job* job, Py_ssize_t c,
-                                   Moments acc) noexcept nogil:
+cdef inline void set_channel_stats(const Job* job, Py_ssize_t c, Moments acc) noexcept nogil:
     """stats[:, c] = [mean, invstd, biased var] and channel c's coefficients."""
-    cdef Py_ssize_t C = job.x.C
-    cdef double* stats = job.tables.stats
-    stats[c] = acc.mean
-    stats[2 * C + c] = acc.m2 / acc.count
-    stats[C + c] = inverse_std(stats[2 * C + c], job.eps)
-    normalize_coefficients(compute, job, c, acc.mean, stats[C + c], sqrt(acc.m2))
+    training_coefficients(job, c, c + 1, &acc.mean, &acc.m2, acc.count)
 
 
 cdef inline void channel_moments(const floating* compute, const Job* job,
@@ -124,37 +119,25 @@ cdef inline void channel_moments(const floating* compute, const Job* job,
 
 cdef inline void channel_training(const floating* compute, const Job* job,
                                   Py_ssize_t c) noexcept nogil:
-    set_channel_stats(compute, job, c, merged(job, c))
+    set_channel_stats(job, c, merged(job, c))
 
 
-cdef inline void finish_training(const floating* compute, const Job* job, const double* means,
-                                 const double* m2s, Py_ssize_t stride,
+cdef inline void finish_training(const Job* job, const double* means, const double* m2s,
                                  double count) noexcept nogil:
-    """set_channel_stats for every channel, from its mean and M2 (channel c's
-    at c * stride) over count values, in one loop over the channels: a call
-    per channel through for_each cost ~10 ns a channel."""
-    cdef Py_ssize_t C = job.x.C, c
-    cdef double mean, m2, invstd
-    cdef double* stats = job.tables.stats
-    cdef const floating* weight = <const floating*>job.tables.weight
-    cdef const floating* bias = <const floating*>job.tables.bias
-    for c in range(C):
-        mean = means[c * stride]
-        m2 = m2s[c * stride]
-        invstd = inverse_std(m2 / count, job.eps)
-        stats[c] = mean
-        stats[C + c] = invstd
-        stats[2 * C + c] = m2 / count
-        coefficients_in_loop(<floating*>job.tables.coef, C, c, mean,
-                             param_or(weight, c, 1.0) * invstd, param_or(bias, c, 0.0), m2)
+    """set_channel_stats for every channel, from their means and M2 (C values
+    each) over count values, in one loop over the channels (a call per
+    channel through for_each cost ~10 ns a channel)."""
+    training_coefficients(job, 0, job.x.C, means, m2s, count)
 
 
 cdef inline void one_piece_training(const floating* compute, const Job* job) noexcept nogil:
     """channel_training for every channel when each is reduced in one piece
     (a merge of one partial result is that result)."""
-    finish_training(compute, job, job.partials + 1,
-                    job.partials + (2 if job.channels_first else 1 + job.x.C),
-                    3 if job.channels_first else 1, job.partials[0])
+    cdef Py_ssize_t C = job.x.C
+    if job.channels_first:   # rows of counts, means, M2 (cf_unit_moments)
+        finish_training(job, job.partials + C, job.partials + 2 * C, job.partials[0])
+    else:   # the count, C means, C values of M2 (rows_moments)
+        finish_training(job, job.partials + 1, job.partials + 1 + C, job.partials[0])
 
 
 cdef inline void rows_training(const floating* compute, const Job* job) noexcept nogil:
@@ -179,21 +162,7 @@ cdef inline void rows_training(const floating* compute, const Job* job) noexcept
             mean[c] = mean[c] + delta * w
             m2[c] = m2[c] + part[1 + C + c] + delta * delta * v
         total = total + nb
-    finish_training(compute, job, mean, m2, 1, total)
-
-
-cdef inline void given_stats_coefficients(const floating* compute, const Job* job) noexcept nogil:
-    """Coefficients from stats = [mean, var] (given) for every channel, in one
-    loop over the channels; job.count values behind them (for M2, the bound
-    set_shift needs), or 0 when they are not x's."""
-    cdef Py_ssize_t C = job.x.C, c
-    cdef const double* stats = job.tables.stats
-    cdef const floating* weight = <const floating*>job.tables.weight
-    cdef const floating* bias = <const floating*>job.tables.bias
-    for c in range(C):
-        coefficients_in_loop(<floating*>job.tables.coef, C, c, stats[c],
-                             param_or(weight, c, 1.0) * inverse_std(stats[C + c], job.eps),
-                             param_or(bias, c, 0.0), stats[C + c] * job.count)
+    finish_training(job, mean, m2, total)
 
 
 # ---------------------------------------------------------------- kernels
@@ -230,7 +199,7 @@ cdef inline void forward_typed(int kernel, const floating* compute, const Job* j
         partial_moments(compute, job)
         for_each(channel_moments[floating], compute, job, job.x.C, channel_threads(job))
     elif kernel == NORMALIZE:
-        given_stats_coefficients(compute, job)
+        given_stats_coefficients(job)
         affine(compute, job)
     else:
         train_kernel(compute, job)
@@ -270,24 +239,3 @@ cdef inline cnp.ndarray begin_affine(Job* job, object x, object y, object weight
     # a fused ReLU's coefficients, written for backward (an array of their own)
     job.tables.coef = table_data(relu_coef, "relu_coef", 3, job, True)
     return xa
-
-
-cdef inline Py_ssize_t moved_all(floating* running_mean, floating* running_var, const double* mean,
-                          const double* var, double var_scale, double momentum,
-                          cnp.npy_bool* kept, Py_ssize_t C) noexcept nogil:
-    """running = (1 - momentum) * running + momentum * batch per channel, in
-    place, in float64, rounded once (the batch's var multiplied by var_scale
-    first); a channel whose new values are not finite (NaN/Inf batch
-    statistics, or values past the type's range) keeps its running ones."""
-    cdef Py_ssize_t c, count = 0
-    cdef floating m, v
-    for c in range(C):
-        m = <floating>((1.0 - momentum) * running_mean[c] + momentum * mean[c])
-        v = <floating>((1.0 - momentum) * running_var[c] + momentum * (var[c] * var_scale))
-        kept[c] = not (isfinite(m) and isfinite(v))
-        if kept[c]:
-            count += 1
-        else:
-            running_mean[c] = m
-            running_var[c] = v
-    return count

@@ -61,6 +61,20 @@ cdef extern from "cbn_loops.h" nogil:
     void rows_block_merge "cbn_rows_block_merge"(int f32, Py_ssize_t C, const void* shift,
                                                  const void* s1, const void* s2, double nb,
                                                  double w, double v, double* mean, double* m2)
+    # the per-channel work of cbn_coefficients.h, channels c0 <= c < c1
+    void train_coefficients "cbn_train_coefficients"(
+        int f32, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1, const double* mean,
+        const double* m2, double count, double eps, const void* weight,
+        const void* bias, double* stats, void* coef)
+    void given_coefficients "cbn_given_coefficients"(
+        int f32, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1, const double* stats, double count,
+        double eps, const void* weight, const void* bias, void* coef)
+    void grad_input_coefficients "cbn_grad_input_coefficients"(
+        int f32, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1, const double* stats,
+        const double* sums, double count, const void* weight, void* coef)
+    Py_ssize_t move_running "cbn_moved_running"(
+        int f32, Py_ssize_t C, void* running_mean, void* running_var, const double* mean,
+        const double* var, double var_scale, double momentum, unsigned char* kept)
 
 
 cdef inline cbn_block input_block(const void* x, Py_ssize_t stride, Py_ssize_t count,

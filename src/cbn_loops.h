@@ -30,6 +30,13 @@
 #define CBN_VECTOR_LOOPS 0
 #endif
 
+/* pointers a loop's arguments never alias (the vectoriser need not check) */
+#if defined(__GNUC__) || defined(__clang__)
+#define CBN_RESTRICT __restrict__
+#else
+#define CBN_RESTRICT __restrict
+#endif
+
 #include <float.h>
 #include <math.h>
 #include <stddef.h>
@@ -316,6 +323,45 @@ static inline void cbn_rows_block_merge(int f32, ptrdiff_t C, const void *shift,
         CBN_PICK(rows_block_merge, f64)(C, shift, s1, s2, nb, w, v, mean, m2);
 }
 
+/* The per-channel work of cbn_coefficients.h; weight, bias (NULL: none),
+ * coef and the running statistics of the type computed in (f32: float,
+ * else double) */
+#define CBN_PICK_TYPE(f32, name, ...)                                                          \
+    ((f32) ? CBN_PICK(name, f32)(__VA_ARGS__) : CBN_PICK(name, f64)(__VA_ARGS__))
+
+static inline void cbn_train_coefficients(int f32, ptrdiff_t C, ptrdiff_t c0, ptrdiff_t c1,
+                                          const double *mean, const double *m2, double count,
+                                          double eps, const void *weight, const void *bias,
+                                          double *stats, void *coef)
+{
+    CBN_PICK_TYPE(f32, train_coefficients, C, c0, c1, mean, m2, count, eps, weight, bias, stats,
+                  coef);
+}
+
+static inline void cbn_given_coefficients(int f32, ptrdiff_t C, ptrdiff_t c0, ptrdiff_t c1,
+                                          const double *stats, double count, double eps,
+                                          const void *weight, const void *bias, void *coef)
+{
+    CBN_PICK_TYPE(f32, given_coefficients, C, c0, c1, stats, count, eps, weight, bias, coef);
+}
+
+static inline void cbn_grad_input_coefficients(int f32, ptrdiff_t C, ptrdiff_t c0, ptrdiff_t c1,
+                                               const double *stats, const double *sums,
+                                               double count, const void *weight, void *coef)
+{
+    CBN_PICK_TYPE(f32, grad_input_coefficients, C, c0, c1, stats, sums, count, weight, coef);
+}
+
+static inline ptrdiff_t cbn_moved_running(int f32, ptrdiff_t C, void *running_mean,
+                                          void *running_var, const double *mean,
+                                          const double *var, double var_scale, double momentum,
+                                          unsigned char *kept)
+{
+    return CBN_PICK_TYPE(f32, moved_running, C, running_mean, running_var, mean, var, var_scale,
+                         momentum, kept);
+}
+
+#undef CBN_PICK_TYPE
 #undef CBN_CALL
 #undef CBN_PICK
 

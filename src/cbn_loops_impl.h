@@ -1071,10 +1071,18 @@ TARGET_ATTRS static void FN(rows_grad_sums)(const cbn_block *block, const ELEM *
     }
 }
 
-/* the per-channel finishing of row blocks works on ELEM accumulators: one
- * instance per compute type (the 2-byte data's are the float32 loops') */
+/* the per-channel finishing of row blocks works on ELEM accumulators, and
+ * the per-channel coefficients are of ELEM: one instance per compute type
+ * (the 2-byte data's are the float32 loops') */
 #if !HALF
 #include "cbn_rows_merge.h"
+#if CBN_IMPL_AVX2
+#define COEF_ATTRS __attribute__((target("avx2"), unused))
+#else
+#define COEF_ATTRS __attribute__((unused))
+#endif
+#include "cbn_coefficients.h"
+#undef COEF_ATTRS
 #endif
 
 #undef LANES

@@ -281,6 +281,9 @@ static void FN(rows_grad_sums)(const cbn_block *b, const ELEM *shift, const ELEM
 #define TARGET_ATTRS
 #include "cbn_rows_merge.h"
 #undef TARGET_ATTRS
+#define COEF_ATTRS
+#include "cbn_coefficients.h"
+#undef COEF_ATTRS
 #endif
 
 #undef ELEM
