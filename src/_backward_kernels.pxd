@@ -13,9 +13,10 @@ from _coefficients cimport dx_coefficients
 from _job cimport (Job, allocate, begin, block_at, elementwise, f64_table, f64_vector, for_each,
                    operand, output, piece_start, rows_at, run_and_free, table_data, unit_runs,
                    vector_data)
-from _loops cimport (CBN_FIXED, cbn_block, init_loops, rows_grad_input, rows_grad_sums,
-                     runs_grad_input, runs_grad_sums)
+from _loops cimport (CBN_FIXED, cbn_block, init_loops, position_totals, rows_grad_input,
+                     rows_grad_sums, runs_grad_input, runs_grad_sums)
 from _plan cimport fuse_by_channel
+from _runs_as_rows cimport repeated, rows_job, runs_as_rows, zeroed
 
 cdef enum BackwardKernel:
     GRAD_SUMS
@@ -73,6 +74,34 @@ cdef inline void cf_channel_backward(const floating* compute, const Job* job,
     sums[C + c] = centred_on_mean(sums, C, c, job.tables.stats[c], shift)
     dx_coefficients(job, c, c + 1)
     runs_grad_input(&runs, <const floating*>job.tables.coef + c, relu)
+
+
+cdef inline floating* repeated_relu(const floating* compute, const Job* job) noexcept nogil:
+    """Runs as rows (_runs_as_rows.pxd): a fused ReLU's coefficients repeated
+    into the first 3*C*S values of the row scratch, or NULL without one."""
+    cdef floating* relu = <floating*>job.row_scratch
+    if job.tables.relu_coef == NULL:
+        return NULL
+    repeated(<const floating*>job.tables.relu_coef, 3, job.x.C, job.x.S, relu)
+    return relu
+
+
+cdef inline void rows_of_runs_sums(const floating* compute, const Job* job) noexcept nogil:
+    """cf_unit_sums' partials (one piece) over the rows (_runs_as_rows.pxd)."""
+    cdef Py_ssize_t C = job.x.C, S = job.x.S
+    cdef floating* relu = repeated_relu(compute, job)
+    cdef floating* shift = <floating*>job.row_scratch + 3 * C * S
+    cdef floating* s1 = shift + C * S
+    cdef floating* s2 = s1 + C * S
+    cdef Job rows
+    cdef cbn_block block
+    repeated(<const floating*>job.tables.coef, 1, C, S, shift)   # (sums_kernel's shifts)
+    zeroed(s1, C * S)
+    zeroed(s2, C * S)
+    rows_job(job, &rows, NULL, relu)
+    block = block_at(&rows, 0, rows.x.N, 0)
+    rows_grad_sums(&block, shift, relu, s1, s2)
+    position_totals(job.f32, C, S, s1, s2, job.partials, job.partials + 1, 2)
 
 
 # ---------------------------------------------------------------- channels-last
@@ -140,7 +169,9 @@ cdef inline void sums_kernel(const floating* compute, const Job* job) noexcept n
     cdef double* sums = job.tables.sums
     for c in range(C):
         shift[c] = <floating>mean[c]
-    if job.channels_first:
+    if runs_as_rows(job):
+        rows_of_runs_sums(compute, job)
+    elif job.channels_first:
         for_each(cf_unit_sums[floating], compute, job, C * job.pieces, job.nthreads)
     else:
         for_each(cl_part_sums[floating], compute, job, job.pieces, job.nthreads)
@@ -151,8 +182,16 @@ cdef inline void sums_kernel(const floating* compute, const Job* job) noexcept n
 
 cdef inline void grad_input_kernel(const floating* compute, const Job* job) noexcept nogil:
     """dx from the sums (with batch statistics) and stats."""
-    dx_coefficients(job, 0, job.x.C)
-    elementwise(cf_unit_grad_input[floating], cl_block_grad_input[floating], compute, job)
+    cdef Py_ssize_t C = job.x.C, S = job.x.S
+    cdef Job rows
+    cdef floating* coef = <floating*>job.row_scratch + 3 * C * S
+    dx_coefficients(job, 0, C)
+    if runs_as_rows(job):
+        repeated(<const floating*>job.tables.coef, 4, C, S, coef)
+        rows_job(job, &rows, coef, repeated_relu(compute, job))
+        elementwise(cf_unit_grad_input[floating], cl_block_grad_input[floating], compute, &rows)
+    else:
+        elementwise(cf_unit_grad_input[floating], cl_block_grad_input[floating], compute, job)
 
 
 cdef inline void backward_kernel(const floating* compute, const Job* job) noexcept nogil:
@@ -189,8 +228,12 @@ cdef inline bint backward_run(BackwardKernel kernel, Job* job) except -1:
     cdef bint own_sums = job.tables.sums == NULL
     cdef Py_ssize_t C = job.x.C
     cdef Py_ssize_t partials = 2 * C * job.pieces if reduces else 0
-    cdef void* block = allocate(job, partials + (2 * C if own_sums else 0), 4,
-                                0 if job.channels_first else partials)
+    # row scratch: channels-last, the partial sums' row buffers; channels-first
+    # runs as rows, a ReLU's repeated coefficients and the shifts and sums,
+    # then the repeated dx coefficients (3*C*S + 4*C*S values)
+    cdef Py_ssize_t row_values = (7 * C * job.x.S if runs_as_rows(job)
+                                  else 0 if job.channels_first else partials)
+    cdef void* block = allocate(job, partials + (2 * C if own_sums else 0), 4, row_values)
     if own_sums:
         job.tables.sums = job.partials
         job.partials += 2 * C

@@ -1,5 +1,5 @@
 # Per-channel coefficients of the affine maps the loops apply: a Job's
-# tables handed to the loops of cbn_coefficients.h, which compute them in
+# tables handed to the loops of cbn_per_channel.h, which compute them in
 # float64 and round them once to the type the loops compute in, a range of
 # channels per call (vectorised over the channels).
 from _job cimport Job

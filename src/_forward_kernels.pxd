@@ -15,16 +15,19 @@
 # shared between extension modules of this package without a pxd in it.)
 cimport numpy as cnp
 from cython cimport floating
+from libc.math cimport isfinite
 
 from _arrays cimport checked, checked_vector
 from _coefficients cimport given_stats_coefficients, training_coefficients
 from _job cimport (Job, allocate, begin, block_at, channel_threads, element, elementwise,
                    f64_table, for_each, output, piece_start, rows_at, run_and_free, table_data,
                    unit_runs, vector_data)
-from _loops cimport CBN_RELU, cbn_block, init_loops, rows_affine, runs_affine
-from _block_moments cimport (Moments, merge_partials, moments_zero, rows_moments,
-                             strided_runs_moments)
+from _loops cimport (CBN_RELU, cbn_block, in_compute_type, init_loops, input_block,
+                     position_totals, rows_affine, rows_centered, runs_affine, value_at)
+from _block_moments cimport (Moments, merge_partials, moments_merge, moments_zero, rows_moments,
+                             strided_runs_moments, well_centred)
 from _plan cimport fuse_by_channel
+from _runs_as_rows cimport repeated, rows_job, runs_as_rows, zeroed
 
 cdef enum ForwardKernel:
     MOMENTS
@@ -67,6 +70,43 @@ cdef inline void cf_channel_train(const floating* compute, const Job* job,
                          job.x.S, &acc)
     set_channel_stats(job, c, acc)
     runs_affine(&runs, <const floating*>job.tables.coef + c)
+
+
+cdef inline void rows_of_runs_moments(const floating* compute, const Job* job) noexcept nogil:
+    """cf_unit_moments' partials (one piece) over the rows (_runs_as_rows.pxd):
+    each channel centred on its first value, as block_moments centres a
+    channel's first block; a channel not well centred, or not finite, is
+    reduced again by strided_runs_moments, as it was before."""
+    cdef Py_ssize_t C = job.x.C, S = job.x.S, c
+    cdef floating* shift = <floating*>job.row_scratch   # (C*S) each, then (C) first values
+    cdef floating* s1 = shift + C * S
+    cdef floating* s2 = s1 + C * S
+    cdef double* mean = job.partials + C   # the channels' S1, then their means
+    cdef double* m2 = job.partials + 2 * C   # S2, then M2
+    cdef double nb = <double>(job.x.N * S), a, b
+    cdef Moments acc
+    cdef cbn_block rows
+    for c in range(C):
+        s1[c] = <floating>in_compute_type(value_at(element(job.x, 0, c, job.itemsize), 0,
+                                                   job.kind), job.kind)
+    repeated(s1, 1, C, S, shift)
+    zeroed(s1, C * S)
+    zeroed(s2, C * S)
+    rows = input_block(job.x.data, job.x.sn, job.x.N, C * S, job.kind)
+    rows_centered(&rows, shift, s1, s2)
+    position_totals(job.f32, C, S, s1, s2, mean, m2, 1)
+    for c in range(C):
+        a = mean[c]
+        b = m2[c]
+        acc = moments_zero()
+        if (b == 0.0 or well_centred(a, b, nb)) and isfinite(a) and isfinite(b):
+            moments_merge(&acc, nb, shift[c * S] + a / nb, max(b - a * a / nb, 0.0))
+        else:
+            strided_runs_moments(element(job.x, 0, c, job.itemsize), job.kind, job.x.N,
+                                 job.x.sn, S, &acc)
+        job.partials[c] = acc.count
+        mean[c] = acc.mean
+        m2[c] = acc.m2
 
 
 # ---------------------------------------------------------------- channels-last
@@ -169,7 +209,9 @@ cdef inline void rows_training(const floating* compute, const Job* job) noexcept
 
 cdef inline void partial_moments(const floating* compute, const Job* job) noexcept nogil:
     """Per-unit (channels-first) or per-row-range (channels-last) statistics into part."""
-    if job.channels_first:
+    if runs_as_rows(job):
+        rows_of_runs_moments(compute, job)
+    elif job.channels_first:
         for_each(cf_unit_moments[floating], compute, job, job.x.C * job.pieces, job.nthreads)
     else:
         for_each(cl_part_moments[floating], compute, job, job.pieces, job.nthreads)
@@ -177,7 +219,14 @@ cdef inline void partial_moments(const floating* compute, const Job* job) noexce
 
 cdef inline void affine(const floating* compute, const Job* job) noexcept nogil:
     """out = (x - shift) * scale + offset with the coefficient table."""
-    elementwise(cf_unit_affine[floating], cl_block_affine[floating], compute, job)
+    cdef Job rows
+    cdef floating* repeated_coef = <floating*>job.row_scratch
+    if runs_as_rows(job):
+        repeated(<const floating*>job.tables.coef, 3, job.x.C, job.x.S, repeated_coef)
+        rows_job(job, &rows, repeated_coef, NULL)
+        elementwise(cf_unit_affine[floating], cl_block_affine[floating], compute, &rows)
+    else:
+        elementwise(cf_unit_affine[floating], cl_block_affine[floating], compute, job)
 
 
 cdef inline void train_kernel(const floating* compute, const Job* job) noexcept nogil:
@@ -212,9 +261,13 @@ cdef inline Py_ssize_t partial_doubles(const Job* job) noexcept:
     return job.pieces * (2 * job.x.C + 1)
 
 
-cdef inline Py_ssize_t row_values(const Job* job) noexcept:
-    """Channels-last: 3*C values of the type computed in per row range."""
-    return 0 if job.channels_first else 3 * job.x.C * job.pieces
+cdef inline Py_ssize_t row_values(const Job* job, bint reduces) noexcept:
+    """Channels-last reductions: 3*C values of the type computed in per row
+    range; channels-first runs as rows: 3*C*S (the shifts and sums, then the
+    repeated coefficients)."""
+    if runs_as_rows(job):
+        return 3 * job.x.C * job.x.S
+    return 3 * job.x.C * job.pieces if reduces and not job.channels_first else 0
 
 
 cdef inline bint forward_run(ForwardKernel kernel, Job* job) except -1:
@@ -224,7 +277,7 @@ cdef inline bint forward_run(ForwardKernel kernel, Job* job) except -1:
     cdef bint reduces = kernel != NORMALIZE
     cdef void* block = allocate(job, partial_doubles(job) if reduces else 0,
                                 3 if job.tables.coef == NULL else 0,
-                                row_values(job) if reduces else 0)
+                                row_values(job, reduces))
     return run_and_free(forward_typed[float], forward_typed[double], kernel, job, block)
 
 

@@ -61,7 +61,7 @@ cdef extern from "cbn_loops.h" nogil:
     void rows_block_merge "cbn_rows_block_merge"(int f32, Py_ssize_t C, const void* shift,
                                                  const void* s1, const void* s2, double nb,
                                                  double w, double v, double* mean, double* m2)
-    # the per-channel work of cbn_coefficients.h, channels c0 <= c < c1
+    # the per-channel work of cbn_per_channel.h (coefficients: channels c0 <= c < c1)
     void train_coefficients "cbn_train_coefficients"(
         int f32, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1, const double* mean,
         const double* m2, double count, double eps, const void* weight,
@@ -75,6 +75,9 @@ cdef extern from "cbn_loops.h" nogil:
     Py_ssize_t move_running "cbn_moved_running"(
         int f32, Py_ssize_t C, void* running_mean, void* running_var, const double* mean,
         const double* var, double var_scale, double momentum, unsigned char* kept)
+    void position_totals "cbn_position_totals"(
+        int f32, Py_ssize_t C, Py_ssize_t S, const void* s1, const void* s2, double* t1,
+        double* t2, Py_ssize_t stride)
 
 
 cdef inline cbn_block input_block(const void* x, Py_ssize_t stride, Py_ssize_t count,

@@ -323,7 +323,7 @@ static inline void cbn_rows_block_merge(int f32, ptrdiff_t C, const void *shift,
         CBN_PICK(rows_block_merge, f64)(C, shift, s1, s2, nb, w, v, mean, m2);
 }
 
-/* The per-channel work of cbn_coefficients.h; weight, bias (NULL: none),
+/* The per-channel work of cbn_per_channel.h; weight, bias (NULL: none),
  * coef and the running statistics of the type computed in (f32: float,
  * else double) */
 #define CBN_PICK_TYPE(f32, name, ...)                                                          \
@@ -359,6 +359,13 @@ static inline ptrdiff_t cbn_moved_running(int f32, ptrdiff_t C, void *running_me
 {
     return CBN_PICK_TYPE(f32, moved_running, C, running_mean, running_var, mean, var, var_scale,
                          momentum, kept);
+}
+
+/* s1, s2: C * S values of the type computed in */
+static inline void cbn_position_totals(int f32, ptrdiff_t C, ptrdiff_t S, const void *s1,
+                                       const void *s2, double *t1, double *t2, ptrdiff_t stride)
+{
+    CBN_PICK_TYPE(f32, position_totals, C, S, s1, s2, t1, t2, stride);
 }
 
 #undef CBN_PICK_TYPE

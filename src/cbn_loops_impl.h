@@ -1081,7 +1081,7 @@ TARGET_ATTRS static void FN(rows_grad_sums)(const cbn_block *block, const ELEM *
 #else
 #define COEF_ATTRS __attribute__((unused))
 #endif
-#include "cbn_coefficients.h"
+#include "cbn_per_channel.h"
 #undef COEF_ATTRS
 #endif
 

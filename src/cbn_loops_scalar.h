@@ -282,7 +282,7 @@ static void FN(rows_grad_sums)(const cbn_block *b, const ELEM *shift, const ELEM
 #include "cbn_rows_merge.h"
 #undef TARGET_ATTRS
 #define COEF_ATTRS
-#include "cbn_coefficients.h"
+#include "cbn_per_channel.h"
 #undef COEF_ATTRS
 #endif
 

@@ -1,19 +1,20 @@
 /*
  * Per-channel work of a kernel call: the coefficients of the affine maps the
  * loops apply, computed in float64 from the statistics and rounded once to
- * the type computed in (ELEM), and the running statistics' update. Loops
- * over a range of channels without calls or branches, so that they
- * vectorise: a square root and a division per channel cost ~6 ns one
- * channel at a time (they share one unit), a quarter of that four at a time
- * with AVX2 (asv_bench/NOTES.md section 23).
+ * the type computed in (ELEM), the running statistics' update, and the
+ * per-channel totals of position sums (channels-first runs as rows). Loops
+ * over channels without calls or branches, so that they vectorise: a square
+ * root and a division per channel cost ~6 ns one channel at a time (they
+ * share one unit), a quarter of that four at a time with AVX2
+ * (asv_bench/NOTES.md section 23).
  *
  * Included by cbn_loops_impl.h (vector instruction sets) and by
  * cbn_loops_scalar.h (the reference), with ELEM, FN and COEF_ATTRS set.
  * COEF_ATTRS never enables FMA: a contracted a * b + c would round
  * differently from one instruction set to the next, and these values are
- * the layer's state (IEEE square roots and divisions are exact, so every
- * set gives the same bits). Tables are (rows, C): row j of channel c at
- * [j * C + c].
+ * the layer's state (IEEE square roots and divisions are exact, and the
+ * sums are added in an order the source fixes, so every set gives the same
+ * bits). Tables are (rows, C): row j of channel c at [j * C + c].
  */
 
 /* The loops' functions are not inlined into their callers: the compiler
@@ -225,6 +226,35 @@ COEF_ATTRS static NOINLINE ptrdiff_t FN(moved_running)(ptrdiff_t C, ELEM *CBN_RE
         running_var[c] = keep ? running_var[c] : v;
     }
     return count;
+}
+
+/* Scalar math, channel c of C, from per-position sums of S positions per
+ * channel (position i of channel c at c * S + i):
+ *   t1[c * stride] = sum of s1 over the channel's positions, t2 likewise,
+ *   in float64: position i added into partial sum i % 8, then the eight
+ *   pairwise (independent chains, not one chain of S additions) */
+COEF_ATTRS static NOINLINE void FN(position_totals)(ptrdiff_t C, ptrdiff_t S,
+                                                    const ELEM *CBN_RESTRICT s1,
+                                                    const ELEM *CBN_RESTRICT s2,
+                                                    double *CBN_RESTRICT t1,
+                                                    double *CBN_RESTRICT t2, ptrdiff_t stride)
+{
+    for (ptrdiff_t c = 0; c < C; c++) {
+        const ELEM *p = s1 + c * S, *q = s2 + c * S;
+        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        ptrdiff_t i = 0;
+        for (; i + 8 <= S; i += 8)
+            for (int j = 0; j < 8; j++) {
+                a[j] += (double)p[i + j];
+                b[j] += (double)q[i + j];
+            }
+        for (int j = 0; i < S; i++, j++) {
+            a[j] += (double)p[i];
+            b[j] += (double)q[i];
+        }
+        t1[c * stride] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+        t2[c * stride] = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+    }
 }
 
 #undef COEF_MAX
