@@ -17,7 +17,6 @@ from libc.string cimport memset
 from _arrays cimport Tensor
 from _block_moments cimport row_block
 from _job cimport Job
-from _loops cimport position_totals
 from _plan cimport MIN_SPLIT_VALUES
 
 cdef enum:
