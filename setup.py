@@ -101,12 +101,9 @@ class BuildExtWithOpenMP(build_ext):
                 "cbn: building WITHOUT OpenMP - kernels run on one thread. "
                 "Install a compiler with OpenMP support (e.g. gcc) for parallel kernels."
             )
-        # (-fno-math-errno: square roots vectorise; errno is never read.
-        # -fno-trapping-math: loops that select between floating-point values
-        # vectorise, e.g. the per-channel coefficients; no floating-point
-        # exception flag is ever read either)
+        # (-fno-math-errno: square roots vectorise; errno is never read)
         msvc = self.compiler.compiler_type == "msvc"
-        compile_args = ["/O2"] if msvc else ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+        compile_args = ["/O2"] if msvc else ["-O3", "-fno-math-errno"]
         if os.environ.get("CBN_MARCH_NATIVE", "") not in ("", "0"):
             compile_args.append("-march=native")
         if openmp:
