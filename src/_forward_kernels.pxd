@@ -27,7 +27,7 @@ from _loops cimport (CBN_RELU, cbn_block, in_compute_type, init_loops, input_blo
 from _block_moments cimport (Moments, merge_partials, moments_merge, moments_zero, rows_moments,
                              strided_runs_moments, well_centred)
 from _plan cimport fuse_by_channel
-from _runs_as_rows cimport repeated, rows_job, runs_as_rows, zeroed
+from _long_rows cimport repeated, rows_job, runs_as_rows, zeroed
 
 cdef enum ForwardKernel:
     MOMENTS
@@ -73,7 +73,7 @@ cdef inline void cf_channel_train(const floating* compute, const Job* job,
 
 
 cdef inline void rows_of_runs_moments(const floating* compute, const Job* job) noexcept nogil:
-    """cf_unit_moments' partials (one piece) over the rows (_runs_as_rows.pxd):
+    """cf_unit_moments' partials (one piece) over the rows (_long_rows.pxd):
     each channel centred on its first value, as block_moments centres a
     channel's first block; a channel not well centred, or not finite, is
     reduced again by strided_runs_moments, as it was before."""

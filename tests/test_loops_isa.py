@@ -13,7 +13,7 @@ from cbn import _runtime
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL_TESTS = ["test_forward.py", "test_backward.py", "test_views.py", "test_fused_relu.py",
                 "test_float32_accuracy.py", "test_nonfinite.py", "test_out.py",
-                "test_virtual_batches.py", "test_half_precision.py", "test_runs_as_rows.py"]
+                "test_virtual_batches.py", "test_half_precision.py", "test_long_rows.py"]
 
 
 def _run(code_or_args, loops):

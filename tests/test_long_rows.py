@@ -1,11 +1,14 @@
-"""Channels-first tensors of short runs, passed over as rows (src/_runs_as_rows.pxd).
+"""Small tensors passed over as long rows (src/_long_rows.pxd).
 
-The kernels take that path by shape and strides: runs shorter than 256
-bytes, each sample's runs adjacent in x, dy and the output, 4 to 32 samples,
-at most 8 KB of per-position table per row and fewer than 65536 values.
-These tests sit on both sides of each of those bounds, and compare the path
-with the float64 reference and with the run loops on the same data (a view
-whose runs are not adjacent takes the run loops).
+Channels-first: the kernels take that path by shape and strides: runs
+shorter than 256 bytes, each sample's runs adjacent in x, dy and the output,
+4 to 32 samples, at most 8 KB of per-position table per row and fewer than
+65536 values. Channels-last backward: rows shorter than 256 bytes, adjacent,
+taken k at a time (a power of two dividing the row count, at least 4, long
+rows of at most 1 KB, at most 64 of them), fewer than 65536 values. These
+tests sit on both sides of each bound, and compare the paths with the
+float64 reference and with the run or row loops on the same data (a view
+whose runs or rows are not adjacent takes those loops).
 """
 import numpy as np
 import pytest
@@ -156,3 +159,77 @@ def test_a_non_finite_channel_stays_alone(bad, rng):
     np.testing.assert_allclose(moments[0, :2], mean, rtol=1e-5)
     np.testing.assert_allclose(moments[1, :2] / (8 * 9), var, rtol=1e-5)
     assert not np.isfinite(moments[:, 2]).any()
+
+
+# ---------------------------------------------------------------- channels-last rows, k at a time
+
+# (M, C) on either side of a bound (float32 unless said): rows shorter than
+# 256 bytes, long rows of at most 1 KB made of at least 4 rows (k, a power
+# of two dividing M), at most 64 long rows, fewer than 65536 values
+ROWS = [pytest.param(np.float32, (1024, 16), 16, id="float32-1024x16"),
+        pytest.param(np.float32, (12, 3), 4, id="float32-12x3"),
+        pytest.param(np.float32, (1026, 16), 0, id="float32-1026x16-k2"),
+        pytest.param(np.float32, (4096, 15), 0, id="float32-4096x15-512-long-rows"),
+        pytest.param(np.float32, (256, 63), 4, id="float32-256x63"),
+        pytest.param(np.float32, (258, 63), 0, id="float32-258x63-k2"),
+        pytest.param(np.float32, (4096, 16), 0, id="float32-4096x16-65536-values"),
+        pytest.param(np.float32, (512, 64), 0, id="float32-512x64-256-byte-rows"),
+        pytest.param(np.float64, (512, 8), 16, id="float64-512x8"),
+        pytest.param(np.float64, (96, 31), 4, id="float64-96x31"),
+        pytest.param(np.float64, (98, 31), 0, id="float64-98x31-k2")]
+
+
+def gapped_rows(a):
+    """a's values in a view whose rows are not adjacent (a gap after each row)."""
+    padded = np.full((a.shape[0], a.shape[1] + 3), np.nan, dtype=a.dtype)
+    padded[:, :a.shape[1]] = a
+    return padded[:, :a.shape[1]]
+
+
+def row_tiles(dtype, shape):
+    """The documented rule (see _long_rows.pxd), for adjacent rows."""
+    M, C = shape
+    itemsize = np.dtype(dtype).itemsize
+    if C * itemsize >= 256 or M * C >= 65536:
+        return 0
+    k = 1
+    while 2 * k * C * itemsize <= 1024 and M % (2 * k) == 0:
+        k *= 2
+    return k if k >= 4 and M // k <= 64 else 0
+
+
+@pytest.mark.parametrize("dtype,shape,k", ROWS)
+def test_the_rule_is_the_documented_one(dtype, shape, k):
+    assert row_tiles(dtype, shape) == k
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype,shape,k", ROWS)
+def test_backward_over_tiles_matches_the_reference_and_the_row_loops(dtype, shape, k, relu, rng):
+    C = shape[1]
+    bn = cbn.BatchNorm1d(C, dtype=dtype, layout="NHWC", activation="relu" if relu else None)
+    bn.weight[...] = rng.uniform(0.5, 2.0, C) * rng.choice([-1, 1], C)
+    x = (rng.standard_normal(shape) * 3 - 4).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    y = bn(x)
+    dx = bn.backward(dy)
+    expected, mean, var, count = ref.train_forward(x, 1, bn.weight, bn.bias)
+    gate = expected > 0 if relu else np.ones(shape, bool)
+    dx_exact, dw, db = ref.train_backward(np.where(gate, dy, 0.0), x, 1, bn.weight)
+    rtol, atol = tol(dtype)
+    np.testing.assert_allclose(y, np.where(gate, expected, 0.0), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(dx, dx_exact, rtol=rtol, atol=atol)
+    for grad, exact in ((bn.grad_weight, dw), (bn.grad_bias, db)):
+        np.testing.assert_allclose(grad, exact, rtol=0,
+                                   atol=1.5 * atol * max(1.0, np.abs(exact).max()))
+    # the kernels on the same data in rows that are not adjacent: the row
+    # loops, the same values to the sums' order; bitwise the same sums
+    # exactly when the rows are not tiled
+    weight = np.asarray(bn.weight)
+    rows = kernels(x, dy, weight, np.zeros(C, dtype), relu)
+    loops = kernels(gapped_rows(x), gapped_rows(dy), weight, np.zeros(C, dtype), relu)
+    eps = np.finfo(dtype).eps
+    for name, a, b in zip(("y", "stats", "dx", "grads", "moments"), rows, loops):
+        np.testing.assert_allclose(a, b, rtol=0, atol=64 * eps * (np.abs(b).max() + 1.0),
+                                   err_msg=name)
+    assert np.array_equal(rows[3], loops[3]) == (k == 0)
