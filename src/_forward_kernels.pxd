@@ -22,12 +22,14 @@ from _coefficients cimport given_stats_coefficients, training_coefficients
 from _job cimport (Job, allocate, begin, block_at, channel_threads, element, elementwise,
                    f64_table, for_each, output, piece_start, rows_at, run_and_free, table_data,
                    unit_runs, vector_data)
-from _loops cimport (CBN_RELU, cbn_block, in_compute_type, init_loops, input_block,
+from _loops cimport (CBN_RELU, advance, cbn_block, in_compute_type, init_loops, input_block,
                      position_totals, rows_affine, rows_centered, runs_affine, value_at)
-from _block_moments cimport (Moments, merge_partials, moments_merge, moments_zero, rows_moments,
-                             strided_runs_moments, well_centred)
+from _block_moments cimport (Moments, exact_block_moments, first_row, merge_partials,
+                             moments_merge, moments_zero, rows_moments, strided_runs_moments,
+                             well_centred)
 from _plan cimport fuse_by_channel
-from _long_rows cimport repeated, rows_job, runs_as_rows, zeroed
+from _long_rows cimport (repeated, row_tiles, rows_job, runs_as_rows, tile_totals, tiled,
+                         zeroed)
 
 cdef enum ForwardKernel:
     MOMENTS
@@ -122,6 +124,42 @@ cdef inline void cl_part_moments(const floating* compute, const Job* job,
                  <floating*>job.row_scratch + k * 3 * C, p)
 
 
+cdef inline void tiled_rows_moments(const floating* compute, const Job* job,
+                                    Py_ssize_t k) noexcept nogil:
+    """cl_part_moments' partials from the rows k at a time (_long_rows.pxd):
+    all of them in the first row range's, the others' counts 0. Each channel
+    is centred on its first value, as rows_moments centres a first block; a
+    channel not well centred, or not finite, is reduced again in float64
+    (exact_block_moments, as rows_moments does a channel that overflows)."""
+    cdef Py_ssize_t C = job.x.C, M = job.x.N, c, i
+    cdef floating* shift = <floating*>job.row_scratch   # (k*C) each
+    cdef floating* s1 = shift + k * C
+    cdef floating* s2 = s1 + k * C
+    cdef double* mean = job.partials + 1   # the channels' S1, then their means
+    cdef double* m2 = job.partials + 1 + C   # S2, then M2
+    cdef double nb = <double>M, a, b
+    cdef cbn_block rows
+    first_row(job.x.data, job.kind, C, s1)
+    tiled(s1, 1, C, k, shift)
+    zeroed(s1, k * C)
+    zeroed(s2, k * C)
+    rows = input_block(job.x.data, k * C, M // k, k * C, job.kind)
+    rows_centered(&rows, shift, s1, s2)
+    tile_totals(s1, s2, C, k, mean, m2)
+    for c in range(C):
+        a = mean[c]
+        b = m2[c]
+        if (b == 0.0 or well_centred(a, b, nb)) and isfinite(a) and isfinite(b):
+            mean[c] = shift[c] + a / nb
+            m2[c] = max(b - a * a / nb, 0.0)
+        else:
+            exact_block_moments(advance(job.x.data, c, job.kind), job.kind, 1, 0, M, C,
+                                &mean[c], &m2[c])
+    job.partials[0] = nb
+    for i in range(1, job.pieces):
+        job.partials[i * (2 * C + 1)] = 0.0
+
+
 cdef inline void cl_block_affine(const floating* compute, const Job* job,
                                  Py_ssize_t i) noexcept nogil:
     """Block i of rows (see rows_at)."""
@@ -209,8 +247,11 @@ cdef inline void rows_training(const floating* compute, const Job* job) noexcept
 
 cdef inline void partial_moments(const floating* compute, const Job* job) noexcept nogil:
     """Per-unit (channels-first) or per-row-range (channels-last) statistics into part."""
+    cdef Py_ssize_t k = row_tiles(job)
     if runs_as_rows(job):
         rows_of_runs_moments(compute, job)
+    elif k:
+        tiled_rows_moments(compute, job, k)
     elif job.channels_first:
         for_each(cf_unit_moments[floating], compute, job, job.x.C * job.pieces, job.nthreads)
     else:
@@ -263,11 +304,14 @@ cdef inline Py_ssize_t partial_doubles(const Job* job) noexcept:
 
 cdef inline Py_ssize_t row_values(const Job* job, bint reduces) noexcept:
     """Channels-last reductions: 3*C values of the type computed in per row
-    range; channels-first runs as rows: 3*C*S (the shifts and sums, then the
-    repeated coefficients)."""
+    range, or 3*k*C for rows k at a time; channels-first runs as rows: 3*C*S
+    (the shifts and sums, then the repeated coefficients)."""
+    cdef Py_ssize_t k = row_tiles(job) if reduces else 0
     if runs_as_rows(job):
         return 3 * job.x.C * job.x.S
-    return 3 * job.x.C * job.pieces if reduces and not job.channels_first else 0
+    if job.channels_first or not reduces:
+        return 0
+    return 3 * job.x.C * max(job.pieces, k)
 
 
 cdef inline bint forward_run(ForwardKernel kernel, Job* job) except -1:

@@ -3,12 +3,12 @@
 Channels-first: the kernels take that path by shape and strides: runs
 shorter than 256 bytes, each sample's runs adjacent in x, dy and the output,
 4 to 32 samples, at most 8 KB of per-position table per row and fewer than
-65536 values. Channels-last backward: rows shorter than 256 bytes, adjacent,
-taken k at a time (a power of two dividing the row count, at least 4, long
-rows of at most 1 KB, at most 64 of them), fewer than 65536 values. These
-tests sit on both sides of each bound, and compare the paths with the
-float64 reference and with the run or row loops on the same data (a view
-whose runs or rows are not adjacent takes those loops).
+65536 values. Channels-last statistics and backward: rows shorter than 256
+bytes, adjacent, taken k at a time (a power of two dividing the row count,
+at least 4, long rows of at most 1 KB, at most 64 of them), fewer than 65536
+values. These tests sit on both sides of each bound, and compare the paths
+with the float64 reference and with the run or row loops on the same data
+(a view whose runs or rows are not adjacent takes those loops).
 """
 import numpy as np
 import pytest
@@ -232,4 +232,19 @@ def test_backward_over_tiles_matches_the_reference_and_the_row_loops(dtype, shap
     for name, a, b in zip(("y", "stats", "dx", "grads", "moments"), rows, loops):
         np.testing.assert_allclose(a, b, rtol=0, atol=64 * eps * (np.abs(b).max() + 1.0),
                                    err_msg=name)
-    assert np.array_equal(rows[3], loops[3]) == (k == 0)
+    for name, i in (("stats", 1), ("grads", 3), ("moments", 4)):
+        assert np.array_equal(rows[i], loops[i]) == (k == 0), name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_tiled_channel_far_from_its_first_value_or_not_finite_is_reduced_in_float64(dtype, rng):
+    x = (rng.standard_normal((256, 4)) * 1e-3 + 50).astype(dtype)
+    x[0, 1] = 60     # channel 1 centred on its first value would lose M2's digits
+    x[7, 3] = np.nan
+    moments = np.empty((2, 4))
+    _forward.moments(x, moments, 1)
+    _, mean, var, _ = ref.train_forward(x[:, :3], 1)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(moments[0, :3], mean, rtol=rtol)
+    np.testing.assert_allclose(moments[1, :3] / 256, var, rtol=rtol)
+    assert not np.isfinite(moments[:, 3]).any()
