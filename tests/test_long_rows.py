@@ -248,3 +248,13 @@ def test_a_tiled_channel_far_from_its_first_value_or_not_finite_is_reduced_in_fl
     np.testing.assert_allclose(moments[0, :3], mean, rtol=rtol)
     np.testing.assert_allclose(moments[1, :3] / 256, var, rtol=rtol)
     assert not np.isfinite(moments[:, 3]).any()
+
+
+@pytest.mark.parametrize("dtype,shape,k", ROWS)
+def test_tiled_results_do_not_depend_on_the_thread_count(dtype, shape, k, rng):
+    C = shape[1]
+    x = (rng.standard_normal(shape) + 3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    weight, bias = np.ones(C, dtype), np.zeros(C, dtype)
+    for a, b in zip(kernels(x, dy, weight, bias, True, 1), kernels(x, dy, weight, bias, True, 2)):
+        np.testing.assert_array_equal(a, b)
