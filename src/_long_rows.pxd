@@ -68,18 +68,25 @@ cdef inline Tensor as_rows(Tensor t) noexcept nogil:
     return t
 
 
+cdef inline void long_rows_job(const Job* job, Job* rows, Tensor x, Tensor dy, Tensor out,
+                               void* coef, const void* relu_coef) noexcept nogil:
+    """rows = job over long rows: x, dy and out (job's operands seen as
+    channels-last rows), with coefficient tables of their row length."""
+    rows[0] = job[0]
+    rows.x = x
+    rows.dy = dy
+    rows.out = out
+    rows.channels_first = False
+    rows.block_rows = row_block(x.C, job.itemsize)
+    rows.units = (x.N + rows.block_rows - 1) // rows.block_rows
+    rows.tables.coef = coef
+    rows.tables.relu_coef = relu_coef
+
+
 cdef inline void rows_job(const Job* job, Job* rows, void* coef, const void* relu_coef) noexcept nogil:
     """rows = job over its rows (as_rows), with coefficient tables of C*S
     columns (repeated: see repeated)."""
-    rows[0] = job[0]
-    rows.x = as_rows(job.x)
-    rows.dy = as_rows(job.dy)
-    rows.out = as_rows(job.out)
-    rows.channels_first = False
-    rows.block_rows = row_block(rows.x.C, job.itemsize)
-    rows.units = (rows.x.N + rows.block_rows - 1) // rows.block_rows
-    rows.tables.coef = coef
-    rows.tables.relu_coef = relu_coef
+    long_rows_job(job, rows, as_rows(job.x), as_rows(job.dy), as_rows(job.out), coef, relu_coef)
 
 
 cdef inline void repeated(const floating* table, Py_ssize_t nrows, Py_ssize_t C, Py_ssize_t S,
@@ -134,14 +141,8 @@ cdef inline void tiles_job(const Job* job, Job* rows, Py_ssize_t k, void* coef,
                            const void* relu_coef) noexcept nogil:
     """rows = job over its rows k at a time (as_tiles), with coefficient
     tables of k*C columns (tiled: see tiled)."""
-    rows[0] = job[0]
-    rows.x = as_tiles(job.x, k)
-    rows.dy = as_tiles(job.dy, k)
-    rows.out = as_tiles(job.out, k)
-    rows.block_rows = row_block(rows.x.C, job.itemsize)
-    rows.units = (rows.x.N + rows.block_rows - 1) // rows.block_rows
-    rows.tables.coef = coef
-    rows.tables.relu_coef = relu_coef
+    long_rows_job(job, rows, as_tiles(job.x, k), as_tiles(job.dy, k), as_tiles(job.out, k), coef,
+                  relu_coef)
 
 
 cdef inline void tiled(const floating* table, Py_ssize_t nrows, Py_ssize_t C, Py_ssize_t k,
