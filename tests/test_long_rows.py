@@ -258,3 +258,25 @@ def test_tiled_results_do_not_depend_on_the_thread_count(dtype, shape, k, rng):
     weight, bias = np.ones(C, dtype), np.zeros(C, dtype)
     for a, b in zip(kernels(x, dy, weight, bias, True, 1), kernels(x, dy, weight, bias, True, 2)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eval_backward_over_tiles_matches_the_reference(dtype, relu, rng):
+    bn = cbn.BatchNorm1d(16, dtype=dtype, layout="NHWC", activation="relu" if relu else None)
+    for name, values in (("weight", rng.standard_normal(16)), ("bias", rng.standard_normal(16)),
+                         ("running_mean", rng.standard_normal(16)),
+                         ("running_var", rng.uniform(0.5, 2.0, 16))):
+        getattr(bn, name)[...] = values
+    bn.eval()
+    x = rng.standard_normal((1024, 16)).astype(dtype)   # 16 rows a long row
+    dy = rng.standard_normal((1024, 16)).astype(dtype)
+    y = bn(x)
+    dx = bn.backward(dy)
+    g = np.where(y > 0, dy, 0.0) if relu else dy.astype(np.float64)
+    dx_exact, dw, db = ref.eval_backward(g, x, 1, bn.running_mean, bn.running_var, bn.weight)[:3]
+    rtol, atol = tol(dtype)
+    np.testing.assert_allclose(dx, dx_exact, rtol=rtol, atol=atol)
+    for grad, exact in ((bn.grad_weight, dw), (bn.grad_bias, db)):
+        np.testing.assert_allclose(grad, exact, rtol=0,
+                                   atol=1.5 * atol * max(1.0, np.abs(exact).max()))
