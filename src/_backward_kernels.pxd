@@ -16,8 +16,7 @@ from _job cimport (Job, allocate, begin, block_at, elementwise, f64_table, f64_v
 from _loops cimport (CBN_FIXED, cbn_block, init_loops, position_totals, rows_grad_input,
                      rows_grad_sums, runs_grad_input, runs_grad_sums)
 from _plan cimport fuse_by_channel
-from _long_rows cimport (repeated, row_tiles, rows_job, runs_as_rows, tile_totals, tiled, tiles_job,
-                         zeroed)
+from _long_rows cimport LongRows, expanded, long_rows, long_rows_job, row_length, zeroed
 
 cdef enum BackwardKernel:
     GRAD_SUMS
@@ -77,69 +76,44 @@ cdef inline void cf_channel_backward(const floating* compute, const Job* job,
     runs_grad_input(&runs, <const floating*>job.tables.coef + c, relu)
 
 
-cdef inline floating* repeated_relu(const floating* compute, const Job* job) noexcept nogil:
-    """Runs as rows (_long_rows.pxd): a fused ReLU's coefficients repeated
-    into the first 3*C*S values of the row scratch, or NULL without one."""
+cdef inline floating* expanded_relu(const floating* compute, const Job* job,
+                                    LongRows lr) noexcept nogil:
+    """Long rows (_long_rows.pxd): a fused ReLU's coefficients expanded into
+    the first 3 * row_length values of the row scratch, or NULL without one."""
     cdef floating* relu = <floating*>job.row_scratch
     if job.tables.relu_coef == NULL:
         return NULL
-    repeated(<const floating*>job.tables.relu_coef, 3, job.x.C, job.x.S, relu)
+    expanded(<const floating*>job.tables.relu_coef, 3, job.x.C, lr, relu)
     return relu
 
 
-cdef inline void rows_of_runs_sums(const floating* compute, const Job* job) noexcept nogil:
-    """cf_unit_sums' partials (one piece) over the rows (_long_rows.pxd)."""
-    cdef Py_ssize_t C = job.x.C, S = job.x.S
-    cdef floating* relu = repeated_relu(compute, job)
-    cdef floating* shift = <floating*>job.row_scratch + 3 * C * S
-    cdef floating* s1 = shift + C * S
-    cdef floating* s2 = s1 + C * S
+cdef inline void long_rows_sums(const floating* compute, const Job* job,
+                                LongRows lr) noexcept nogil:
+    """The partial sums of a reduction in one piece, from the long rows
+    (_long_rows.pxd): channels-first, cf_unit_sums'; channels-last, the first
+    row range's (the others zero)."""
+    cdef Py_ssize_t C = job.x.C, L = row_length(lr, C), i
+    cdef floating* relu = expanded_relu(compute, job, lr)
+    cdef floating* shift = <floating*>job.row_scratch + 3 * L
+    cdef floating* s1 = shift + L
+    cdef floating* s2 = s1 + L
     cdef Job rows
     cdef cbn_block block
-    repeated(<const floating*>job.tables.coef, 1, C, S, shift)   # (sums_kernel's shifts)
-    zeroed(s1, C * S)
-    zeroed(s2, C * S)
-    rows_job(job, &rows, NULL, relu)
+    expanded(<const floating*>job.tables.coef, 1, C, lr, shift)   # (sums_kernel's shifts)
+    zeroed(s1, L)
+    zeroed(s2, L)
+    long_rows_job(job, &rows, lr, NULL, relu)
     block = block_at(&rows, 0, rows.x.N, 0)
     rows_grad_sums(&block, shift, relu, s1, s2)
-    position_totals(job.f32, C, S, s1, s2, job.partials, job.partials + 1, 2)
+    if job.channels_first:   # [sum(g), sum(g * (x - shift))] per unit
+        position_totals(job.f32, C, lr.run, lr.copies, s1, s2, job.partials, job.partials + 1, 2)
+    else:   # the first row range's C values of each
+        position_totals(job.f32, C, lr.run, lr.copies, s1, s2, job.partials, job.partials + C, 1)
+        for i in range(2 * C, 2 * C * job.pieces):
+            job.partials[i] = 0.0
 
 
 # ---------------------------------------------------------------- channels-last
-
-cdef inline floating* tiled_relu(const floating* compute, const Job* job,
-                                 Py_ssize_t k) noexcept nogil:
-    """Rows k at a time (_long_rows.pxd): a fused ReLU's coefficients tiled
-    into the first 3*k*C values of the row scratch, or NULL without one."""
-    cdef floating* relu = <floating*>job.row_scratch
-    if job.tables.relu_coef == NULL:
-        return NULL
-    tiled(<const floating*>job.tables.relu_coef, 3, job.x.C, k, relu)
-    return relu
-
-
-cdef inline void tiled_rows_sums(const floating* compute, const Job* job,
-                                 Py_ssize_t k) noexcept nogil:
-    """cl_part_sums' partials from the rows k at a time (_long_rows.pxd): all
-    of them in the first row range's, the others zero."""
-    cdef Py_ssize_t C = job.x.C
-    cdef floating* relu = tiled_relu(compute, job, k)
-    cdef floating* shift = <floating*>job.row_scratch + 3 * k * C
-    cdef floating* s1 = shift + k * C
-    cdef floating* s2 = s1 + k * C
-    cdef Py_ssize_t i
-    cdef Job rows
-    cdef cbn_block block
-    tiled(<const floating*>job.tables.coef, 1, C, k, shift)   # (sums_kernel's shifts)
-    zeroed(s1, k * C)
-    zeroed(s2, k * C)
-    tiles_job(job, &rows, k, NULL, relu)
-    block = block_at(&rows, 0, rows.x.N, 0)
-    rows_grad_sums(&block, shift, relu, s1, s2)
-    tile_totals(s1, s2, C, k, job.partials, job.partials + C)
-    for i in range(2 * C, 2 * C * job.pieces):
-        job.partials[i] = 0.0
-
 
 cdef inline void cl_part_sums(const floating* compute, const Job* job,
                               Py_ssize_t k) noexcept nogil:
@@ -198,16 +172,15 @@ cdef inline void sum_partials(const Job* job) noexcept nogil:
 cdef inline void sums_kernel(const floating* compute, const Job* job) noexcept nogil:
     """sums = [sum(g), sum(g * (x - mean))], mean = stats[0]; the first C
     coefficients receive the shifts (the mean rounded to the type computed in)."""
-    cdef Py_ssize_t c, C = job.x.C, k = row_tiles(job)
+    cdef Py_ssize_t c, C = job.x.C
     cdef floating* shift = <floating*>job.tables.coef
     cdef const double* mean = job.tables.stats
     cdef double* sums = job.tables.sums
+    cdef LongRows lr = long_rows(job)
     for c in range(C):
         shift[c] = <floating>mean[c]
-    if runs_as_rows(job):
-        rows_of_runs_sums(compute, job)
-    elif k:
-        tiled_rows_sums(compute, job, k)
+    if lr.copies:
+        long_rows_sums(compute, job, lr)
     elif job.channels_first:
         for_each(cf_unit_sums[floating], compute, job, C * job.pieces, job.nthreads)
     else:
@@ -219,17 +192,14 @@ cdef inline void sums_kernel(const floating* compute, const Job* job) noexcept n
 
 cdef inline void grad_input_kernel(const floating* compute, const Job* job) noexcept nogil:
     """dx from the sums (with batch statistics) and stats."""
-    cdef Py_ssize_t C = job.x.C, S = job.x.S, k = row_tiles(job)
+    cdef Py_ssize_t C = job.x.C
+    cdef LongRows lr = long_rows(job)
     cdef Job rows
-    cdef floating* coef = <floating*>job.row_scratch + 3 * C * S * max(k, 1)
+    cdef floating* coef = <floating*>job.row_scratch + 3 * row_length(lr, C)
     dx_coefficients(job, 0, C)
-    if runs_as_rows(job):
-        repeated(<const floating*>job.tables.coef, 4, C, S, coef)
-        rows_job(job, &rows, coef, repeated_relu(compute, job))
-        elementwise(cf_unit_grad_input[floating], cl_block_grad_input[floating], compute, &rows)
-    elif k:
-        tiled(<const floating*>job.tables.coef, 4, C, k, coef)
-        tiles_job(job, &rows, k, coef, tiled_relu(compute, job, k))
+    if lr.copies:
+        expanded(<const floating*>job.tables.coef, 4, C, lr, coef)
+        long_rows_job(job, &rows, lr, coef, expanded_relu(compute, job, lr))
         elementwise(cf_unit_grad_input[floating], cl_block_grad_input[floating], compute, &rows)
     else:
         elementwise(cf_unit_grad_input[floating], cl_block_grad_input[floating], compute, job)
@@ -270,11 +240,10 @@ cdef inline bint backward_run(BackwardKernel kernel, Job* job) except -1:
     cdef Py_ssize_t C = job.x.C
     cdef Py_ssize_t partials = 2 * C * job.pieces if reduces else 0
     # row scratch: channels-last, the partial sums' row buffers; long rows
-    # (_long_rows.pxd), a ReLU's repeated or tiled coefficients and the
-    # shifts and sums, then the dx coefficients (3*L + 4*L values, L = C*S or
-    # k*C)
-    cdef Py_ssize_t k = row_tiles(job)
-    cdef Py_ssize_t row_values = (7 * C * job.x.S if runs_as_rows(job) else 7 * k * C if k
+    # (_long_rows.pxd), a ReLU's expanded coefficients and the shifts and
+    # sums, then the expanded dx coefficients (3 + 4 rows of row_length)
+    cdef LongRows lr = long_rows(job)
+    cdef Py_ssize_t row_values = (7 * row_length(lr, C) if lr.copies
                                   else 0 if job.channels_first else partials)
     cdef void* block = allocate(job, partials + (2 * C if own_sums else 0), 4, row_values)
     if own_sums:

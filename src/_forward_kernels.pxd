@@ -17,19 +17,19 @@ cimport numpy as cnp
 from cython cimport floating
 from libc.math cimport isfinite
 
-from _arrays cimport checked, checked_vector
+from _arrays cimport Tensor, checked, checked_vector
 from _coefficients cimport given_stats_coefficients, training_coefficients
 from _job cimport (Job, allocate, begin, block_at, channel_threads, element, elementwise,
                    f64_table, for_each, output, piece_start, rows_at, run_and_free, table_data,
                    unit_runs, vector_data)
 from _loops cimport (CBN_RELU, advance, cbn_block, in_compute_type, init_loops, input_block,
                      position_totals, rows_affine, rows_centered, runs_affine, value_at)
-from _block_moments cimport (Moments, exact_block_moments, first_row, merge_partials,
+from _block_moments cimport (Moments, exact_block_moments, merge_partials,
                              moments_merge, moments_zero, rows_moments, strided_runs_moments,
                              well_centred)
 from _plan cimport fuse_by_channel
-from _long_rows cimport (repeated, row_tiles, rows_job, runs_as_rows, tile_totals, tiled,
-                         zeroed)
+from _long_rows cimport (LongRows, as_long_rows, expanded, long_rows, long_rows_job,
+                         row_length, zeroed)
 
 cdef enum ForwardKernel:
     MOMENTS
@@ -74,41 +74,62 @@ cdef inline void cf_channel_train(const floating* compute, const Job* job,
     runs_affine(&runs, <const floating*>job.tables.coef + c)
 
 
-cdef inline void rows_of_runs_moments(const floating* compute, const Job* job) noexcept nogil:
-    """cf_unit_moments' partials (one piece) over the rows (_long_rows.pxd):
-    each channel centred on its first value, as block_moments centres a
-    channel's first block; a channel not well centred, or not finite, is
-    reduced again by strided_runs_moments, as it was before."""
-    cdef Py_ssize_t C = job.x.C, S = job.x.S, c
-    cdef floating* shift = <floating*>job.row_scratch   # (C*S) each, then (C) first values
-    cdef floating* s1 = shift + C * S
-    cdef floating* s2 = s1 + C * S
-    cdef double* mean = job.partials + C   # the channels' S1, then their means
-    cdef double* m2 = job.partials + 2 * C   # S2, then M2
-    cdef double nb = <double>(job.x.N * S), a, b
+cdef inline void long_rows_moments(const floating* compute, const Job* job,
+                                   LongRows lr) noexcept nogil:
+    """The partial statistics of a reduction in one piece, from the long rows
+    (_long_rows.pxd): channels-first, cf_unit_moments'; channels-last, the
+    first row range's (the others' counts 0). Each channel is centred on its
+    first value, as a first block is; a channel not well centred, or not
+    finite, is reduced again as the usual loops would: channels-first by
+    strided_runs_moments (to the bit), channels-last in float64
+    (exact_block_moments, as rows_moments does a channel that overflows)."""
+    cdef Py_ssize_t C = job.x.C, L = row_length(lr, C), c, i
+    cdef floating* shift = <floating*>job.row_scratch   # (L) each, then (C) first values
+    cdef floating* s1 = shift + L
+    cdef floating* s2 = s1 + L
+    # the channels' S1 and S2, then their means and M2
+    cdef double* mean = job.partials + (C if job.channels_first else 1)
+    cdef double* m2 = mean + C
+    cdef double nb = <double>(job.x.N * job.x.S), a, b, mb, m2b
     cdef Moments acc
-    cdef cbn_block rows
+    cdef Tensor rows = as_long_rows(job.x, lr)
+    cdef cbn_block block = input_block(rows.data, rows.sn, rows.N, rows.C, job.kind)
     for c in range(C):
         s1[c] = <floating>in_compute_type(value_at(element(job.x, 0, c, job.itemsize), 0,
                                                    job.kind), job.kind)
-    repeated(s1, 1, C, S, shift)
-    zeroed(s1, C * S)
-    zeroed(s2, C * S)
-    rows = input_block(job.x.data, job.x.sn, job.x.N, C * S, job.kind)
-    rows_centered(&rows, shift, s1, s2)
-    position_totals(job.f32, C, S, s1, s2, mean, m2, 1)
+    expanded(s1, 1, C, lr, shift)
+    zeroed(s1, L)
+    zeroed(s2, L)
+    rows_centered(&block, shift, s1, s2)
+    position_totals(job.f32, C, lr.run, lr.copies, s1, s2, mean, m2, 1)
     for c in range(C):
         a = mean[c]
         b = m2[c]
         acc = moments_zero()
         if (b == 0.0 or well_centred(a, b, nb)) and isfinite(a) and isfinite(b):
-            moments_merge(&acc, nb, shift[c * S] + a / nb, max(b - a * a / nb, 0.0))
-        else:
+            mb = shift[c * lr.run] + a / nb
+            m2b = max(b - a * a / nb, 0.0)
+            if job.channels_first:   # (merged into nothing, as block_moments does)
+                moments_merge(&acc, nb, mb, m2b)
+            else:
+                acc.count = nb
+                acc.mean = mb
+                acc.m2 = m2b
+        elif job.channels_first:
             strided_runs_moments(element(job.x, 0, c, job.itemsize), job.kind, job.x.N,
-                                 job.x.sn, S, &acc)
-        job.partials[c] = acc.count
+                                 job.x.sn, job.x.S, &acc)
+        else:
+            acc.count = nb
+            exact_block_moments(advance(job.x.data, c, job.kind), job.kind, 1, 0, job.x.N,
+                                job.x.sn, &acc.mean, &acc.m2)
+        if job.channels_first:
+            job.partials[c] = acc.count
         mean[c] = acc.mean
         m2[c] = acc.m2
+    if not job.channels_first:
+        job.partials[0] = nb
+        for i in range(1, job.pieces):
+            job.partials[i * (2 * C + 1)] = 0.0
 
 
 # ---------------------------------------------------------------- channels-last
@@ -122,42 +143,6 @@ cdef inline void cl_part_moments(const floating* compute, const Job* job,
         p[i] = 0.0
     rows_moments(job.x.data, job.kind, job.x.sn, piece_start(job, k), piece_start(job, k + 1), C,
                  <floating*>job.row_scratch + k * 3 * C, p)
-
-
-cdef inline void tiled_rows_moments(const floating* compute, const Job* job,
-                                    Py_ssize_t k) noexcept nogil:
-    """cl_part_moments' partials from the rows k at a time (_long_rows.pxd):
-    all of them in the first row range's, the others' counts 0. Each channel
-    is centred on its first value, as rows_moments centres a first block; a
-    channel not well centred, or not finite, is reduced again in float64
-    (exact_block_moments, as rows_moments does a channel that overflows)."""
-    cdef Py_ssize_t C = job.x.C, M = job.x.N, c, i
-    cdef floating* shift = <floating*>job.row_scratch   # (k*C) each
-    cdef floating* s1 = shift + k * C
-    cdef floating* s2 = s1 + k * C
-    cdef double* mean = job.partials + 1   # the channels' S1, then their means
-    cdef double* m2 = job.partials + 1 + C   # S2, then M2
-    cdef double nb = <double>M, a, b
-    cdef cbn_block rows
-    first_row(job.x.data, job.kind, C, s1)
-    tiled(s1, 1, C, k, shift)
-    zeroed(s1, k * C)
-    zeroed(s2, k * C)
-    rows = input_block(job.x.data, k * C, M // k, k * C, job.kind)
-    rows_centered(&rows, shift, s1, s2)
-    tile_totals(s1, s2, C, k, mean, m2)
-    for c in range(C):
-        a = mean[c]
-        b = m2[c]
-        if (b == 0.0 or well_centred(a, b, nb)) and isfinite(a) and isfinite(b):
-            mean[c] = shift[c] + a / nb
-            m2[c] = max(b - a * a / nb, 0.0)
-        else:
-            exact_block_moments(advance(job.x.data, c, job.kind), job.kind, 1, 0, M, C,
-                                &mean[c], &m2[c])
-    job.partials[0] = nb
-    for i in range(1, job.pieces):
-        job.partials[i * (2 * C + 1)] = 0.0
 
 
 cdef inline void cl_block_affine(const floating* compute, const Job* job,
@@ -247,11 +232,9 @@ cdef inline void rows_training(const floating* compute, const Job* job) noexcept
 
 cdef inline void partial_moments(const floating* compute, const Job* job) noexcept nogil:
     """Per-unit (channels-first) or per-row-range (channels-last) statistics into part."""
-    cdef Py_ssize_t k = row_tiles(job)
-    if runs_as_rows(job):
-        rows_of_runs_moments(compute, job)
-    elif k:
-        tiled_rows_moments(compute, job, k)
+    cdef LongRows lr = long_rows(job)
+    if lr.copies:
+        long_rows_moments(compute, job, lr)
     elif job.channels_first:
         for_each(cf_unit_moments[floating], compute, job, job.x.C * job.pieces, job.nthreads)
     else:
@@ -261,10 +244,11 @@ cdef inline void partial_moments(const floating* compute, const Job* job) noexce
 cdef inline void affine(const floating* compute, const Job* job) noexcept nogil:
     """out = (x - shift) * scale + offset with the coefficient table."""
     cdef Job rows
-    cdef floating* repeated_coef = <floating*>job.row_scratch
-    if runs_as_rows(job):
-        repeated(<const floating*>job.tables.coef, 3, job.x.C, job.x.S, repeated_coef)
-        rows_job(job, &rows, repeated_coef, NULL)
+    cdef floating* coef = <floating*>job.row_scratch
+    cdef LongRows lr = long_rows(job)
+    if lr.copies and job.channels_first:   # (channels-last rows: as fast as they are)
+        expanded(<const floating*>job.tables.coef, 3, job.x.C, lr, coef)
+        long_rows_job(job, &rows, lr, coef, NULL)
         elementwise(cf_unit_affine[floating], cl_block_affine[floating], compute, &rows)
     else:
         elementwise(cf_unit_affine[floating], cl_block_affine[floating], compute, job)
@@ -304,14 +288,14 @@ cdef inline Py_ssize_t partial_doubles(const Job* job) noexcept:
 
 cdef inline Py_ssize_t row_values(const Job* job, bint reduces) noexcept:
     """Channels-last reductions: 3*C values of the type computed in per row
-    range, or 3*k*C for rows k at a time; channels-first runs as rows: 3*C*S
-    (the shifts and sums, then the repeated coefficients)."""
-    cdef Py_ssize_t k = row_tiles(job) if reduces else 0
-    if runs_as_rows(job):
-        return 3 * job.x.C * job.x.S
+    range, or 3 long rows (the shifts and sums); channels-first long rows: 3
+    of them (the shifts and sums, then the expanded coefficients)."""
+    cdef LongRows lr = long_rows(job)
+    if lr.copies and job.channels_first:
+        return 3 * row_length(lr, job.x.C)
     if job.channels_first or not reduces:
         return 0
-    return 3 * job.x.C * max(job.pieces, k)
+    return max(3 * job.x.C * job.pieces, 3 * row_length(lr, job.x.C))
 
 
 cdef inline bint forward_run(ForwardKernel kernel, Job* job) except -1:

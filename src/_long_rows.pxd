@@ -60,53 +60,6 @@ cdef inline bint runs_as_rows(const Job* job) noexcept nogil:
             and adjacent_runs(x) and adjacent_runs(job.dy) and adjacent_runs(job.out))
 
 
-cdef inline Tensor as_rows(Tensor t) noexcept nogil:
-    """t's (N, C, S) runs (adjacent: see adjacent_runs) as N rows of C*S values."""
-    t.C = t.C * t.S
-    t.S = 1
-    t.sc = 1
-    return t
-
-
-cdef inline void long_rows_job(const Job* job, Job* rows, Tensor x, Tensor dy, Tensor out,
-                               void* coef, const void* relu_coef) noexcept nogil:
-    """rows = job over long rows: x, dy and out (job's operands seen as
-    channels-last rows), with coefficient tables of their row length."""
-    rows[0] = job[0]
-    rows.x = x
-    rows.dy = dy
-    rows.out = out
-    rows.channels_first = False
-    rows.block_rows = row_block(x.C, job.itemsize)
-    rows.units = (x.N + rows.block_rows - 1) // rows.block_rows
-    rows.tables.coef = coef
-    rows.tables.relu_coef = relu_coef
-
-
-cdef inline void rows_job(const Job* job, Job* rows, void* coef, const void* relu_coef) noexcept nogil:
-    """rows = job over its rows (as_rows), with coefficient tables of C*S
-    columns (repeated: see repeated)."""
-    long_rows_job(job, rows, as_rows(job.x), as_rows(job.dy), as_rows(job.out), coef, relu_coef)
-
-
-cdef inline void repeated(const floating* table, Py_ssize_t nrows, Py_ssize_t C, Py_ssize_t S,
-                          floating* out) noexcept nogil:
-    """out (nrows, C*S) = table (nrows, C) with each entry repeated S times."""
-    cdef Py_ssize_t r, c, i
-    cdef floating v
-    for r in range(nrows):
-        for c in range(C):
-            v = table[r * C + c]
-            for i in range(S):
-                out[(r * C + c) * S + i] = v
-
-
-cdef inline void zeroed(floating* p, Py_ssize_t n) noexcept nogil:
-    memset(p, 0, n * sizeof(floating))
-
-
-# ---------------------------------------------------------------- channels-last tiles
-
 cdef inline bint adjacent_rows(Tensor t) noexcept nogil:
     """Whether t's rows follow one another (an absent operand: yes)."""
     return t.data == NULL or t.sn == t.C or t.N == 1
@@ -129,41 +82,74 @@ cdef inline Py_ssize_t row_tiles(const Job* job) noexcept nogil:
     return k if k >= MIN_TILE and x.N // k <= MAX_TILED_ROWS else 0
 
 
-cdef inline Tensor as_tiles(Tensor t, Py_ssize_t k) noexcept nogil:
-    """t's (M, C) adjacent rows as M / k rows of k*C values."""
-    t.N = t.N // k
-    t.C = t.C * k
-    t.sn = t.C
+cdef struct LongRows:
+    # How a job's operands are seen as long rows: copies * C channels * run
+    # positions each; position p of a long row belongs to channel (p // run) % C.
+    Py_ssize_t copies   # short rows per long row (channels-last: k), 1 for runs; 0: none
+    Py_ssize_t run      # positions per channel in a copy (channels-first: S), 1 for rows
+
+
+cdef inline LongRows long_rows(const Job* job) noexcept nogil:
+    """The long rows job's passes take (runs_as_rows, row_tiles), or copies 0."""
+    cdef LongRows lr
+    lr.copies = 0
+    lr.run = 1
+    if runs_as_rows(job):
+        lr.copies = 1
+        lr.run = job.x.S
+    else:
+        lr.copies = row_tiles(job)
+    return lr
+
+
+cdef inline Py_ssize_t row_length(LongRows lr, Py_ssize_t C) noexcept nogil:
+    return lr.copies * C * lr.run
+
+
+cdef inline Tensor as_long_rows(Tensor t, LongRows lr) noexcept nogil:
+    """t's (N, C, S) adjacent runs or (M, C) adjacent rows as long rows."""
+    t.N = t.N // lr.copies
+    t.C = t.C * t.S * lr.copies
+    t.sn = t.sn * lr.copies
+    t.S = 1
+    t.sc = 1
     return t
 
 
-cdef inline void tiles_job(const Job* job, Job* rows, Py_ssize_t k, void* coef,
-                           const void* relu_coef) noexcept nogil:
-    """rows = job over its rows k at a time (as_tiles), with coefficient
-    tables of k*C columns (tiled: see tiled)."""
-    long_rows_job(job, rows, as_tiles(job.x, k), as_tiles(job.dy, k), as_tiles(job.out, k), coef,
-                  relu_coef)
+cdef inline void long_rows_job(const Job* job, Job* rows, LongRows lr, void* coef,
+                               const void* relu_coef) noexcept nogil:
+    """rows = job over its long rows, with coefficient tables of their length
+    (see expanded)."""
+    rows[0] = job[0]
+    rows.x = as_long_rows(job.x, lr)
+    rows.dy = as_long_rows(job.dy, lr)
+    rows.out = as_long_rows(job.out, lr)
+    rows.channels_first = False
+    rows.block_rows = row_block(rows.x.C, job.itemsize)
+    rows.units = (rows.x.N + rows.block_rows - 1) // rows.block_rows
+    rows.tables.coef = coef
+    rows.tables.relu_coef = relu_coef
 
 
-cdef inline void tiled(const floating* table, Py_ssize_t nrows, Py_ssize_t C, Py_ssize_t k,
-                       floating* out) noexcept nogil:
-    """out (nrows, k*C) = each row of table (nrows, C) k times over."""
-    cdef Py_ssize_t r, j, c
+cdef inline void expanded(const floating* table, Py_ssize_t nrows, Py_ssize_t C, LongRows lr,
+                          floating* out) noexcept nogil:
+    """out (nrows, row_length) = table (nrows, C) with each entry at every
+    position of its channel (copies times, run times each)."""
+    cdef Py_ssize_t r, j, c, i
+    cdef floating v
     for r in range(nrows):
-        for j in range(k):
+        for j in range(lr.copies):
+            if lr.run == 1:   # (rows: the table's row again, in a loop the compiler vectorises)
+                for c in range(C):
+                    out[(r * lr.copies + j) * C + c] = table[r * C + c]
+                continue
             for c in range(C):
-                out[(r * k + j) * C + c] = table[r * C + c]
+                v = table[r * C + c]
+                for i in range(lr.run):
+                    out[((r * lr.copies + j) * C + c) * lr.run + i] = v
 
 
-cdef inline void tile_totals(const floating* s1, const floating* s2, Py_ssize_t C, Py_ssize_t k,
-                             double* t1, double* t2) noexcept nogil:
-    """t1[c], t2[c] = the sums of s1 and s2 (k*C positions) over channel c's k
-    positions j*C + c, in float64, j in order."""
-    cdef Py_ssize_t j, c
-    for c in range(C):
-        t1[c] = 0.0
-        t2[c] = 0.0
-    for j in range(k):
-        for c in range(C):
-            t1[c] += s1[j * C + c]
-            t2[c] += s2[j * C + c]
+cdef inline void zeroed(floating* p, Py_ssize_t n) noexcept nogil:
+    memset(p, 0, n * sizeof(floating))
+
+

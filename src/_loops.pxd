@@ -76,8 +76,8 @@ cdef extern from "cbn_loops.h" nogil:
         int f32, Py_ssize_t C, void* running_mean, void* running_var, const double* mean,
         const double* var, double var_scale, double momentum, unsigned char* kept)
     void position_totals "cbn_position_totals"(
-        int f32, Py_ssize_t C, Py_ssize_t S, const void* s1, const void* s2, double* t1,
-        double* t2, Py_ssize_t stride)
+        int f32, Py_ssize_t C, Py_ssize_t S, Py_ssize_t copies, const void* s1, const void* s2,
+        double* t1, double* t2, Py_ssize_t stride)
 
 
 cdef inline cbn_block input_block(const void* x, Py_ssize_t stride, Py_ssize_t count,

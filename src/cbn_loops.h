@@ -361,11 +361,12 @@ static inline ptrdiff_t cbn_moved_running(int f32, ptrdiff_t C, void *running_me
                          momentum, kept);
 }
 
-/* s1, s2: C * S values of the type computed in */
-static inline void cbn_position_totals(int f32, ptrdiff_t C, ptrdiff_t S, const void *s1,
-                                       const void *s2, double *t1, double *t2, ptrdiff_t stride)
+/* s1, s2: copies * C * S values of the type computed in */
+static inline void cbn_position_totals(int f32, ptrdiff_t C, ptrdiff_t S, ptrdiff_t copies,
+                                       const void *s1, const void *s2, double *t1, double *t2,
+                                       ptrdiff_t stride)
 {
-    CBN_PICK_TYPE(f32, position_totals, C, S, s1, s2, t1, t2, stride);
+    CBN_PICK_TYPE(f32, position_totals, C, S, copies, s1, s2, t1, t2, stride);
 }
 
 #undef CBN_PICK_TYPE

@@ -37,6 +37,16 @@
 #define NOINLINE
 #endif
 
+/* range(..., weighted, biased) with whether weight and bias are given as
+ * constants (the loops then have no conditional load) */
+#define BY_PARAMETERS(range, ...)                                                              \
+    do {                                                                                       \
+        if (weight && bias) range(__VA_ARGS__, 1, 1);                                          \
+        else if (weight) range(__VA_ARGS__, 1, 0);                                             \
+        else if (bias) range(__VA_ARGS__, 0, 1);                                               \
+        else range(__VA_ARGS__, 0, 0);                                                         \
+    } while (0)
+
 /* ELEM's largest finite value, as a double */
 #define COEF_MAX (sizeof(ELEM) == sizeof(double) ? DBL_MAX : (double)FLT_MAX)
 
@@ -113,13 +123,7 @@ COEF_ATTRS static NOINLINE void FN(train_coefficients)(
     const double *CBN_RESTRICT m2, double count, double eps, const ELEM *CBN_RESTRICT weight,
     const ELEM *CBN_RESTRICT bias, double *CBN_RESTRICT stats, ELEM *CBN_RESTRICT coef)
 {
-#define CBN_TRAIN_RANGE(w, b)                                                                  \
-    FN(train_range)(C, c0, c1, mean, m2, count, eps, weight, bias, stats, coef, w, b)
-    if (weight && bias) CBN_TRAIN_RANGE(1, 1);
-    else if (weight) CBN_TRAIN_RANGE(1, 0);
-    else if (bias) CBN_TRAIN_RANGE(0, 1);
-    else CBN_TRAIN_RANGE(0, 0);
-#undef CBN_TRAIN_RANGE
+    BY_PARAMETERS(FN(train_range), C, c0, c1, mean, m2, count, eps, weight, bias, stats, coef);
 }
 
 /* Scalar math, channels c0 <= c < c1, from given stats = [mean, var] (2, C)
@@ -143,12 +147,7 @@ COEF_ATTRS static NOINLINE void FN(given_coefficients)(
     double eps, const ELEM *CBN_RESTRICT weight, const ELEM *CBN_RESTRICT bias,
     ELEM *CBN_RESTRICT coef)
 {
-#define CBN_GIVEN_RANGE(w, b) FN(given_range)(C, c0, c1, stats, count, eps, weight, bias, coef, w, b)
-    if (weight && bias) CBN_GIVEN_RANGE(1, 1);
-    else if (weight) CBN_GIVEN_RANGE(1, 0);
-    else if (bias) CBN_GIVEN_RANGE(0, 1);
-    else CBN_GIVEN_RANGE(0, 0);
-#undef CBN_GIVEN_RANGE
+    BY_PARAMETERS(FN(given_range), C, c0, c1, stats, count, eps, weight, bias, coef);
 }
 
 /* Channels c0 <= c < c1 of dx = g * k_dy + (x - shift) * k_x + k_0, into
@@ -218,11 +217,10 @@ COEF_ATTRS static NOINLINE void FN(grad_input_coefficients)(
  *             ELEM's range): the channel keeps its running values
  *   else running_mean[c], running_var[c] = m, v
  * Returns how many channels are kept. */
-COEF_ATTRS static NOINLINE ptrdiff_t FN(moved_running)(ptrdiff_t C, ELEM *CBN_RESTRICT running_mean,
-                                              ELEM *CBN_RESTRICT running_var,
-                                              const double *CBN_RESTRICT mean,
-                                              const double *CBN_RESTRICT var, double var_scale,
-                                              double momentum, unsigned char *CBN_RESTRICT kept)
+COEF_ATTRS static NOINLINE ptrdiff_t FN(moved_running)(
+    ptrdiff_t C, ELEM *CBN_RESTRICT running_mean, ELEM *CBN_RESTRICT running_var,
+    const double *CBN_RESTRICT mean, const double *CBN_RESTRICT var, double var_scale,
+    double momentum, unsigned char *CBN_RESTRICT kept)
 {
     ptrdiff_t count = 0;
     for (ptrdiff_t c = 0; c < C; c++) {
@@ -238,29 +236,43 @@ COEF_ATTRS static NOINLINE ptrdiff_t FN(moved_running)(ptrdiff_t C, ELEM *CBN_RE
     return count;
 }
 
-/* Scalar math, channel c of C, from per-position sums of S positions per
- * channel (position i of channel c at c * S + i):
+/* Scalar math, channel c of C, from per-position sums of long rows of
+ * copies * C channels * S positions (position i of channel c in copy j at
+ * (j * C + c) * S + i):
  *   t1[c * stride] = sum of s1 over the channel's positions, t2 likewise,
- *   in float64: position i added into partial sum i % 8, then the eight
- *   pairwise (independent chains, not one chain of S additions) */
-COEF_ATTRS static NOINLINE void FN(position_totals)(ptrdiff_t C, ptrdiff_t S,
+ *   in float64: position i of each copy, copy after copy, added into partial
+ *   sum i % 8, then the eight pairwise (independent chains, not one chain of
+ *   S additions); with S = 1 that is the copies in order, a loop over the
+ *   channels */
+COEF_ATTRS static NOINLINE void FN(position_totals)(ptrdiff_t C, ptrdiff_t S, ptrdiff_t copies,
                                                     const ELEM *CBN_RESTRICT s1,
                                                     const ELEM *CBN_RESTRICT s2,
                                                     double *CBN_RESTRICT t1,
                                                     double *CBN_RESTRICT t2, ptrdiff_t stride)
 {
-    for (ptrdiff_t c = 0; c < C; c++) {
-        const ELEM *p = s1 + c * S, *q = s2 + c * S;
-        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        ptrdiff_t i = 0;
-        for (; i + 8 <= S; i += 8)
-            for (int j = 0; j < 8; j++) {
-                a[j] += (double)p[i + j];
-                b[j] += (double)q[i + j];
+    if (S == 1) {
+        for (ptrdiff_t c = 0; c < C; c++) t1[c * stride] = t2[c * stride] = 0.0;
+        for (ptrdiff_t copy = 0; copy < copies; copy++)
+            for (ptrdiff_t c = 0; c < C; c++) {
+                t1[c * stride] += (double)s1[copy * C + c];
+                t2[c * stride] += (double)s2[copy * C + c];
             }
-        for (int j = 0; i < S; i++, j++) {
-            a[j] += (double)p[i];
-            b[j] += (double)q[i];
+        return;
+    }
+    for (ptrdiff_t c = 0; c < C; c++) {
+        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (ptrdiff_t copy = 0; copy < copies; copy++) {
+            const ELEM *p = s1 + (copy * C + c) * S, *q = s2 + (copy * C + c) * S;
+            ptrdiff_t i = 0;
+            for (; i + 8 <= S; i += 8)
+                for (int j = 0; j < 8; j++) {
+                    a[j] += (double)p[i + j];
+                    b[j] += (double)q[i + j];
+                }
+            for (int j = 0; i < S; i++, j++) {
+                a[j] += (double)p[i];
+                b[j] += (double)q[i];
+            }
         }
         t1[c * stride] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
         t2[c * stride] = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
@@ -271,5 +283,6 @@ COEF_ATTRS static NOINLINE void FN(position_totals)(ptrdiff_t C, ptrdiff_t S,
 #pragma GCC pop_options
 #endif
 
+#undef BY_PARAMETERS
 #undef COEF_MAX
 #undef NOINLINE
